@@ -1,0 +1,130 @@
+"""Every setting of pebal_ros in one place: dataclasses, loaded from and saved to YAML.
+
+One ``Config`` holds a section per concern. The CLI loads ``--config file.yaml`` into it and then
+applies explicit flags; the ROS node maps its parameters onto ``inference`` and ``node``. Unknown
+keys are errors (a typo in a YAML file must not silently fall back to a default).
+
+Sections are owned by the module that consumes them; add a field to the section you need rather
+than a module-level constant elsewhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass
+class LossConfig:
+    """PEBAL loss hyper-parameters; defaults are the official code's (see losses.py)."""
+    m_in: float = -12.0
+    m_out: float = -6.0
+    ebm_weight: float = 0.1          # lambda in eq. 2 (0.01 for the LostAndFound setting)
+    outlier_pal_weight: float = 0.1  # weight of the anomaly-pixel PAL term on mixed images
+    smooth_weight: float = 3e-6      # official: 3e-6 on squared energy differences
+    sparse_weight: float = 5e-4      # official: 5e-4 on ||E_out||_2
+    penalty_kernel: int = 7
+    penalty_sigma: float = 1.0
+    num_classes: int = 19
+
+
+@dataclass
+class AnomalyMixConfig:
+    enabled: bool = True
+    probability: float = 1.0          # chance that a frame receives a pasted object
+    crop_size: tuple[int, int] = (900, 900)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    # Paper-suggested extras, off by default (the official code does none of them).
+    object_scale_range: tuple[float, float] | None = None
+    object_rotation_deg: float = 0.0
+    seam_blur_sigma: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40                  # official code; the paper says 20
+    batch_size: int = 8               # official code; the paper says 16
+    lr: float = 1e-5
+    poly_power: float = 0.9
+    weight_decay: float = 0.0
+    num_workers: int = 2
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 1         # epochs
+    device: str = "auto"
+
+
+@dataclass
+class InferenceConfig:
+    """Per-frame numeric settings shared by evaluate, export, the node and replay."""
+    input_size: tuple[int, int] = (512, 1024)   # (height, width) the network sees
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    smooth_kernel: int = 7
+    smooth_sigma: float = 1.0
+    threshold: float = -10.0          # energy above this is anomalous (model-specific; calibrate)
+    score_at_network_resolution: bool = False   # the "fast" variant
+    min_region_area: int = 50         # pixels, for the regions in the status message
+
+
+@dataclass
+class Config:
+    model: str = "models/pebal_synthetic_espnetv2.pt"
+    arch: str | None = None
+    loss: LossConfig = field(default_factory=LossConfig)
+    anomalymix: AnomalyMixConfig = field(default_factory=AnomalyMixConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)  # type: ignore[call-arg]
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}".lstrip("."))
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any], cls: type[T] = Config) -> T:  # type: ignore[assignment]
+    return _build(cls, data, "")
+
+
+def load_config(path: str | Path | None = None, cls: type[T] = Config) -> T:  # type: ignore[assignment]
+    """Load a YAML file into ``cls`` (defaults for missing keys); ``None`` gives the defaults."""
+    if path is None:
+        return cls()
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    return from_dict(data, cls)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    def conv(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return conv(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
