@@ -36,10 +36,15 @@ class LossConfig:
 @dataclass
 class AnomalyMixConfig:
     enabled: bool = True
-    probability: float = 1.0          # chance that a frame receives a pasted object
-    crop_size: tuple[int, int] = (900, 900)
-    scale_range: tuple[float, float] = (0.5, 2.0)
+    # Official: int(0.1 * #frames) outlier images are appended to the frames, each pasted into a
+    # random frame (about 9 % of the items of an epoch are mixed); see data/anomalymix.py.
+    outlier_fraction: float = 0.1
+    probability: float = 0.0          # extra (not official): chance an ordinary frame also gets an object
+    crop_size: tuple[int, int] = (900, 900)   # (height, width)
+    scale_range: tuple[float, float] = (0.5, 2.0)   # uniform, used when scale_choices is None
+    scale_choices: tuple[float, ...] | None = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)  # official
     flip: bool = True
+    flip_probability: float = 0.8     # official: random.random() >= 0.2
     # Paper-suggested extras, off by default (the official code does none of them).
     object_scale_range: tuple[float, float] | None = None
     object_rotation_deg: float = 0.0

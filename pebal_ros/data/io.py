@@ -1,0 +1,43 @@
+"""Image and label-map reading shared by the dataset readers (OpenCV, RGB out)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 H x W x 3 RGB (the network's channel order)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image {path} (missing or not an image)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Read a single-channel 8-bit label map (H x W uint8), keeping the stored values.
+
+    ``IMREAD_UNCHANGED`` keeps the raw ids; ``IMREAD_GRAYSCALE`` would turn an RGB-stored map
+    into luminance. An RGB file is accepted only when its three channels are equal.
+    """
+    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if lab is None:
+        raise FileNotFoundError(f"cannot read label map {path} (missing or not an image)")
+    if lab.ndim == 3:
+        if lab.shape[2] == 4:
+            lab = lab[..., :3]
+        if not (np.array_equal(lab[..., 0], lab[..., 1]) and np.array_equal(lab[..., 0], lab[..., 2])):
+            raise ValueError(f"label map {path} is a colour image; expected one channel of ids")
+        lab = lab[..., 0]
+    if lab.dtype != np.uint8:
+        if lab.max(initial=0) > 255:
+            raise ValueError(f"label map {path} has values > 255 ({lab.dtype}); expected 8-bit ids")
+        lab = lab.astype(np.uint8)
+    return np.ascontiguousarray(lab)
+
+
+def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:
+    if image.shape[:2] != label.shape[:2]:
+        raise ValueError(f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]}, "
+                         f"label {label_path} is {label.shape[1]}x{label.shape[0]}")
