@@ -1,0 +1,259 @@
+"""The replay report: summary.json, plots (matplotlib PNG), a contact sheet and report.html.
+
+Everything here is a pure function of the replay's records, so the same replay gives the same
+report byte for byte (apart from the wall-clock timing figures, which are kept out of the
+``deterministic`` part of summary.json).
+"""
+from __future__ import annotations
+
+import heapq
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+@dataclass
+class FrameRecord:
+    """What happened to one input image message."""
+
+    topic: str
+    index: int                      # position of the message on its topic (0-based)
+    bag_time_ns: int                # receive time in the bag (also the result messages' log time)
+    stamp_ns: int | None = None     # header stamp, when the message could be decoded
+    status: str = "processed"       # "processed" | "skipped"
+    reason: str = ""                # why it was skipped
+    anomaly_fraction: float = 0.0
+    max_score: float = 0.0
+    mean_score: float = 0.0
+    regions: int = 0
+    latency_ms: float = 0.0         # decode + pipeline + encode of the outputs (wall time)
+    inference_ms: float = 0.0       # the runtime call alone, as the pipeline reports it
+
+
+@dataclass
+class TopicSummary:
+    topic: str
+    msgtype: str
+    declared: int | None            # message count the bag's metadata declares
+    read: int = 0
+    processed: int = 0
+    skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class TopK:
+    """The k frames with the largest anomaly fraction, with a small overlay thumbnail each."""
+
+    def __init__(self, k: int = 12, width: int = 320) -> None:
+        self.k, self.width = k, width
+        self._heap: list[tuple[float, int, str, np.ndarray]] = []
+        self._n = 0
+
+    def wants(self, fraction: float) -> bool:
+        return len(self._heap) < self.k or fraction > self._heap[0][0]
+
+    def add(self, fraction: float, title: str, overlay_rgb: np.ndarray) -> None:
+        h, w = overlay_rgb.shape[:2]
+        thumb = cv2.resize(overlay_rgb, (self.width, max(1, round(h * self.width / w))),
+                           interpolation=cv2.INTER_AREA)
+        # -index breaks ties towards the earlier frame: a deterministic sheet.
+        item = (fraction, -self._n, title, thumb)
+        self._n += 1
+        if len(self._heap) < self.k:
+            heapq.heappush(self._heap, item)
+        elif item[:2] > self._heap[0][:2]:
+            heapq.heapreplace(self._heap, item)
+
+    def items(self) -> list[tuple[float, str, np.ndarray]]:
+        return [(f, t, im) for f, _, t, im in sorted(self._heap, key=lambda x: (-x[0], -x[1]))]
+
+
+def latency_stats(values_ms: Sequence[float]) -> dict[str, float]:
+    if not len(values_ms):
+        return {}
+    v = np.asarray(values_ms, dtype=np.float64)
+    out = {f"p{p}": float(np.percentile(v, p)) for p in PERCENTILES}
+    out.update(mean=float(v.mean()), max=float(v.max()), min=float(v.min()))
+    return out
+
+
+# -- plots ---------------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
+    topics = sorted({r.topic for r in records})
+    t0 = min((r.bag_time_ns for r in records), default=0)
+    for topic in topics:
+        rs = [r for r in records if r.topic == topic and r.status == "processed"]
+        t = [(r.bag_time_ns - t0) / 1e9 for r in rs]
+        ax.plot(t, [100 * r.anomaly_fraction for r in rs], lw=1.2, label=topic)
+        skipped = [(r.bag_time_ns - t0) / 1e9 for r in records if r.topic == topic and r.status != "processed"]
+        if skipped:
+            ax.plot(skipped, [0] * len(skipped), "x", color="red", label=f"{topic} (skipped)")
+    ax.set_xlabel("time since first frame [s]")
+    ax.set_ylabel("anomalous pixels [%]")
+    ax.grid(alpha=0.3)
+    if topics:
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_curves(scores: np.ndarray, labels: np.ndarray, metrics: dict[str, float], outdir: Path) -> None:
+    """ROC and precision-recall curves from a pixel sample (metrics themselves use every pixel)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    plt = _pyplot()
+    fpr, tpr, _ = roc_curve(labels, scores)
+    prec, rec, _ = precision_recall_curve(labels, scores)
+    for name, (x, y, xl, yl, title) in {
+        "roc.png": (fpr, tpr, "false positive rate", "true positive rate",
+                    f"ROC  AUROC={100 * metrics['auroc']:.2f}%  FPR95={100 * metrics['fpr95']:.2f}%"),
+        "pr.png": (rec, prec, "recall", "precision", f"Precision-recall  AP={100 * metrics['ap']:.2f}%"),
+    }.items():
+        fig, ax = plt.subplots(figsize=(4.5, 4), dpi=100)
+        ax.plot(x, y, lw=1.5)
+        if name == "roc.png":
+            ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
+            ax.axhline(0.95, ls=":", color="red", lw=0.8)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(outdir / name, metadata={"Software": None})
+        plt.close(fig)
+
+
+def contact_sheet(items: Sequence[tuple[float, str, np.ndarray]], path: Path, cols: int = 3) -> bool:
+    """Thumbnails in a grid, each captioned with its frame and anomaly fraction."""
+    if not items:
+        return False
+    th, tw = max(im.shape[0] for _, _, im in items), max(im.shape[1] for _, _, im in items)
+    cap = 22
+    rows = (len(items) + cols - 1) // cols
+    sheet = np.full((rows * (th + cap), cols * tw, 3), 255, np.uint8)
+    for i, (frac, title, im) in enumerate(items):
+        r, c = divmod(i, cols)
+        y, x = r * (th + cap), c * tw
+        sheet[y + cap: y + cap + im.shape[0], x: x + im.shape[1]] = im
+        cv2.putText(sheet, f"{title}  {100 * frac:.2f}%", (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return True
+
+
+# -- summary + page ------------------------------------------------------------------------------
+def write_summary(outdir: Path, summary: dict[str, Any]) -> Path:
+    path = outdir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def _table(rows: Sequence[Sequence[Any]], head: Sequence[str]) -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.2f} %" if pct else (f"{x:.2f}" if isinstance(x, float) else str(x))
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.3em .7em;
+text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%;
+border:1px solid #ddd}.bad{color:#b00}.ok{color:#070}code{background:#f3f3f3;padding:0 .3em}
+.row{display:flex;gap:1em;flex-wrap:wrap}"""
+
+
+def write_html(outdir: Path, summary: dict[str, Any]) -> Path:
+    d = summary["deterministic"]
+    t = summary["timing"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>PEBAL replay: "
+             f"{html.escape(d['bag'])}</title><style>{CSS}</style></head><body>",
+             f"<h1>PEBAL replay report</h1><p>Bag <code>{html.escape(d['bag'])}</code> &rarr; result bag "
+             f"<code>{html.escape(d.get('result_bag') or '-')}</code>; runtime "
+             f"<code>{html.escape(str(d['runtime'].get('name', '?')))}</code>, threshold "
+             f"{d['threshold']}.</p>"]
+    ok = d["status"] == "ok"
+    parts.append(f"<p class='{'ok' if ok else 'bad'}'><b>{html.escape(d['status_text'])}</b></p>")
+
+    parts.append("<h2>Frames</h2>")
+    rows = [[s["topic"], s["msgtype"].rsplit("/", 1)[-1], _fmt(s["declared"]), s["read"],
+             s["processed"], s["skipped"],
+             "; ".join(f"{k} ({v})" for k, v in s["skip_reasons"].items()) or "-"]
+            for s in d["topics"]]
+    parts.append(_table(rows, ["topic", "type", "declared", "read", "processed", "skipped",
+                               "skip reasons"]))
+    if d["other_topics"]:
+        parts.append("<p>Other topics (not images, counted, not processed): " + ", ".join(
+            f"<code>{html.escape(k)}</code> {v}" for k, v in d["other_topics"].items()) + "</p>")
+    if d["issues"]:
+        parts.append("<h3 class='bad'>Read problems</h3><ul>" + "".join(
+            f"<li>{html.escape(i)}</li>" for i in d["issues"]) + "</ul>")
+
+    parts.append("<h2>Latency and throughput</h2>")
+    lat = t["latency_ms"]
+    inf = t["inference_ms"]
+    parts.append(_table([["end-to-end per frame"] + [_fmt(lat.get(f"p{p}")) for p in PERCENTILES]
+                         + [_fmt(lat.get("mean"))],
+                         ["inference only"] + [_fmt(inf.get(f"p{p}")) for p in PERCENTILES]
+                         + [_fmt(inf.get("mean"))]],
+                        ["[ms]"] + [f"p{p}" for p in PERCENTILES] + ["mean"]))
+    parts.append(f"<p>Throughput {t['frames_per_s']:.2f} frames/s over {t['wall_s']:.2f} s wall time "
+                 f"(reading, inference, encoding and writing included).</p>")
+
+    parts.append("<h2>Anomalies over time</h2><img src='anomaly_over_time.png' alt='anomaly fraction'>")
+    a = d["anomaly"]
+    parts.append(f"<p>Frames with any anomalous pixel: {a['frames_with_anomaly']} of "
+                 f"{a['frames']}; mean anomalous fraction {_fmt(a['mean_fraction'], True)}, "
+                 f"max {_fmt(a['max_fraction'], True)}.</p>")
+    if d.get("contact_sheet"):
+        parts.append("<h2>Frames with the largest anomalies</h2>"
+                     "<img src='contact_sheet.png' alt='contact sheet'>")
+
+    gt = d.get("ground_truth")
+    if gt:
+        parts.append(f"<h2>Accuracy against ground truth</h2><p>Labels: {html.escape(gt['source'])}; "
+                     f"{gt['frames_with_labels']} frames matched, {gt['frames_without_labels']} without "
+                     "a label.</p>")
+        m = gt.get("metrics") or {}
+        rows = [[k, _fmt(m.get(k), True)] for k in ("auroc", "ap", "fpr95") if k in m]
+        rows += [[k, _fmt(gt[k], True)] for k in ("miou", "anomaly_iou") if gt.get(k) is not None]
+        parts.append(_table(rows, ["metric", "value"]))
+        if gt.get("iou"):
+            parts.append(_table([[k, _fmt(v, True)] for k, v in gt["iou"].items()], ["class", "IoU"]))
+        if (outdir / "roc.png").exists():
+            parts.append("<div class='row'><img src='roc.png' alt='ROC'><img src='pr.png' alt='PR'></div>")
+    parts.append("<p>Raw figures: <a href='summary.json'>summary.json</a>.</p></body></html>")
+    path = outdir / "report.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def records_to_rows(records: Sequence[FrameRecord]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in records]
