@@ -220,3 +220,23 @@ def test_color_label_map_is_rejected(tmp_path: Path) -> None:
     _write_rgb(tmp_path / "labels/a.png", _rgb(2, 2, 1))
     with pytest.raises(ValueError, match="colour image"):
         load_benchmark("fs_static", tmp_path)[0]
+
+
+def test_real_anomaly_frames_read_through_benchmark_layouts(tmp_path: Path, shared_data: Path) -> None:
+    """Real Road Anomaly (JPEG 1280x720) and Fishyscapes Static (PNG 2048x1024) frames, in their
+    layouts; the real masks are not redistributable, so the labels here are placeholders."""
+    src = shared_data / "anomaly"
+    ra = tmp_path / "road_anomaly"
+    (ra / "frames").mkdir(parents=True)
+    (ra / "frames" / "animals_cow.jpg").symlink_to(src / "road_anomaly_cow_example.jpg")
+    _write_gray(ra / "frames/animals_cow.labels/labels_semantic.png", np.full((720, 1280), 2, np.uint8))
+    item = load_benchmark("road_anomaly", ra)[0]
+    assert item["image"].shape == (720, 1280, 3) and (item["label"] == 1).all()
+    fs = tmp_path / "fishyscapes" / "Static"
+    (fs / "original").mkdir(parents=True)
+    (fs / "original" / "0.png").symlink_to(src / "fishyscapes_static_example.png")
+    _write_gray(fs / "labels/0.png", np.zeros((1024, 2048), np.uint8))
+    item = load_benchmark("fs_static", fs.parent)[0]
+    assert item["image"].shape == (1024, 2048, 3) and item["image"].std() > 10
+    ref = cv2.imread(str(src / "fishyscapes_static_example.png"))[..., ::-1]
+    np.testing.assert_array_equal(item["image"], ref)
