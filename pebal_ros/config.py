@@ -31,6 +31,8 @@ class LossConfig:
     penalty_kernel: int = 7
     penalty_sigma: float = 1.0
     num_classes: int = 19
+    temperature: float = 1.0         # energy temperature T (official: 1)
+    outlier_log_clamp: float = 1e-7  # official clamp inside log of the anomaly-pixel PAL term
 
 
 @dataclass
