@@ -1,0 +1,367 @@
+"""Export a PEBAL checkpoint as one fused ONNX graph (uint8 image in; semantic, score, mask out).
+
+The graph does all per-frame numeric work (see pebal_ros/export/fused.py): feed it the camera
+image as uint8 HxWx3 and a threshold, read back semantic (uint8), score (float32) and mask
+(uint8). Static shapes by default (the fastest TensorRT engines); --dynamic exports symbolic
+height/width and records the optimisation-profile range for `pebal build-engine`.
+
+Exporter: torch.onnx's torch.export-based ("dynamo") exporter at opset 18, the path PyTorch
+maintains (the TorchScript exporter is deprecated since 2.9). TensorRT 10 parses opset 18.
+`--exporter torchscript` (opset 17) remains for TensorRT 8.6 (JetPack 6.0 and older).
+
+Examples:
+  pebal export --model models/pebal_synthetic_espnetv2.pt --output out/pebal_1024x512.onnx
+  pebal export --model m.pt --output m_bgr_fast.onnx --channel-order bgr --fast
+  pebal export --model m.pt --output m_dyn.onnx --dynamic --min-hw 256x512 --max-hw 1024x2048
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .fused import FusedPebal, NetworkOnly, build_fused
+
+INPUT_NAMES = ("image", "threshold")
+OUTPUT_NAMES = ("semantic", "score", "mask")
+FORMAT_TAG = "pebal-fused-v1"
+DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
+META_PREFIX = "pebal."
+
+# Operators the TensorRT 10 ONNX parser imports (onnx-tensorrt docs/operators.md, 10.x branch),
+# restricted to those a segmentation CNN plus this post-processing can plausibly produce. A graph
+# with anything else is refused at export time rather than at engine-build time on the vehicle.
+TENSORRT10_OPS = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast
+Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace
+DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather
+GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater
+GreaterOrEqual GroupNormalization HardSigmoid HardSwish Identity If InstanceNormalization IsInf
+IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax LpNormalization LRN MatMul
+Max MaxPool Mean Min Mish Mod Mul Neg NonZero Not Or Pad Pow PRelu QuantizeLinear Range
+Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin
+ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize Round ScatterElements ScatterND Selu
+Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt
+Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+""".split())
+
+
+@dataclass
+class ExportSpec:
+    """What the exported graph is; stored in the ONNX metadata and read back by the runtimes."""
+    image_size: tuple[int, int] | None            # (H, W); None = dynamic
+    channel_order: str = "rgb"
+    net_size: tuple[int, int] | None = None       # None = the network runs at the image size
+    fast: bool = False
+    threshold: float = -10.0                      # the config's default, a hint for runtimes
+    min_hw: tuple[int, int] | None = None         # dynamic-shape profile range
+    opt_hw: tuple[int, int] | None = None
+    max_hw: tuple[int, int] | None = None
+    network_only: bool = False
+    exporter: str = "dynamo"
+    opset: int = 18
+    arch: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, str]:
+        def hw(v):
+            return "" if v is None else f"{v[0]}x{v[1]}"
+        meta = {
+            "format": FORMAT_TAG if not self.network_only else "pebal-network-only-v1",
+            "image_size": hw(self.image_size) or "dynamic",
+            "channel_order": self.channel_order,
+            "net_size": hw(self.net_size),
+            "fast": str(int(self.fast)),
+            "threshold": repr(float(self.threshold)),
+            "min_hw": hw(self.min_hw), "opt_hw": hw(self.opt_hw), "max_hw": hw(self.max_hw),
+            "exporter": self.exporter, "opset": str(self.opset), "arch": self.arch,
+            "extra": json.dumps(self.extra, sort_keys=True),
+        }
+        return {META_PREFIX + k: v for k, v in meta.items()}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> "ExportSpec":
+        m = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+        if m.get("format") not in (FORMAT_TAG, "pebal-network-only-v1"):
+            raise ValueError(
+                f"not a pebal export (metadata format={m.get('format')!r}); "
+                "make the .onnx with `pebal export`")
+        return cls(
+            image_size=None if m.get("image_size") in (None, "", "dynamic") else parse_hw(m["image_size"]),
+            channel_order=m.get("channel_order", "rgb"),
+            net_size=parse_hw(m["net_size"]) if m.get("net_size") else None,
+            fast=m.get("fast", "0") == "1",
+            threshold=float(m.get("threshold", "-10.0")),
+            min_hw=parse_hw(m["min_hw"]) if m.get("min_hw") else None,
+            opt_hw=parse_hw(m["opt_hw"]) if m.get("opt_hw") else None,
+            max_hw=parse_hw(m["max_hw"]) if m.get("max_hw") else None,
+            network_only=m.get("format") == "pebal-network-only-v1",
+            exporter=m.get("exporter", ""), opset=int(m.get("opset", "0") or 0),
+            arch=m.get("arch", ""), extra=json.loads(m.get("extra") or "{}"),
+        )
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """'512x1024' (height x width) -> (512, 1024)."""
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"expected HEIGHTxWIDTH such as 512x1024, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"height and width must be positive, got {text!r}")
+    return h, w
+
+
+def read_spec(path: str | Path) -> ExportSpec:
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    return ExportSpec.from_metadata({p.key: p.value for p in model.metadata_props})
+
+
+def _tag_post_nodes(model) -> int:
+    """Prefix the post-processing nodes' names with ``post/`` (from the dynamo exporter's scope
+    metadata) so the TensorRT builder can find and pin them to FP32. Returns how many."""
+    n = 0
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+        if "'post'" in scopes and not node.name.startswith("post/"):
+            node.name = "post/" + node.name
+            n += 1
+    return n
+
+
+def check_onnx(path: str | Path, allowed_ops: frozenset[str] = TENSORRT10_OPS) -> dict[str, Any]:
+    """onnx.checker (full, with shape inference) plus the TensorRT-10 operator allow-list."""
+    import onnx
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path), load_external_data=False)
+    domains = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    ops = sorted({n.op_type for n in model.graph.node})
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    unsupported = sorted(set(ops) - allowed_ops)
+    if foreign or unsupported:
+        raise ValueError(f"{path}: operators TensorRT 10 cannot parse: {unsupported + foreign}")
+    return {"opset": domains.get("ai.onnx"), "ops": ops, "nodes": len(model.graph.node)}
+
+
+def _export_dynamo(module: nn.Module, args: tuple, path: Path, opset: int, input_names, output_names,
+                   dynamic: dict | None, verbose: bool) -> None:
+    kwargs: dict[str, Any] = dict(dynamo=True, opset_version=opset, input_names=list(input_names),
+                                  output_names=list(output_names), external_data=False,
+                                  optimize=True, verbose=verbose)
+    if dynamic is not None:
+        kwargs["dynamic_shapes"] = dynamic
+    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, args, **kwargs)
+    program.save(str(path))
+
+
+def _export_torchscript(module: nn.Module, args: tuple, path: Path, opset: int, input_names,
+                        output_names, dynamic_axes: dict | None) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
+                          input_names=list(input_names), output_names=list(output_names),
+                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+
+
+def export_fused(fused: FusedPebal, path: str | Path, image_size: tuple[int, int] | None,
+                 spec: ExportSpec | None = None, dynamic: bool = False,
+                 min_hw: tuple[int, int] = (256, 512), max_hw: tuple[int, int] = (1024, 2048),
+                 exporter: str = "dynamo", opset: int | None = None, verbose: bool = False,
+                 check: bool = True) -> ExportSpec:
+    """Write ``fused`` as ONNX. ``image_size`` = (H, W) of the camera image (the sample size when
+    dynamic). Returns the spec written into the graph's metadata."""
+    import onnx
+    if exporter not in DEFAULT_OPSET:
+        raise ValueError(f"exporter must be one of {sorted(DEFAULT_OPSET)}, got {exporter!r}")
+    opset = opset or DEFAULT_OPSET[exporter]
+    if image_size is None:
+        if not dynamic:
+            raise ValueError("a static export needs image_size=(H, W)")
+        image_size = max_hw
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fused = fused.eval().float().cpu()
+    h, w = image_size
+    sample = (torch.randint(0, 256, (h, w, 3), dtype=torch.uint8), torch.tensor([0.0]))
+    dyn_axes = None
+    dyn_shapes = None
+    if dynamic:
+        dim_h = torch.export.Dim("height", min=min_hw[0], max=max_hw[0])
+        dim_w = torch.export.Dim("width", min=min_hw[1], max=max_hw[1])
+        dyn_shapes = {"image": {0: dim_h, 1: dim_w}, "threshold": None}
+        dyn_axes = {"image": {0: "height", 1: "width"}, "semantic": {0: "height", 1: "width"},
+                    "score": {0: "height", 1: "width"}, "mask": {0: "height", 1: "width"}}
+    with torch.inference_mode(False), torch.no_grad():
+        if exporter == "dynamo":
+            _export_dynamo(_Named(fused), sample, path, opset, INPUT_NAMES, OUTPUT_NAMES, dyn_shapes, verbose)
+        else:
+            _export_torchscript(fused, sample, path, opset, INPUT_NAMES, OUTPUT_NAMES, dyn_axes)
+    spec = spec or ExportSpec(image_size=None)
+    spec.image_size = None if dynamic else (h, w)
+    spec.channel_order = fused.channel_order
+    spec.net_size = fused.pre.net_size
+    spec.fast = fused.fast
+    spec.exporter, spec.opset = exporter, opset
+    if dynamic:
+        spec.min_hw, spec.max_hw = tuple(min_hw), tuple(max_hw)
+        inside = min_hw[0] <= h <= max_hw[0] and min_hw[1] <= w <= max_hw[1]
+        spec.opt_hw = (h, w) if inside else tuple(max_hw)
+    model = onnx.load(str(path))
+    _tag_post_nodes(model)
+    _set_metadata(model, spec.to_metadata())
+    onnx.save(model, str(path))
+    if check:
+        check_onnx(path)
+    return spec
+
+
+def export_network_only(network: nn.Module, path: str | Path, net_size: tuple[int, int],
+                        exporter: str = "dynamo", opset: int | None = None) -> ExportSpec:
+    """The conventional export (normalised float in, logits out), for benchmarks."""
+    import onnx
+    opset = opset or DEFAULT_OPSET[exporter]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = NetworkOnly(network).eval().float().cpu()
+    sample = (torch.randn(1, 3, *net_size),)
+    with torch.no_grad():
+        if exporter == "dynamo":
+            _export_dynamo(module, sample, path, opset, ("input",), ("logits",), None, False)
+        else:
+            _export_torchscript(module, sample, path, opset, ("input",), ("logits",), None)
+    spec = ExportSpec(image_size=tuple(net_size), network_only=True, exporter=exporter, opset=opset)
+    model = onnx.load(str(path))
+    _set_metadata(model, spec.to_metadata())
+    onnx.save(model, str(path))
+    return spec
+
+
+class _Named(nn.Module):
+    """Gives forward() the graph's input names, which torch.export's dynamic_shapes keys on."""
+
+    def __init__(self, fused: FusedPebal):
+        super().__init__()
+        self.fused = fused
+
+    def forward(self, image: torch.Tensor, threshold: torch.Tensor):
+        return self.fused(image, threshold)
+
+
+def _set_metadata(model, meta: dict[str, str]) -> None:
+    keep = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def export_checkpoint(model_path: str | Path, output: str | Path, image_size: tuple[int, int] | None = None,
+                      config_path: str | Path | None = None, arch: str | None = None,
+                      channel_order: str = "rgb", net_size: tuple[int, int] | None = None,
+                      fast: bool | None = None, dynamic: bool = False,
+                      min_hw: tuple[int, int] = (256, 512), max_hw: tuple[int, int] = (1024, 2048),
+                      exporter: str = "dynamo", opset: int | None = None,
+                      network_only: bool = False) -> ExportSpec:
+    """Checkpoint (``pebal_ros.models.load_model``) -> fused ONNX file."""
+    from ..config import load_config
+    from ..models import load_model
+    cfg = load_config(config_path)
+    network = load_model(str(model_path), arch=arch or cfg.arch, map_location="cpu").eval()
+    size = tuple(image_size or cfg.inference.input_size)
+    if network_only:
+        return export_network_only(network, output, net_size or size, exporter, opset)
+    fused = build_fused(network, cfg.inference, channel_order, net_size, fast)
+    spec = ExportSpec(image_size=size, threshold=cfg.inference.threshold,
+                      arch=str(getattr(network, "arch", "")),
+                      extra={"arch_kwargs": getattr(network, "arch_kwargs", {}),
+                             "checkpoint": Path(model_path).name,
+                             "mean": list(cfg.inference.mean), "std": list(cfg.inference.std),
+                             "smooth_kernel": cfg.inference.smooth_kernel,
+                             "smooth_sigma": cfg.inference.smooth_sigma})
+    return export_fused(fused, output, size, spec, dynamic, min_hw, max_hw, exporter, opset)
+
+
+def parity_check(onnx_path: str | Path, fused: FusedPebal, image_size: tuple[int, int],
+                 threshold: float | None = None, seed: int = 0) -> dict[str, float]:
+    """Run ONNX Runtime and PyTorch on one random image: score max |diff|, agreements."""
+    from ..runtime.onnx import OnnxRuntime
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (*image_size, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        sem_t, score_t, _ = fused(torch.from_numpy(image), torch.tensor([0.0]))
+    thr = float(np.median(score_t.numpy())) if threshold is None else threshold
+    ort = OnnxRuntime(onnx_path, device="cpu").infer(image, thr)
+    return {
+        "score_max_abs_diff": float(np.abs(ort.score - score_t.numpy()).max()),
+        "semantic_agreement": float((ort.semantic == sem_t.numpy()).mean()),
+        "mask_agreement": float((ort.mask == (score_t.numpy() > thr)).mean()),
+    }
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint (.pt/.pth) written by pebal train/finetune")
+    p.add_argument("--output", "-o", required=True, help="the .onnx file to write")
+    p.add_argument("--config", help="YAML config (inference: input_size, mean, std, threshold, ...)")
+    p.add_argument("--arch", help="architecture, if the checkpoint does not record it")
+    p.add_argument("--size", type=parse_hw, help="camera image HEIGHTxWIDTH (default: inference.input_size)")
+    p.add_argument("--net-size", type=parse_hw, help="resize to this HEIGHTxWIDTH inside the graph before "
+                   "the network (default: run the network at the image size)")
+    p.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
+                   help="channel order of the images the graph will be fed (default rgb)")
+    p.add_argument("--fast", action="store_true", default=None,
+                   help="score at the network resolution and upsample the score (see docs/deployment.md)")
+    p.add_argument("--dynamic", action="store_true", help="symbolic height/width (TensorRT profile = --min-hw..--max-hw)")
+    p.add_argument("--min-hw", type=parse_hw, default=(256, 512), help="smallest HEIGHTxWIDTH when --dynamic")
+    p.add_argument("--max-hw", type=parse_hw, default=(1024, 2048), help="largest HEIGHTxWIDTH when --dynamic")
+    p.add_argument("--exporter", choices=sorted(DEFAULT_OPSET), default="dynamo",
+                   help="dynamo (opset 18, default) or torchscript (opset 17, for TensorRT 8.6)")
+    p.add_argument("--opset", type=int, help="override the exporter's opset")
+    p.add_argument("--network-only", action="store_true",
+                   help="export just the network (float input, logits output), for benchmarks")
+    p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+
+
+def main(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    spec = export_checkpoint(args.model, args.output, args.size, args.config, args.arch,
+                             args.channel_order, args.net_size, args.fast, args.dynamic,
+                             args.min_hw, args.max_hw, args.exporter, args.opset, args.network_only)
+    info = check_onnx(args.output) if not args.network_only else {"opset": spec.opset}
+    size_mb = Path(args.output).stat().st_size / 2**20
+    print(f"wrote {args.output} ({size_mb:.1f} MiB) in {time.perf_counter() - t0:.1f} s: "
+          f"opset {info['opset']}, exporter {spec.exporter}, "
+          f"image {'dynamic ' + str(spec.min_hw) + '..' + str(spec.max_hw) if spec.image_size is None else spec.image_size}, "
+          f"{spec.channel_order}, {'fast' if spec.fast else 'full-resolution'} scoring; onnx.checker OK, "
+          f"all operators parse in TensorRT 10")
+    if not args.network_only and not args.no_parity:
+        from ..config import load_config
+        from ..models import load_model
+        cfg = load_config(args.config)
+        net = load_model(str(args.model), arch=args.arch or cfg.arch).eval()
+        fused = build_fused(net, cfg.inference, args.channel_order, args.net_size, args.fast)
+        size = spec.image_size or spec.opt_hw or spec.max_hw
+        r = parity_check(args.output, fused, size)
+        ok = r["score_max_abs_diff"] <= 1e-3 and r["semantic_agreement"] >= 0.9999 and r["mask_agreement"] >= 0.999
+        print(f"parity ONNX Runtime vs PyTorch at {size[0]}x{size[1]}: score max|diff| "
+              f"{r['score_max_abs_diff']:.2e}, semantic {100 * r['semantic_agreement']:.4f} %, "
+              f"mask {100 * r['mask_agreement']:.4f} % -> {'OK' if ok else 'FAILED'}")
+        if not ok:
+            return 1
+    return 0

@@ -1,0 +1,107 @@
+"""ONNX Runtime backend for fused graphs written by ``pebal export`` (CPU or CUDA execution provider).
+
+Per frame, ONNX Runtime reads the caller's image buffer in place (``bind_cpu_input``) and writes
+straight into the output arrays (``bind_output`` on their memory), so there is no Python-side copy
+in either direction. With ``reuse_outputs=True`` the same three arrays are returned every frame
+(zero allocations; a caller that keeps a result must copy it before the next ``infer``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import FrameOutputs
+from .common import RuntimeUnavailable, check_file, check_image
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device in ("cuda", "gpu"):
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeUnavailable(
+                f"ONNX Runtime here has no CUDA execution provider (available: {available}); "
+                "install onnxruntime-gpu, or use device='cpu'")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "auto":
+        return (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"])
+    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+
+
+class OnnxRuntime:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
+                 reuse_outputs: bool = False, optimized_model_path: str | None = None):
+        import onnxruntime as ort
+
+        from ..export.onnx import INPUT_NAMES, OUTPUT_NAMES, read_spec
+
+        self.path = check_file(path, "ONNX model", (".onnx",))
+        try:
+            self.spec = read_spec(self.path)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: {exc}") from None
+        except Exception as exc:  # a truncated or foreign file: name it
+            raise ValueError(f"{self.path}: not a readable ONNX file ({exc})") from None
+        if self.spec.network_only:
+            raise ValueError(f"{self.path} is a network-only export (float input, logits output); "
+                             "runtimes need the fused graph: run `pebal export` without --network-only")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        if optimized_model_path:
+            so.optimized_model_filepath = optimized_model_path
+        self.providers = _providers(device)
+        self.session = ort.InferenceSession(str(self.path), so, providers=self.providers)
+        names_in = tuple(i.name for i in self.session.get_inputs())
+        names_out = tuple(o.name for o in self.session.get_outputs())
+        if names_in != INPUT_NAMES or names_out != OUTPUT_NAMES:
+            raise ValueError(f"{self.path}: graph has inputs {names_in} / outputs {names_out}, expected "
+                             f"{INPUT_NAMES} / {OUTPUT_NAMES}; re-export with this version of pebal")
+        self.input_size = self.spec.image_size
+        self.channel_order = self.spec.channel_order
+        self.reuse_outputs = reuse_outputs
+        self._io = self.session.io_binding()
+        self._threshold = np.zeros(1, dtype=np.float32)
+        self._outputs: FrameOutputs | None = None
+
+    def _output_arrays(self, hw: tuple[int, int]) -> FrameOutputs:
+        out = self._outputs
+        if (not self.reuse_outputs or out is None or out.semantic.shape != hw):
+            out = FrameOutputs(np.empty(hw, np.uint8), np.empty(hw, np.float32), np.empty(hw, np.uint8))
+            if self.reuse_outputs:
+                self._outputs = out
+        return out
+
+    def infer(self, image: np.ndarray, threshold: float) -> FrameOutputs:
+        image = check_image(image, self.input_size, self.spec.min_hw, self.spec.max_hw)
+        hw = image.shape[:2]
+        self._threshold[0] = threshold
+        out = self._output_arrays(hw)
+        io = self._io
+        io.bind_cpu_input("image", image)
+        io.bind_cpu_input("threshold", self._threshold)
+        for name, arr in (("semantic", out.semantic), ("score", out.score), ("mask", out.mask)):
+            io.bind_output(name, "cpu", 0, arr.dtype, arr.shape, arr.ctypes.data)
+        self.session.run_with_iobinding(io)
+        return out
+
+    def describe(self) -> dict:
+        s = self.spec
+        return {"runtime": self.name, "model": str(self.path), "providers": self.session.get_providers(),
+                "input_size": self.input_size, "dynamic_range": (s.min_hw, s.max_hw) if s.image_size is None else None,
+                "channel_order": self.channel_order, "fast": s.fast, "net_size": s.net_size,
+                "default_threshold": s.threshold, "opset": s.opset, "exporter": s.exporter, "arch": s.arch}
+
+
+def require_onnxruntime() -> None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
+        raise RuntimeUnavailable(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from None
