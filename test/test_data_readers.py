@@ -120,6 +120,10 @@ def test_coco_outlier_reader(tmp_path: Path) -> None:
     np.testing.assert_array_equal(item["target"], mask)
     assert item["image"].shape == (10, 12, 3)
     assert np.abs(item["image"].astype(int) - img).max() < 16   # JPEG is lossy
+    png_img = _rgb(10, 12, 4)
+    _write_rgb(tmp_path / "train2017/000000000141.png", png_img)       # generated sets may use PNG
+    _write_gray(tmp_path / "annotations/ood_seg_train2017/000000000141.png", mask)
+    np.testing.assert_array_equal(CocoOutlierDataset(tmp_path)[1]["image"], png_img)
     _write_gray(tmp_path / "annotations/ood_seg_train2017/000000000140.png", mask)
     with pytest.raises(FileNotFoundError, match="without image"):
         CocoOutlierDataset(tmp_path)

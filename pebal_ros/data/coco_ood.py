@@ -42,7 +42,7 @@ from pebal_ros.labels import ANOMALY_LABEL
 EXCLUDE_CLASSES: tuple[str, ...] = ("person", "bicycle", "car", "motorcycle", "bus", "truck",
                                     "traffic light", "stop sign")
 MIN_IMAGE_SIZE = 480
-LAYOUT = "<root>/<split>/<id>.jpg and <root>/annotations/ood_seg_<split>/<id>.png (0 background, 254 object)"
+LAYOUT = "<root>/<split>/<id>.jpg (or .png) and <root>/annotations/ood_seg_<split>/<id>.png (0 background, 254 object)"
 
 
 class CocoOutlierDataset(Dataset):
@@ -63,11 +63,17 @@ class CocoOutlierDataset(Dataset):
         self.targets = sorted(mask_dir.glob("*.png"))
         if not self.targets:
             raise FileNotFoundError(f"COCO outlier set: no masks in {mask_dir}; expected layout {LAYOUT}")
-        self.images = [self.root / split / f"{t.stem}.jpg" for t in self.targets]
+        # COCO ships JPEGs; a generated outlier set may store lossless PNGs under the same stem.
+        self.images = [self._image_for(t.stem) for t in self.targets]
         missing = [str(p) for p in self.images if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"COCO outlier set: {len(missing)} mask(s) without image, e.g. "
                                     f"{missing[0]}; expected layout {LAYOUT}")
+
+    def _image_for(self, stem: str) -> Path:
+        jpg = self.root / self.split / f"{stem}.jpg"
+        png = jpg.with_suffix(".png")
+        return png if not jpg.is_file() and png.is_file() else jpg
 
     def __len__(self) -> int:
         return len(self.targets)
