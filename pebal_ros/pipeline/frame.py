@@ -1,0 +1,230 @@
+"""The per-frame core shared by the ROS 2 node and rosbag replay.
+
+``FramePipeline.process(msg)`` takes an incoming ``sensor_msgs/Image`` or ``CompressedImage``
+(rclpy or rosbags object) and returns a :class:`FrameResult`: the network outputs, the requested
+output messages (input header copied), the status summary and per-stage timings.
+
+Per frame: decode (zero-copy view when the encoding already is the runtime's channel order) ->
+resize to the runtime's input size (into a reused buffer) -> ``runtime.infer`` -> optionally
+resize the outputs back to camera size -> build only the requested messages. Output arrays are
+fresh every frame (callers may keep them); only internal scratch buffers are reused, so one
+pipeline must not be used from two threads at once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Collection
+
+import cv2
+import numpy as np
+
+from ..config import InferenceConfig
+from ..runtime.base import FrameOutputs, Runtime
+from .convert import FrameError, msg_to_array
+from .messages import OUTPUT_ENCODINGS, OUTPUT_NAMES, MessageFactory, StatusFields
+from .regions import Region, find_regions
+from .visualize import colorize, overlay
+
+OUTPUT_RESOLUTIONS = ("camera", "network")
+
+
+class RuntimeOutputError(RuntimeError):
+    """The runtime returned arrays of the wrong shape or type (an incompatible model)."""
+
+
+@dataclass
+class PipelineConfig:
+    """Per-frame settings (the node's parameters map onto these one to one)."""
+    threshold: float = -10.0
+    output_resolution: str = "camera"        # "camera": outputs at camera size; "network": at input_size
+    outputs: tuple[str, ...] = OUTPUT_NAMES   # which messages process() builds by default
+    min_region_area: int = 50                 # camera pixels
+    max_regions: int = 32
+    overlay_alpha: float = 0.5
+    overlay_boxes: bool = True
+
+    def validate(self) -> "PipelineConfig":
+        if not np.isfinite(self.threshold):
+            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        if self.output_resolution not in OUTPUT_RESOLUTIONS:
+            raise ValueError(f"output_resolution must be one of {OUTPUT_RESOLUTIONS}, got {self.output_resolution!r}")
+        check_outputs(self.outputs)
+        if self.min_region_area < 1:
+            raise ValueError(f"min_region_area must be >= 1, got {self.min_region_area}")
+        if self.max_regions < 0:
+            raise ValueError(f"max_regions must be >= 0, got {self.max_regions}")
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        return self
+
+    @classmethod
+    def from_inference(cls, inf: InferenceConfig, **overrides: Any) -> "PipelineConfig":
+        base = cls(
+            threshold=float(inf.threshold),
+            output_resolution="network" if inf.score_at_network_resolution else "camera",
+            min_region_area=int(inf.min_region_area),
+        )
+        return replace(base, **overrides).validate()
+
+
+def check_outputs(outputs: Collection[str]) -> tuple[str, ...]:
+    unknown = sorted(set(outputs) - set(OUTPUT_NAMES))
+    if unknown:
+        raise ValueError(f"unknown output(s) {unknown}; known: {list(OUTPUT_NAMES)}")
+    return tuple(o for o in OUTPUT_NAMES if o in set(outputs))
+
+
+@dataclass
+class FrameResult:
+    header: Any
+    camera_size: tuple[int, int]            # (H, W) of the input frame
+    outputs: FrameOutputs                   # at the output resolution; mask 0/1
+    status: StatusFields
+    messages: dict[str, Any] = field(default_factory=dict)   # output name -> message
+    timings: dict[str, float] = field(default_factory=dict)  # ms: decode, preprocess, inference,
+    #                                                          postprocess, encode, total, end_to_end
+
+
+class FramePipeline:
+    """Message in, output messages out; one instance per worker thread (scratch buffers are reused)."""
+
+    def __init__(self, runtime: Runtime, cfg: PipelineConfig | InferenceConfig | None = None,
+                 factory: MessageFactory | None = None):
+        if isinstance(cfg, InferenceConfig):
+            cfg = PipelineConfig.from_inference(cfg)
+        self.cfg = (cfg or PipelineConfig()).validate()
+        if getattr(runtime, "channel_order", None) not in ("rgb", "bgr"):
+            raise ValueError(f"runtime.channel_order must be 'rgb' or 'bgr', got {getattr(runtime, 'channel_order', None)!r}")
+        self.runtime = runtime
+        self.factory = factory if factory is not None else MessageFactory.for_rosbags()
+        self._decode_buf: np.ndarray | None = None
+        self._input_buf: np.ndarray | None = None
+
+    # -- stages -------------------------------------------------------------------------------
+    def decode(self, msg: Any) -> np.ndarray:
+        """Image/CompressedImage -> uint8 HxWx3 in the runtime's channel order (may be a view)."""
+        img = msg_to_array(msg, self.runtime.channel_order, out=self._decode_buf)
+        if img.flags.owndata and img is not self._decode_buf:
+            self._decode_buf = img   # converted into a new array: reuse it next frame (same size)
+        return img
+
+    def _network_input(self, image: np.ndarray) -> np.ndarray:
+        size = self.runtime.input_size
+        h, w = image.shape[:2]
+        if size is None or tuple(size) == (h, w):
+            return np.ascontiguousarray(image)
+        nh, nw = int(size[0]), int(size[1])
+        if self._input_buf is None or self._input_buf.shape != (nh, nw, 3):
+            self._input_buf = np.empty((nh, nw, 3), np.uint8)
+        interp = cv2.INTER_AREA if (h > 2 * nh and w > 2 * nw) else cv2.INTER_LINEAR
+        return cv2.resize(image, (nw, nh), dst=self._input_buf, interpolation=interp)
+
+    def _check_outputs(self, out: FrameOutputs, shape: tuple[int, int]) -> None:
+        for name, arr, dtype in (("semantic", out.semantic, np.uint8), ("score", out.score, np.float32),
+                                 ("mask", out.mask, np.uint8)):
+            if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dtype:
+                got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+                raise RuntimeOutputError(
+                    f"runtime {self.runtime.name!r} returned {name} as {got}; expected {np.dtype(dtype)} {shape}"
+                )
+
+    def _to_camera(self, out: FrameOutputs, cam: tuple[int, int]) -> FrameOutputs:
+        h, w = cam
+        semantic = cv2.resize(out.semantic, (w, h), interpolation=cv2.INTER_NEAREST)
+        score = cv2.resize(out.score, (w, h), interpolation=cv2.INTER_LINEAR)
+        # Threshold the upsampled score so the published mask agrees with the published score.
+        mask = (score > self.cfg.threshold).view(np.uint8)
+        return FrameOutputs(semantic=semantic, score=score, mask=mask)
+
+    # -- the frame ----------------------------------------------------------------------------
+    def process(self, msg: Any, outputs: Collection[str] | None = None, received_at: float | None = None) -> FrameResult:
+        """Run one Image/CompressedImage message through the detector.
+
+        ``outputs``: names from ``OUTPUT_NAMES`` to build messages for (default ``cfg.outputs``);
+        the arrays and status fields are always returned. ``received_at``: ``time.perf_counter()``
+        when the frame arrived (end-to-end latency includes the wait before processing).
+        Raises a :class:`~pebal_ros.pipeline.convert.FrameError` subclass for a bad frame.
+        """
+        t0 = time.perf_counter()
+        image = self.decode(msg)
+        t1 = time.perf_counter()
+        return self._run(image, msg.header, outputs, received_at if received_at is not None else t0,
+                         t0, {"decode": (t1 - t0) * 1e3})
+
+    def process_image(self, image: np.ndarray, header: Any = None, order: str = "rgb",
+                      outputs: Collection[str] | None = None, received_at: float | None = None) -> FrameResult:
+        """Same as :meth:`process` for an array (uint8 HxWx3 in ``order``); header defaults to zero/empty."""
+        t0 = time.perf_counter()
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise FrameError(f"expected a uint8 HxWx3 image, got {image.dtype} {image.shape}")
+        if order not in ("rgb", "bgr"):
+            raise ValueError(f"order must be 'rgb' or 'bgr', got {order!r}")
+        if order != self.runtime.channel_order:
+            image = image[..., ::-1]
+        if header is None:
+            header = self.factory.header()
+        return self._run(image, header, outputs, received_at if received_at is not None else t0, t0, {"decode": 0.0})
+
+    def _run(self, image: np.ndarray, header: Any, outputs: Collection[str] | None, received_at: float,
+             t0: float, timings: dict[str, float]) -> FrameResult:
+        cfg = self.cfg
+        wanted = check_outputs(cfg.outputs if outputs is None else outputs)
+        cam = (int(image.shape[0]), int(image.shape[1]))
+
+        ta = time.perf_counter()
+        net_in = self._network_input(image)
+        tb = time.perf_counter()
+        raw = self.runtime.infer(net_in, cfg.threshold)
+        tc = time.perf_counter()
+        net = (int(net_in.shape[0]), int(net_in.shape[1]))
+        self._check_outputs(raw, net)
+        if cfg.output_resolution == "camera" and net != cam:
+            res = self._to_camera(raw, cam)
+            base_img = image
+        else:
+            res = raw
+            base_img = net_in
+        oh, ow = res.mask.shape
+
+        fraction = float(np.count_nonzero(res.mask)) / res.mask.size
+        regions: list[Region] = []
+        need_regions = "status" in wanted or ("overlay" in wanted and cfg.overlay_boxes)
+        sx, sy = cam[1] / ow, cam[0] / oh
+        if need_regions and fraction > 0.0 and cfg.max_regions > 0:
+            min_area = max(1, int(round(cfg.min_region_area / (sx * sy))))
+            regions = find_regions(res.mask, res.score, min_area, cfg.max_regions)
+        td = time.perf_counter()
+
+        msgs: dict[str, Any] = {}
+        f = self.factory
+        sem_rgb = colorize(res.semantic) if ("semantic_color" in wanted or "overlay" in wanted) else None
+        if "semantic" in wanted:
+            msgs["semantic"] = f.image(header, res.semantic, OUTPUT_ENCODINGS["semantic"])
+        if "semantic_color" in wanted:
+            msgs["semantic_color"] = f.image(header, sem_rgb, "rgb8")
+        if "anomaly_score" in wanted:
+            msgs["anomaly_score"] = f.image(header, res.score, "32FC1")
+        if "anomaly_mask" in wanted:
+            msgs["anomaly_mask"] = f.image(header, res.mask * np.uint8(255), "mono8")
+        if "overlay" in wanted:
+            rgb = base_img if self.runtime.channel_order == "rgb" else cv2.cvtColor(base_img, cv2.COLOR_BGR2RGB)
+            boxes = [(r.x_offset, r.y_offset, r.width, r.height) for r in regions] if cfg.overlay_boxes else []
+            msgs["overlay"] = f.image(header, overlay(rgb, sem_rgb, res.mask, cfg.overlay_alpha, boxes=boxes), "rgb8")
+        te = time.perf_counter()
+
+        status = StatusFields(
+            image_width=cam[1], image_height=cam[0], threshold=cfg.threshold, anomaly_fraction=fraction,
+            max_score=float(res.score.max()), mean_score=float(res.score.mean(dtype=np.float64)),
+            inference_latency_ms=(tc - tb) * 1e3, end_to_end_latency_ms=0.0,
+            regions=[r.scaled(sx, sy) for r in regions],
+        )
+        timings.update(preprocess=(tb - ta) * 1e3, inference=(tc - tb) * 1e3, postprocess=(td - tc) * 1e3,
+                       encode=(te - td) * 1e3)
+        status.end_to_end_latency_ms = (time.perf_counter() - received_at) * 1e3
+        if "status" in wanted:
+            msgs["status"] = f.status(header, status)
+        t_end = time.perf_counter()
+        timings["total"] = (t_end - t0) * 1e3
+        timings["end_to_end"] = (t_end - received_at) * 1e3
+        return FrameResult(header=header, camera_size=cam, outputs=res, status=status, messages=msgs, timings=timings)

@@ -1,0 +1,79 @@
+"""Colour images for people: Cityscapes palette, overlay with anomalies, score heat map.
+
+All functions take an optional ``out`` buffer so the per-frame path can reuse its allocations.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from ..labels import PALETTE
+
+ANOMALY_COLOR: tuple[int, int, int] = (255, 0, 255)   # magenta: no Cityscapes class uses it
+
+
+def _buffer(out: np.ndarray | None, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
+    if out is not None and out.shape == shape and out.dtype == dtype:
+        return out
+    return np.empty(shape, dtype=dtype)
+
+
+def colorize(semantic: np.ndarray, out: np.ndarray | None = None, palette: np.ndarray = PALETTE) -> np.ndarray:
+    """Train-id map (uint8 HxW) -> RGB (uint8 HxWx3) with the Cityscapes palette."""
+    if semantic.dtype != np.uint8 or semantic.ndim != 2:
+        raise ValueError(f"semantic must be uint8 HxW, got {semantic.dtype} {semantic.shape}")
+    buf = _buffer(out, semantic.shape + (3,))
+    np.take(palette, semantic, axis=0, out=buf)
+    return buf
+
+
+def overlay(
+    image_rgb: np.ndarray,
+    semantic_rgb: np.ndarray | None,
+    mask: np.ndarray,
+    alpha: float = 0.5,
+    anomaly_color: Sequence[int] = ANOMALY_COLOR,
+    boxes: Sequence[tuple[int, int, int, int]] = (),
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Camera image blended with the semantic colours, anomalous pixels painted, regions boxed.
+
+    ``semantic_rgb`` None gives the plain image with the anomalies; ``boxes`` are
+    (x, y, width, height) rectangles drawn in the anomaly colour.
+    """
+    if image_rgb.shape[:2] != mask.shape:
+        raise ValueError(f"image {image_rgb.shape} and mask {mask.shape} sizes differ")
+    buf = _buffer(out, image_rgb.shape)
+    if semantic_rgb is None:
+        np.copyto(buf, image_rgb)
+    else:
+        cv2.addWeighted(image_rgb, 1.0 - alpha, semantic_rgb, alpha, 0.0, dst=buf)
+    # Anomalies: a strong tint rather than a flat fill so the object stays recognisable.
+    sel = mask.astype(bool, copy=False)
+    if sel.any():
+        color = np.asarray(anomaly_color, dtype=np.float32)
+        buf[sel] = (0.35 * image_rgb[sel] + 0.65 * color).astype(np.uint8)
+    for x, y, w, h in boxes:
+        cv2.rectangle(buf, (int(x), int(y)), (int(x + w - 1), int(y + h - 1)), tuple(int(c) for c in anomaly_color), 2)
+    return buf
+
+
+def score_heatmap(
+    score: np.ndarray, lo: float | None = None, hi: float | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Score map -> RGB heat map (TURBO), linearly scaled from ``lo`` (blue) to ``hi`` (red).
+
+    Without limits the frame's own 1st/99th percentiles are used (fine for a single image; pass
+    fixed limits for videos so colours are comparable between frames).
+    """
+    s = np.asarray(score, dtype=np.float32)
+    if lo is None or hi is None:
+        p_lo, p_hi = np.percentile(s, [1, 99])
+        lo = float(p_lo) if lo is None else lo
+        hi = float(p_hi) if hi is None else hi
+    scale = 255.0 / max(hi - lo, 1e-6)
+    u8 = np.clip((s - lo) * scale, 0, 255).astype(np.uint8)
+    bgr = cv2.applyColorMap(u8, cv2.COLORMAP_TURBO)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=_buffer(out, s.shape + (3,)))

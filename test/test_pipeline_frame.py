@@ -1,0 +1,269 @@
+"""FramePipeline end to end with real rosbags message classes, CDR round trips and a real torch runtime."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from rosbags.typesys import Stores, get_typestore
+from scipy import ndimage
+
+from pebal_ros.config import InferenceConfig
+from pebal_ros.labels import PALETTE
+from pebal_ros.pipeline.convert import (
+    CorruptCompressedImageError,
+    ImageLayoutError,
+    UnsupportedEncodingError,
+    encode_compressed,
+    float_image_from_msg,
+    image_view,
+)
+from pebal_ros.pipeline.frame import FramePipeline, PipelineConfig, RuntimeOutputError
+from pebal_ros.pipeline.messages import (
+    MSG_DEFINITIONS,
+    OUTPUT_NAMES,
+    OUTPUT_TYPES,
+    REGION_TYPE,
+    STATUS_TYPE,
+    MessageFactory,
+    StatusFields,
+    register_pebal_types,
+)
+from pebal_ros.pipeline.regions import Region, find_regions
+from pebal_ros.pipeline.visualize import colorize, overlay, score_heatmap
+from pebal_ros.runtime.base import FrameOutputs
+from test_pipeline_runtime import ANOMALY_RGB, PaletteRuntime, make_scene, reference_semantic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=["humble", "jazzy"])
+def factory(request):
+    store = get_typestore(Stores.ROS2_HUMBLE if request.param == "humble" else Stores.ROS2_JAZZY)
+    return MessageFactory.for_rosbags(store)
+
+
+def cdr(factory, msg, typename):
+    ts = factory.typestore
+    return ts.deserialize_cdr(ts.serialize_cdr(msg, typename), typename)
+
+
+def image_msg(factory, rgb, encoding="rgb8", frame="cam_front", sec=100, nsec=7):
+    arr = rgb if encoding == "rgb8" else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    msg = factory.image(factory.header(sec, nsec, frame), arr, encoding)
+    return cdr(factory, msg, "sensor_msgs/msg/Image")
+
+
+# --- messages ------------------------------------------------------------------------------
+
+def test_embedded_definitions_equal_msg_files():
+    for name, text in MSG_DEFINITIONS.items():
+        assert (REPO / "msg" / f"{name.rsplit('/', 1)[1]}.msg").read_text() == text
+
+
+def test_status_message_cdr_round_trip(factory):
+    regions = [Region(3, 4, 10, 6, 41, 7.5, 6.25, -1.5, 2.0), Region(0, 0, 1, 1, 1, 0.0, 0.0, 0.5, 0.5)]
+    s = StatusFields(640, 480, -10.0, 0.0125, 3.5, -9.25, 12.5, 30.25, regions)
+    msg = factory.status(factory.header(5, 6, "cam"), s)
+    back = cdr(factory, msg, STATUS_TYPE)
+    assert back.header.stamp.sec == 5 and back.header.stamp.nanosec == 6 and back.header.frame_id == "cam"
+    assert (back.image_width, back.image_height) == (640, 480)
+    assert back.threshold == -10.0 and back.anomaly_fraction == pytest.approx(0.0125)
+    assert back.inference_latency_ms == 12.5 and back.end_to_end_latency_ms == 30.25
+    assert [(r.x_offset, r.y_offset, r.width, r.height, r.area) for r in back.regions] == [(3, 4, 10, 6, 41), (0, 0, 1, 1, 1)]
+    assert back.regions[0].centroid_y == 6.25 and back.regions[0].mean_score == -1.5
+
+
+def test_register_is_idempotent_and_types_are_complete():
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    register_pebal_types(ts)
+    register_pebal_types(ts)
+    assert STATUS_TYPE in ts.types and REGION_TYPE in ts.types
+    fields = [f for f in ts.types[STATUS_TYPE].__dataclass_fields__ if not f.startswith("__")]
+    assert fields[:2] == ["header", "image_width"] and fields[-1] == "regions"
+
+
+def test_factory_requires_types():
+    with pytest.raises(ValueError, match="lacks type"):
+        MessageFactory({}, lambda a: a, "nothing")
+
+
+def test_factory_copies_data(factory):
+    arr = np.zeros((2, 3), np.uint8)
+    msg = factory.image(factory.header(), arr, "mono8")
+    arr[:] = 7   # the caller may reuse its buffer
+    assert not msg.data.any()
+
+
+# --- regions / visualize -------------------------------------------------------------------
+
+def test_find_regions_matches_scipy():
+    rng = np.random.default_rng(3)
+    mask = (ndimage.gaussian_filter(rng.normal(size=(60, 80)), 2) > 0.15).astype(np.uint8)
+    score = rng.normal(size=mask.shape).astype(np.float32)
+    regions = find_regions(mask, score, min_area=5)
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    expect = []
+    for i in range(1, n + 1):
+        ys, xs = np.nonzero(lab == i)
+        if ys.size >= 5:
+            expect.append((ys.size, xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1,
+                           score[lab == i].mean(), score[lab == i].max(), xs.mean(), ys.mean()))
+    expect.sort(key=lambda e: -e[0])
+    assert len(regions) == len(expect) > 3
+    for r, e in zip(regions, expect):
+        assert (r.area, r.x_offset, r.y_offset, r.width, r.height) == e[:5]
+        assert r.mean_score == pytest.approx(e[5], rel=1e-5) and r.max_score == pytest.approx(e[6])
+        assert (r.centroid_x, r.centroid_y) == pytest.approx(e[7:9])
+    assert len(find_regions(mask, score, min_area=5, max_regions=2)) == 2
+    assert find_regions(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32)) == []
+
+
+def test_region_scaling():
+    r = Region(10, 20, 5, 4, 12, 12.0, 21.5, 0.0, 1.0).scaled(2.0, 2.0)
+    assert (r.x_offset, r.y_offset, r.width, r.height, r.area) == (20, 40, 10, 8, 48)
+    assert (r.centroid_x, r.centroid_y) == (24.5, 43.5)
+
+
+def test_colorize_and_overlay():
+    sem = np.array([[0, 13], [10, 18]], np.uint8)
+    rgb = colorize(sem)
+    for (y, x), t in np.ndenumerate(sem):
+        assert tuple(rgb[y, x]) == tuple(PALETTE[t])
+    img = np.full((2, 2, 3), 100, np.uint8)
+    mask = np.array([[0, 1], [0, 0]], np.uint8)
+    ov = overlay(img, rgb, mask, alpha=0.5)
+    assert tuple(ov[0, 0]) == tuple(((img[0, 0].astype(int) + PALETTE[0]) / 2 + 1e-9).round().astype(np.uint8))
+    assert tuple(ov[0, 1]) == (int(0.35 * 100 + 0.65 * 255), int(0.35 * 100), int(0.35 * 100 + 0.65 * 255))
+    heat = score_heatmap(np.array([[0.0, 1.0]], np.float32), 0.0, 1.0)
+    assert heat.shape == (1, 2, 3) and heat[0, 0, 2] > heat[0, 0, 0] and heat[0, 1, 0] > heat[0, 1, 2]
+
+
+# --- the pipeline --------------------------------------------------------------------------
+
+def test_process_all_outputs_camera_resolution(factory):
+    rt = PaletteRuntime(input_size=(24, 48))
+    pipe = FramePipeline(rt, PipelineConfig(threshold=0.0, min_region_area=20), factory)
+    scene = make_scene(48, 96, blob=(20, 30, 10, 16))
+    res = pipe.process(image_msg(factory, scene, "bgr8"))
+    assert set(res.messages) == set(OUTPUT_NAMES)
+    assert res.camera_size == (48, 96)
+    for name, msg in res.messages.items():
+        back = cdr(factory, msg, OUTPUT_TYPES[name])
+        assert back.header.frame_id == "cam_front" and back.header.stamp.sec == 100 and back.header.stamp.nanosec == 7
+        if name != "status":
+            assert (back.height, back.width) == (48, 96), name
+    m = res.messages
+    assert m["semantic"].encoding == "mono8" and m["semantic_color"].encoding == "rgb8"
+    assert m["anomaly_score"].encoding == "32FC1" and m["anomaly_mask"].encoding == "mono8"
+    assert m["overlay"].encoding == "rgb8"
+    sem, _ = image_view(m["semantic"])
+    # Network at half size, nearest upsampling: compare with the reference labelling on the same grid.
+    small = cv2.resize(scene, (48, 24), interpolation=cv2.INTER_LINEAR)
+    ref = cv2.resize(reference_semantic(small), (96, 48), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(sem, ref)
+    mask, _ = image_view(m["anomaly_mask"])
+    assert set(np.unique(mask)) == {0, 255}
+    score = float_image_from_msg(m["anomaly_score"])
+    np.testing.assert_array_equal(mask == 255, score > 0.0)
+    st = res.status
+    assert len(st.regions) == 1
+    r = st.regions[0]
+    assert abs(r.x_offset - 30) <= 2 and abs(r.y_offset - 20) <= 2 and abs(r.width - 16) <= 3 and abs(r.height - 10) <= 3
+    assert st.anomaly_fraction == pytest.approx((mask == 255).mean())
+    assert st.max_score == pytest.approx(score.max()) and r.max_score <= st.max_score
+    assert 0 < st.inference_latency_ms <= st.end_to_end_latency_ms
+    assert {"decode", "preprocess", "inference", "postprocess", "encode", "total", "end_to_end"} <= set(res.timings)
+    ov, _ = image_view(m["overlay"])
+    assert ov[25, 38, 1] < 150 and ov[25, 38, 0] > 150   # magenta tint over the cyan blob
+
+
+def test_network_resolution_and_requested_outputs_only(factory):
+    rt = PaletteRuntime(input_size=(24, 48))
+    pipe = FramePipeline(rt, PipelineConfig(threshold=0.0, output_resolution="network", min_region_area=20), factory)
+    scene = make_scene(48, 96)
+    res = pipe.process(image_msg(factory, scene), outputs=["anomaly_mask", "status"])
+    assert set(res.messages) == {"anomaly_mask", "status"}
+    assert (res.messages["anomaly_mask"].height, res.messages["anomaly_mask"].width) == (24, 48)
+    # Regions are reported in camera pixels even when the outputs are at network size.
+    r = res.status.regions[0]
+    assert abs(r.x_offset - 30) <= 2 and abs(r.width - 16) <= 4 and res.status.image_width == 96
+    assert pipe.process(image_msg(factory, scene), outputs=[]).messages == {}
+    with pytest.raises(ValueError, match="unknown output"):
+        pipe.process(image_msg(factory, scene), outputs=["semantics"])
+
+
+def test_dynamic_size_runtime_and_bgr_runtime(factory):
+    scene = make_scene(40, 64)
+    for order in ("rgb", "bgr"):
+        rt = PaletteRuntime(input_size=None, channel_order=order)
+        res = FramePipeline(rt, PipelineConfig(threshold=0.0), factory).process(image_msg(factory, scene, "rgb8"))
+        np.testing.assert_array_equal(res.outputs.semantic, reference_semantic(scene))
+        ov, _ = image_view(res.messages["overlay"])
+        assert tuple(ov[45 - 10, 5]) != tuple(ov[0, 0])   # road vs sky: overlay is in RGB either way
+
+
+def test_compressed_input_and_process_image(factory):
+    scene = make_scene(48, 96)
+    fmt, payload = encode_compressed(scene, "png")
+    C = factory.types["sensor_msgs/msg/CompressedImage"]
+    msg = cdr(factory, C(header=factory.header(1, 2, "c"), format=fmt, data=payload), C.__msgtype__)
+    pipe = FramePipeline(PaletteRuntime(), PipelineConfig(threshold=0.0), factory)
+    res = pipe.process(msg)
+    np.testing.assert_array_equal(res.outputs.semantic, reference_semantic(scene))
+    res2 = pipe.process_image(scene[..., ::-1], order="bgr")
+    np.testing.assert_array_equal(res2.outputs.mask, res.outputs.mask)
+    assert res2.messages["status"].header.frame_id == ""
+
+
+def test_end_to_end_latency_includes_waiting(factory):
+    pipe = FramePipeline(PaletteRuntime(), PipelineConfig(threshold=0.0), factory)
+    msg = image_msg(factory, make_scene(16, 32, blob=None))
+    res = pipe.process(msg, outputs=["status"], received_at=time.perf_counter() - 0.5)
+    assert res.status.end_to_end_latency_ms >= 500 and res.status.regions == []
+    assert res.status.anomaly_fraction == 0.0
+
+
+def test_bad_frames_raise_specific_errors(factory):
+    pipe = FramePipeline(PaletteRuntime(), PipelineConfig(threshold=0.0), factory)
+    Img = factory.types["sensor_msgs/msg/Image"]
+    h = factory.header()
+    with pytest.raises(UnsupportedEncodingError):
+        pipe.process(Img(header=h, height=2, width=2, encoding="32FC1", is_bigendian=0, step=8, data=np.zeros(16, np.uint8)))
+    with pytest.raises(ImageLayoutError):
+        pipe.process(Img(header=h, height=2, width=2, encoding="rgb8", is_bigendian=0, step=6, data=np.zeros(11, np.uint8)))
+    C = factory.types["sensor_msgs/msg/CompressedImage"]
+    with pytest.raises(CorruptCompressedImageError):
+        pipe.process(C(header=h, format="jpeg", data=np.frombuffer(b"\xff\xd8garbage", np.uint8)))
+    # and the next good frame still works
+    assert pipe.process(image_msg(factory, make_scene(16, 32, blob=(4, 10, 6, 8)))).outputs.mask.any()
+
+
+def test_incompatible_runtime_outputs(factory):
+    class Wrong(PaletteRuntime):
+        def infer(self, image, threshold):
+            out = super().infer(image, threshold)
+            return FrameOutputs(out.semantic[:-1], out.score, out.mask)
+
+    with pytest.raises(RuntimeOutputError, match="returned semantic"):
+        FramePipeline(Wrong(), PipelineConfig(threshold=0.0), factory).process(image_msg(factory, make_scene(16, 32)))
+
+
+def test_config_validation_and_from_inference():
+    with pytest.raises(ValueError, match="output_resolution"):
+        PipelineConfig(output_resolution="full").validate()
+    with pytest.raises(ValueError, match="overlay_alpha"):
+        PipelineConfig(overlay_alpha=2).validate()
+    with pytest.raises(ValueError, match="min_region_area"):
+        PipelineConfig(min_region_area=0).validate()
+    cfg = PipelineConfig.from_inference(InferenceConfig(threshold=-3.0, score_at_network_resolution=True, min_region_area=7))
+    assert (cfg.threshold, cfg.output_resolution, cfg.min_region_area) == (-3.0, "network", 7)
+    pipe = FramePipeline(PaletteRuntime(), InferenceConfig(threshold=-3.0))
+    assert pipe.cfg.threshold == -3.0 and pipe.factory.library == "rosbags"
+
+
+def test_anomaly_colour_far_from_palette():
+    d = np.sqrt(((PALETTE[:19].astype(float) - np.array(ANOMALY_RGB)) ** 2).sum(-1))
+    assert d.min() > 150
