@@ -1,0 +1,234 @@
+"""Replay rosbag2 recordings through the detector: result bag (MCAP) + report (HTML, JSON, plots).
+
+Reads MCAP and sqlite3 bags (split, compressed, metadata versions Foxy..Jazzy), runs every
+sensor_msgs/Image and CompressedImage frame through the same per-frame pipeline as the ROS 2 node,
+and writes to --out:
+  result_bag/   the node's output topics (semantic, semantic_color, anomaly_score, anomaly_mask,
+                overlay, status) with the input headers and receive times; plays with `ros2 bag play`
+                and opens in Foxglove (message definitions are embedded)
+  report/       report.html, summary.json, frames.csv, anomaly_over_time.png, contact_sheet.png,
+                roc.png / pr.png when ground truth is given (--labels DIR or --label-topic)
+Several bags, or a folder of bags, run in parallel worker processes (--jobs); each bag then gets
+its own sub-folder and --out gets an index.html over all of them.
+
+Exit status: 0 every bag replayed; 1 some bag could not be replayed (nothing readable, no image
+topics, ...); 2 bad arguments or model.
+
+Examples:
+  pebal replay recordings/drive_0042 --out out/drive_0042
+  pebal replay recordings/ --out out/fleet --jobs 4
+  pebal replay drive.mcap --topics /front/image_raw/compressed --labels labels/ --out out/eval
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from ..pipeline.messages import OUTPUT_NAMES
+from .bag import STORAGE_SUFFIXES, BagError, _storage_kind
+from .replay import ReplayError, ReplayOptions, replay_bag
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bags", nargs="+", metavar="BAG", help="bag folders, .mcap/.db3 files, or folders of bags")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--model", default=None, help="model (.onnx/.pt/.engine); default: the bundled model "
+                   "through ONNX Runtime")
+    p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    p.add_argument("--input-size", default=None, metavar="HxW",
+                   help="export size when a .pt model is run with ONNX Runtime (default: the config's)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per worker "
+                   "(default: cores / jobs)")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="bags replayed in parallel (processes)")
+    p.add_argument("--topics", nargs="+", default=None, help="image topics (default: all Image/CompressedImage)")
+    p.add_argument("--label-topic", default="auto", help="mono8 label image topic; 'auto' takes a single "
+                   "image topic whose name contains 'label'/'ground_truth'; 'none' disables")
+    p.add_argument("--labels", type=Path, default=None, help="folder of label PNGs (0 inlier/1 anomaly/255 "
+                   "void, or train ids with 254 anomaly) for the first image topic")
+    p.add_argument("--label-match", default="auto", choices=("auto", "stamp", "name", "index"))
+    p.add_argument("--label-kind", default="auto", choices=("auto", "anomaly", "semantic"))
+    p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
+    p.add_argument("--outputs", nargs="+", default=list(OUTPUT_NAMES), choices=OUTPUT_NAMES,
+                   help="output topics to write (default: all the node publishes)")
+    p.add_argument("--namespace", default="/pebal", help="namespace of the output topics (default /pebal; "
+                   "with several cameras the camera's namespace is appended)")
+    p.add_argument("--output-resolution", default="camera", choices=("camera", "network"))
+    p.add_argument("--min-region-area", type=int, default=50)
+    p.add_argument("--max-frames", type=int, default=None, help="process at most N frames per topic "
+                   "(the rest are counted as skipped)")
+    p.add_argument("--reproducible", action="store_true", help="write 0 for the measured latencies in "
+                   "the status messages, so the result bag is byte-identical between runs")
+    p.add_argument("--overwrite", action="store_true", help="replace existing result_bag/ and report/")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def expand_bags(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
+    """Bags named directly, plus the bags inside folders that are not bags themselves."""
+    bags: list[Path] = []
+    problems: list[str] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            problems.append(f"{p}: does not exist")
+        elif p.is_file():
+            bags.append(p)      # BagReader names the problem if it is not a bag
+        elif (p / "metadata.yaml").is_file():
+            bags.append(p)
+        else:
+            children = sorted(c for c in p.iterdir() if (c.is_dir() and (c / "metadata.yaml").is_file())
+                              or (c.is_file() and _storage_kind(c)))
+            if children:
+                bags.extend(children)
+            else:
+                problems.append(f"{p}: not a rosbag2 recording (no metadata.yaml, no "
+                                f"{'/'.join(STORAGE_SUFFIXES)} file) and holds no bags")
+    return bags, problems
+
+
+def _names(bags: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for b in bags:
+        stem = b.name.split(".")[0] if b.is_file() else b.name
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        out.append(stem if n == 0 else f"{stem}_{n}")
+    return out
+
+
+def _options(args: argparse.Namespace) -> ReplayOptions:
+    return ReplayOptions(
+        topics=args.topics, label_topic=None if args.label_topic == "none" else args.label_topic,
+        labels_dir=args.labels, label_match=args.label_match, label_kind=args.label_kind,
+        threshold=args.threshold, outputs=tuple(args.outputs), namespace=args.namespace,
+        output_resolution=args.output_resolution, min_region_area=args.min_region_area,
+        reproducible=args.reproducible, max_frames=args.max_frames, progress=not args.no_progress,
+        overwrite=args.overwrite)
+
+
+def _run_one(bag: Path, out_dir: Path, opts: ReplayOptions, runtime: Any) -> dict[str, Any]:
+    try:
+        res = replay_bag(bag, runtime, out_dir, opts)
+    except (BagError, ReplayError) as exc:
+        return {"bag": str(bag), "exit_code": 1, "error": str(exc)}
+    det = res.summary["deterministic"]
+    return {"bag": str(bag), "exit_code": res.exit_code, "status_text": det["status_text"],
+            "status": det["status"], "issues": det["issues"], "report": str(res.report_dir / "report.html"),
+            "result_bag": str(res.result_bag), "frames_per_s": res.summary["timing"]["frames_per_s"],
+            "topics": det["topics"]}
+
+
+_WORKER_RUNTIME: Any = None
+
+
+def _worker_init(model: str, kind: str | None, device: str, threads: int | None) -> None:
+    global _WORKER_RUNTIME
+    from .model import open_runtime
+    _WORKER_RUNTIME = open_runtime(model, kind=kind, device=device, threads=threads, quiet=True)
+
+
+def _worker(bag: str, out_dir: str, opts: ReplayOptions) -> dict[str, Any]:
+    return _run_one(Path(bag), Path(out_dir), opts, _WORKER_RUNTIME)
+
+
+def _print_result(r: dict[str, Any]) -> None:
+    if "error" in r:
+        err = r["error"]
+        print(f"pebal replay: {err if err.startswith(r['bag']) else r['bag'] + ': ' + err}", file=sys.stderr)
+        return
+    stream = sys.stdout if r["exit_code"] == 0 else sys.stderr
+    print(f"{r['bag']}: {r['status_text']} ({r['frames_per_s']:.1f} frames/s)", file=stream)
+    for issue in r["issues"]:
+        print(f"  read problem: {issue}", file=sys.stderr)
+    for t in r["topics"]:
+        for reason, n in t["skip_reasons"].items():
+            print(f"  {t['topic']}: {n} skipped: {reason}", file=sys.stderr)
+    print(f"  result bag: {r['result_bag']}\n  report:     {r['report']}", file=stream)
+
+
+def _write_index(out: Path, results: list[dict[str, Any]]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    rows = []
+    for r in results:
+        rel = os.path.relpath(r["report"], out) if "report" in r else None
+        link = f"<a href='{html.escape(rel)}'>report</a>" if rel else "-"
+        rows.append(f"<tr><td>{html.escape(r['bag'])}</td><td>{html.escape(r.get('status_text') or r.get('error', ''))}"
+                    f"</td><td>{link}</td></tr>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>PEBAL replay</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:.3em .6em}"
+            "table{border-collapse:collapse}</style></head><body><h1>PEBAL replay: "
+            f"{len(results)} bags</h1><table><tr><th>bag</th><th>result</th><th></th></tr>"
+            + "".join(rows) + "</table></body></html>")
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def main(args: argparse.Namespace) -> int:
+    from .model import cached_onnx, default_model, open_runtime
+
+    bags, problems = expand_bags(args.bags)
+    for p in problems:
+        print(f"pebal replay: {p}", file=sys.stderr)
+    if not bags:
+        print("pebal replay: no bag to replay", file=sys.stderr)
+        return 2
+    if args.labels is not None and len(bags) > 1:
+        print("pebal replay: --labels belongs to one recording; give one bag with it", file=sys.stderr)
+        return 2
+    size = None
+    if args.input_size:
+        from ..export.onnx import parse_hw
+        size = parse_hw(args.input_size)
+    opts = _options(args)
+    jobs = max(1, min(args.jobs, len(bags)))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+    try:
+        model = Path(args.model) if args.model else default_model()
+        kind = args.runtime or ("onnxruntime" if args.model is None else None)
+        if kind in ("onnxruntime", "onnx", "ort") and model.suffix.lower() in (".pt", ".pth"):
+            model = cached_onnx(model, size)     # once, here: workers must not race to export
+            kind = "onnxruntime"
+        runtime = None if jobs > 1 else open_runtime(model, kind=kind, device=args.device, threads=threads)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        print(f"pebal replay: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+    several = len(bags) > 1
+    outs = [args.out / n if several else args.out for n in _names(bags)]
+    results: list[dict[str, Any]] = []
+    if jobs == 1:
+        for bag, out in zip(bags, outs):
+            r = _run_one(bag, out, opts, runtime)
+            _print_result(r)
+            results.append(r)
+    else:
+        import multiprocessing as mp
+
+        # spawn: ONNX Runtime / torch thread pools do not survive fork reliably.
+        opts.progress = False
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(str(model), kind, args.device, threads)) as pool:
+            futures = {pool.submit(_worker, str(b), str(o), opts): b for b, o in zip(bags, outs)}
+            from tqdm import tqdm
+            for fut in tqdm(as_completed(futures), total=len(futures), desc="bags", unit="bag",
+                            disable=args.no_progress):
+                try:
+                    r = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a crashed worker fails its bag only
+                    r = {"bag": str(futures[fut]), "exit_code": 1, "error": f"worker failed: {exc}"}
+                _print_result(r)
+                results.append(r)
+        results.sort(key=lambda r: r["bag"])
+    if several:
+        print(f"index: {_write_index(args.out, results)}")
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
+__all__ = ["add_arguments", "main", "expand_bags"]

@@ -1,0 +1,169 @@
+"""Ground truth for a replay: label PNGs in a folder or a label image topic, matched to frames.
+
+Two label conventions are understood (``kind="auto"`` tells them apart per image):
+- anomaly labels, as Fishyscapes / the synthetic test set: 0 inlier, 1 anomaly, 255 void;
+- semantic labels: Cityscapes train ids 0-18, 254 anomaly, 255 void (then mIoU is the 19-class
+  semantic mIoU; with anomaly labels it is the 2-class inlier/anomaly mIoU of the mask).
+
+Folder matching (``match``): "stamp" (file stem = header stamp in ns, or ``<sec>_<nanosec>``),
+"name" (the number at the end of the stem = frame index on the topic), "index" (sorted order =
+frame order); "auto" picks the first that fits every file.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..labels import ANOMALY_LABEL, NUM_CLASSES, VOID_LABEL
+
+_STAMP = re.compile(r"^(\d{10})[_.](\d{1,9})$")
+_TRAILING = re.compile(r"(\d+)$")
+CURVE_STRIDE = 4     # ROC/PR curves use every 4th pixel in each direction (metrics use all pixels)
+
+
+def _stamp_of(stem: str) -> int | None:
+    if stem.isdigit() and len(stem) >= 16:
+        return int(stem)
+    m = _STAMP.match(stem)
+    return int(m.group(1)) * 1_000_000_000 + int(m.group(2).ljust(9, "0")) if m else None
+
+
+class LabelFolder:
+    """Label PNGs matched to the frames of one image topic."""
+
+    def __init__(self, folder: str | Path, match: str = "auto") -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"label folder not found: {self.folder}")
+        files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() == ".png")
+        if not files:
+            raise ValueError(f"label folder {self.folder} holds no .png files")
+        self.files = files
+        stems = [p.stem for p in files]
+        if match == "auto":
+            if all(_stamp_of(s) is not None for s in stems):
+                match = "stamp"
+            elif all(_TRAILING.search(s) for s in stems) and len({int(_TRAILING.search(s).group(1))
+                                                                  for s in stems}) == len(stems):
+                match = "name"
+            else:
+                match = "index"
+        self.match = match
+        if match == "stamp":
+            self.by_key = {_stamp_of(p.stem): p for p in files}
+            if None in self.by_key:
+                raise ValueError(f"--label-match stamp: not every file name in {self.folder} is a stamp")
+        elif match == "name":
+            self.by_key = {int(m.group(1)): p for p in files if (m := _TRAILING.search(p.stem))}
+        elif match == "index":
+            self.by_key = dict(enumerate(files))
+        else:
+            raise ValueError(f"label match must be auto, stamp, name or index, got {match!r}")
+        self.used: set[Path] = set()
+
+    def describe(self) -> str:
+        return f"folder {self.folder} ({len(self.files)} PNGs, matched by {self.match})"
+
+    def get(self, index: int, stamp_ns: int | None) -> np.ndarray | None:
+        key = stamp_ns if self.match == "stamp" else index
+        path = self.by_key.get(key)
+        if path is None:
+            return None
+        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if label is None:
+            raise ValueError(f"{path}: not a readable PNG")
+        if label.ndim == 3:      # a colour-saved label: the channels are equal by convention
+            label = label[..., 0]
+        self.used.add(path)
+        return label.astype(np.uint8, copy=False)
+
+
+def label_from_message(msg: Any) -> np.ndarray:
+    """A mono8 sensor_msgs/Image -> uint8 HxW (no copy of the pixels)."""
+    if msg.encoding not in ("mono8", "8UC1"):
+        raise ValueError(f"label images must be mono8, got {msg.encoding!r}")
+    data = np.frombuffer(memoryview(msg.data), np.uint8)
+    return data[: msg.height * msg.step].reshape(msg.height, msg.step)[:, : msg.width]
+
+
+class Accuracy:
+    """Streaming AUROC/AP/FPR95 (pebal_ros.metrics.OODMetrics) plus mIoU, and a curve sample."""
+
+    def __init__(self, kind: str = "auto") -> None:
+        from ..metrics import OODMetrics, SegMetrics
+
+        if kind not in ("auto", "anomaly", "semantic"):
+            raise ValueError(f"label kind must be auto, anomaly or semantic, got {kind!r}")
+        self.kind = kind
+        self.ood = OODMetrics()
+        self.seg = SegMetrics()
+        self.binary_conf = np.zeros((2, 2), np.int64)      # [label, prediction] inlier/anomaly
+        self.kinds_seen: set[str] = set()
+        self.frames = 0
+        self._scores: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+
+    def _kind_of(self, label: np.ndarray) -> str:
+        if self.kind != "auto":
+            return self.kind
+        # Any train id above 1 or the 254 anomaly id means semantic labels.
+        present = np.bincount(label.reshape(-1), minlength=256)
+        return "semantic" if present[2:VOID_LABEL].any() else "anomaly"
+
+    def update(self, score: np.ndarray, mask: np.ndarray, semantic: np.ndarray, label: np.ndarray) -> None:
+        h, w = label.shape
+        if score.shape != (h, w):
+            # The label is the truth: bring the predictions to its size.
+            score = cv2.resize(score, (w, h), interpolation=cv2.INTER_LINEAR)
+            semantic = cv2.resize(semantic, (w, h), interpolation=cv2.INTER_NEAREST)
+            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        kind = self._kind_of(label)
+        self.kinds_seen.add(kind)
+        if kind == "semantic":
+            ood = np.where(label == ANOMALY_LABEL, 1, np.where(label == VOID_LABEL, 255, 0)).astype(np.uint8)
+            target = np.where(label < NUM_CLASSES, label, VOID_LABEL).astype(np.uint8)
+            self.seg.update(semantic, target)
+        else:
+            ood = label
+        self.ood.update(score, ood)
+        valid = ood != 255
+        conf = np.bincount(2 * ood[valid].astype(np.int64) + (mask[valid] != 0), minlength=4)
+        self.binary_conf += conf[:4].reshape(2, 2)
+        sub = (slice(None, None, CURVE_STRIDE), slice(None, None, CURVE_STRIDE))
+        v = valid[sub]
+        self._scores.append(score[sub][v].astype(np.float32))
+        self._labels.append(ood[sub][v])
+        self.frames += 1
+
+    def curve_sample(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._scores:
+            return np.zeros(0, np.float32), np.zeros(0, np.uint8)
+        return np.concatenate(self._scores), np.concatenate(self._labels)
+
+    def compute(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"frames_with_labels": self.frames, "label_kind": sorted(self.kinds_seen)}
+        if not self.frames:
+            return out
+        c = self.binary_conf
+        ious = [c[k, k] / max(1, c[k, :].sum() + c[:, k].sum() - c[k, k]) for k in (0, 1)]
+        out["anomaly_iou"] = float(ious[1])
+        has_both = c[0].sum() > 0 and c[1].sum() > 0
+        out["metrics"] = {k: float(v) for k, v in self.ood.compute().items()} if has_both else {}
+        if not has_both:
+            out["note"] = "labels hold only one class (no anomaly or no inlier pixels): AUROC/AP/FPR95 undefined"
+        if "semantic" in self.kinds_seen:
+            seg = self.seg.compute()
+            out["miou"] = float(seg["miou"])
+            out["pixel_acc"] = float(seg.get("pixel_acc", float("nan")))
+            iou = seg.get("iou")
+            if iou is not None:
+                from ..labels import TRAIN_ID_NAMES
+                vals = iou.values() if isinstance(iou, dict) else list(iou)
+                out["iou"] = {TRAIN_ID_NAMES[i]: float(v) for i, v in enumerate(vals) if v == v}
+        else:
+            out["miou"] = float(np.mean(ious))   # inlier/anomaly 2-class mIoU of the mask
+        return out
