@@ -131,10 +131,16 @@ def read_spec(path: str | Path) -> ExportSpec:
 def _tag_post_nodes(model) -> int:
     """Prefix the post-processing nodes' names with ``post/`` (from the dynamo exporter's scope
     metadata) so the TensorRT builder can find and pin them to FP32. Returns how many."""
+    import ast
     n = 0
     for node in model.graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
-        if "'post'" in scopes and not node.name.startswith("post/"):
+        raw = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "[]")
+        try:
+            scopes = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            continue
+        in_post = any(s == "post" or str(s).endswith(".post") for s in scopes)
+        if in_post and not node.name.startswith("post/"):
             node.name = "post/" + node.name
             n += 1
     return n
