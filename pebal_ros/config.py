@@ -55,15 +55,40 @@ class AnomalyMixConfig:
 
 @dataclass
 class TrainConfig:
+    """``pebal finetune`` (PEBAL fine-tuning of the final block); see train/finetune.py."""
     epochs: int = 40                  # official code; the paper says 20
-    batch_size: int = 8               # official code; the paper says 16
-    lr: float = 1e-5
+    batch_size: int = 8               # per process (official: per GPU); the paper says 16
+    lr: float = 1e-5                  # Adam (official); the paper uses 1e-6 for the LostAndFound setting
     poly_power: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0         # official Adam has none (its config's 1e-4 is never passed)
+    num_workers: int = 2
+    seed: int = 0
+    log_every: int = 10               # optimiser steps between log records
+    checkpoint_every: int = 1         # epochs
+    keep_checkpoints: int = 3         # epoch_NNN.pt files kept (0 = all); last.pt is always written
+    steps_per_epoch: int = 0          # 0 = one pass over the data; > 0 caps an epoch (smoke runs)
+    device: str = "auto"
+
+
+@dataclass
+class PretrainConfig:
+    """``pebal train``: supervised cross-entropy training of an inlier network from scratch."""
+    arch: str = "espnetv2"
+    arch_kwargs: dict[str, Any] = field(default_factory=lambda: {"s": 1.0})
+    epochs: int = 100
+    batch_size: int = 8               # per process
+    lr: float = 2e-3                  # Adam
+    poly_power: float = 0.9
+    weight_decay: float = 1e-4
+    crop_size: tuple[int, int] = (512, 1024)      # (height, width)
+    scale_choices: tuple[float, ...] | None = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+    flip_probability: float = 0.5
     num_workers: int = 2
     seed: int = 0
     log_every: int = 10
-    checkpoint_every: int = 1         # epochs
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+    steps_per_epoch: int = 0
     device: str = "auto"
 
 
@@ -87,6 +112,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     anomalymix: AnomalyMixConfig = field(default_factory=AnomalyMixConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
