@@ -1,0 +1,230 @@
+"""Loading and saving network checkpoints, with the architecture inferred from the weights.
+
+Accepted layouts (all read with ``map_location``, so GPU-saved files load on a CPU-only machine):
+
+* this project's ``{"arch", "arch_kwargs", "model": state_dict, "meta"}`` (``save_checkpoint``);
+* official PEBAL ``{"model": state_dict}`` or a bare state_dict, keys ``branch1.*`` (268 entries);
+* NVIDIA semantic-segmentation ``{"state_dict": ...}`` with ``module.``-prefixed keys and a 19-class
+  last conv: the abstention row is added with Kaiming init, as PEBAL's fine-tuning does;
+* EdgeNets ESPNetv2 bare state_dicts (``base_net.*``, ``bu_dec_l*``), width s read from the shapes.
+
+Loading is strict: every key must be present with the right shape, and the error names the
+offending keys and shapes. The network is built on the meta device and the checkpoint tensors are
+assigned into it, so the 137 M-parameter WRN38 is never initialised just to be overwritten.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..labels import NUM_CLASSES
+from .espnetv2 import ENCODER_CHANNELS
+from .pebal_head import _unwrap, add_abstention
+from .registry import ARCHITECTURES, build_model
+
+CHECKPOINT_FORMAT = 1
+_WRN_KEY = "branch1.final.6.weight"
+_ESP_S_KEY = "base_net.level2_0.inp_reinf.1.conv.weight"  # out channels = encoder level-2 width
+_ESP_CLS_KEY = "bu_dec_l4.merge_layer.3.weight"
+_ESP_DEC_KEY = "bu_dec_l1.merge_layer.3.weight"  # out channels = 4 * base_dec_planes
+# Training-only entries that upstream checkpoints carry next to the network (NVIDIA's loss weights).
+_IGNORED_PREFIXES = ("criterion.",)
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be turned into one of the registered networks."""
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
+    """Write ``{"arch", "arch_kwargs", "model": state_dict, "meta"}`` atomically (tmp + rename).
+
+    ``meta`` holds plain Python values (epoch, metrics, config dict, ...) so the file stays
+    loadable with ``torch.load(weights_only=True)``. Tensors are moved to the CPU.
+    """
+    net = _unwrap(model)
+    if not getattr(net, "arch", ""):
+        raise TypeError(f"{type(net).__name__} is not a registered pebal_ros model (build it with build_model)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": net.arch,
+        "arch_kwargs": dict(net.arch_kwargs),
+        "model": OrderedDict((k, v.detach().cpu()) for k, v in net.state_dict().items()),
+        "meta": dict(meta),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load`` with clear errors. Tries the safe ``weights_only`` unpickler first; upstream
+    training checkpoints (NVIDIA, PEBAL) may hold other pickled objects, for which it falls back to
+    full unpickling with a warning: only load checkpoints from sources you trust."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path is not a file: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as safe_err:
+        if not _looks_like_torch_file(path):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint ({safe_err})") from None
+        warnings.warn(f"{path}: not loadable with weights_only=True ({str(safe_err).splitlines()[0]}); "
+                      "falling back to full unpickling", stacklevel=2)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # zip container (torch >= 1.6) or a legacy pickle stream (protocol 2+ starts with 0x80).
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
+def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (state_dict, info) from any accepted layout; info has "arch"/"arch_kwargs"/"meta" when stored."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source} is not a checkpoint: it holds a {type(obj).__name__}, not a dict")
+    info: dict[str, Any] = {}
+    for key in ("model", "state_dict"):
+        if isinstance(obj.get(key), Mapping):
+            info = {k: obj[k] for k in ("arch", "arch_kwargs", "meta") if k in obj}
+            obj = obj[key]
+            break
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state or len(state) != len(obj):
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise CheckpointError(f"{source} is not a checkpoint: expected a state_dict (name -> tensor) or a dict "
+                              f"with 'model'/'state_dict'; found keys: {keys}")
+    return _normalise_keys(state), info
+
+
+def _normalise_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = OrderedDict()
+    for k, v in state.items():
+        while k.startswith("module."):  # (Distributed)DataParallel wrappers
+            k = k[len("module."):]
+        if k.startswith(_IGNORED_PREFIXES):
+            continue
+        out[k] = v
+    return out
+
+
+def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+    """(arch, arch_kwargs) from key names and shapes."""
+    if _ESP_S_KEY in state and _ESP_CLS_KEY in state:
+        c1 = state[_ESP_S_KEY].shape[0]
+        widths = [s for s, ch in ENCODER_CHANNELS.items() if ch[1] == c1]
+        if not widths:
+            raise CheckpointError(f"ESPNetv2 checkpoint with level-2 width {c1} matches no supported s "
+                                  f"({', '.join(f'{s}: {ch[1]}' for s, ch in ENCODER_CHANNELS.items())})")
+        kwargs: dict[str, Any] = {"s": widths[0], "num_classes": int(state[_ESP_CLS_KEY].shape[0])}
+        if _ESP_DEC_KEY in state:
+            kwargs["base_dec_planes"] = int(state[_ESP_DEC_KEY].shape[0]) // 4
+        return "espnetv2", kwargs
+    wrn_key = _WRN_KEY if _WRN_KEY in state else _WRN_KEY[len("branch1."):]
+    if wrn_key in state and (wrn_key.replace("final.6.weight", "mod1.conv1.weight") in state):
+        return "wrn38_deeplabv3plus", {"num_classes": int(state[wrn_key].shape[0])}
+    sample = ", ".join(list(state)[:5])
+    raise CheckpointError(f"cannot infer the architecture from the checkpoint keys (first: {sample}); "
+                          f"known architectures: {', '.join(sorted(ARCHITECTURES))}. Pass arch=... if it is one.")
+
+
+def _check_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatch for {len(mismatched)} key(s): " + "; ".join(mismatched[:10]))
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:10]))
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:10]))
+    if problems:
+        raise CheckpointError(f"{source} does not fit {model.arch}({_fmt_kwargs(model.arch_kwargs)}): "
+                              + " | ".join(problems))
+
+
+def _fmt_kwargs(kwargs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:
+    """Strictly load ``state`` into ``model`` (on any device, meta included), with readable errors."""
+    net = _unwrap(model)
+    _check_state(net, state, source)
+    on_meta = any(t.is_meta for t in net.state_dict().values())
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    net.load_state_dict(state, strict=True, assign=on_meta)
+    if on_meta:
+        left = [n for n, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]
+        if left:
+            raise CheckpointError(f"{source}: tensors not provided by the checkpoint: {', '.join(left[:10])}")
+    return model
+
+
+def load_model(path: str | os.PathLike, arch: str | None = None, map_location: Any = "cpu",
+               **arch_kwargs: Any) -> nn.Module:
+    """Load any accepted checkpoint into its network, in eval mode.
+
+    ``arch`` (and constructor ``arch_kwargs`` such as ``s``) are inferred from the checkpoint when not
+    given; given ones must fit the weights. A 19-output network gets the abstention row (Kaiming init),
+    so forward always returns 20 channels. An EdgeNets ESPNetv2 checkpoint keeps its background
+    channel 19 (``has_abstention`` False) until ``add_abstention`` is called.
+    """
+    obj = read_checkpoint(path, map_location=map_location)
+    state, info = extract_state_dict(obj, source=str(path))
+    stored_arch = info.get("arch")
+    if arch is not None and arch not in ARCHITECTURES:
+        raise CheckpointError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    if stored_arch is not None and stored_arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path} was saved for unknown architecture {stored_arch!r}; "
+                              f"known: {', '.join(sorted(ARCHITECTURES))}")
+    if arch is not None and stored_arch is not None and arch != stored_arch:
+        raise CheckpointError(f"{path} holds a {stored_arch} network, not {arch}")
+    if stored_arch is not None:
+        kwargs = dict(info.get("arch_kwargs") or {})
+        arch = stored_arch
+    else:
+        inferred_arch, kwargs = infer_architecture(state) if arch is None else _infer_or_empty(state, arch)
+        arch = arch or inferred_arch
+    if arch == "wrn38_deeplabv3plus":
+        state = OrderedDict((k if k.startswith("branch1.") else "branch1." + k, v) for k, v in state.items())
+    kwargs.update(arch_kwargs)
+    with torch.device("meta"):
+        model = build_model(arch, **kwargs)
+    load_state_into(model, state, source=str(path))
+    if model.classifier.out_channels == NUM_CLASSES:
+        add_abstention(model)
+    model.eval()
+    if info.get("meta") is not None:
+        model.checkpoint_meta = info["meta"]
+    return model
+
+
+def _infer_or_empty(state: Mapping[str, torch.Tensor], arch: str) -> tuple[str, dict[str, Any]]:
+    """Inferred kwargs when the keys fit ``arch``; else none, so the strict check reports the misfit."""
+    try:
+        inferred, kwargs = infer_architecture(state)
+    except CheckpointError:
+        return arch, {}
+    return (arch, kwargs) if inferred == arch else (arch, {})

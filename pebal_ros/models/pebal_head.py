@@ -1,0 +1,119 @@
+"""PEBAL's head: the abstention output channel, and freezing everything but the final block.
+
+``add_abstention`` gives a network its 20th output, channel 19 = abstention (the "gambler" class of
+PEBAL's loss). For a 19-output network (NVIDIA's Cityscapes WRN38) it appends a row to the last
+1x1 conv; the official fine-tuning does exactly this, filling the new row from
+``kaiming_normal_(zeros(20, 256, 1, 1))`` (fan-in, gain sqrt 2). For ESPNetv2's 20-output Cityscapes
+layout, channel 19 is EdgeNets' background/void class, which is not an inlier class in PEBAL, so that
+row is re-initialised the same way and becomes the abstention channel: outputs stay 20, 0-18 inlier.
+
+``freeze_all_but_final`` leaves gradients only on ``model.final_block`` (WRN38: ``branch1.final``,
+ESPNetv2: ``bu_dec_l4``) and makes ``model.train()`` keep the frozen parts in eval mode.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..labels import ABSTAIN_CHANNEL, NUM_CLASSES, NUM_OUTPUTS
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DataParallel / DistributedDataParallel keep the network in .module.
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def _kaiming_row(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    fan_in = like[0].numel()
+    std = (2.0 / fan_in) ** 0.5
+    row = torch.empty(like.shape[1:], dtype=like.dtype, device=like.device)
+    if generator is None:
+        return row.normal_(0.0, std)
+    return row.copy_(torch.randn(row.shape, generator=generator, dtype=like.dtype).to(like.device) * std)
+
+
+def add_abstention(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Give the network PEBAL's abstention channel 19 (in place; returns the model).
+
+    No-op when ``model.has_abstention`` is already true. Call it before ``freeze_all_but_final``
+    (or re-freeze after), since a replaced conv is a new, trainable parameter.
+    """
+    net = _unwrap(model)
+    if net.has_abstention:
+        return model
+    conv: nn.Conv2d = net.classifier
+    out = conv.out_channels
+    if out == NUM_CLASSES:
+        new = nn.Conv2d(conv.in_channels, NUM_OUTPUTS, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                        device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            new.weight[:NUM_CLASSES].copy_(conv.weight)
+            new.weight[ABSTAIN_CHANNEL].copy_(_kaiming_row(conv.weight, generator))
+            if conv.bias is not None:
+                new.bias[:NUM_CLASSES].copy_(conv.bias)
+                new.bias[ABSTAIN_CHANNEL] = 0.0
+        new.weight.requires_grad_(conv.weight.requires_grad)
+        if new.bias is not None:
+            new.bias.requires_grad_(conv.bias.requires_grad)
+        _replace_classifier(net, new)
+    elif out == NUM_OUTPUTS:
+        with torch.no_grad():
+            conv.weight[ABSTAIN_CHANNEL].copy_(_kaiming_row(conv.weight, generator))
+            if conv.bias is not None:
+                conv.bias[ABSTAIN_CHANNEL] = 0.0
+    else:
+        raise ValueError(f"{net.arch}: cannot add the abstention channel to a network with {out} outputs; "
+                         f"PEBAL needs the {NUM_CLASSES} Cityscapes train ids (+ optionally a background channel)")
+    net.num_classes = NUM_OUTPUTS
+    net.arch_kwargs["num_classes"] = NUM_OUTPUTS
+    if "abstention" in net.arch_kwargs:
+        net.arch_kwargs["abstention"] = True
+        net._abstention = True
+    return model
+
+
+def _replace_classifier(net: nn.Module, new: nn.Conv2d) -> None:
+    parent_name, _, child = {m: n for n, m in net.named_modules()}[net.classifier].rpartition(".")
+    parent = net.get_submodule(parent_name)
+    if isinstance(parent, nn.Sequential):
+        parent[int(child)] = new
+    else:
+        setattr(parent, child, new)
+
+
+def freeze_all_but_final(model: nn.Module) -> nn.Module:
+    """Only ``model.final_block`` keeps ``requires_grad``; ``model.train()`` then leaves every other
+    module (BatchNorm, dropout) in eval mode. Returns the model."""
+    net = _unwrap(model)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in net.final_block.parameters():
+        p.requires_grad_(True)
+    net.frozen_backbone = True
+    net.train(net.training)
+    return model
+
+
+def unfreeze_all(model: nn.Module) -> nn.Module:
+    net = _unwrap(model)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    net.frozen_backbone = False
+    net.train(net.training)
+    return model
+
+
+def train_mode_final_only(model: nn.Module) -> nn.Module:
+    """Explicit form of what ``.train()`` does after ``freeze_all_but_final``: everything in eval mode
+    except the final block (works on any registered model, frozen or not)."""
+    net = _unwrap(model)
+    nn.Module.train(net, False)
+    net.final_block.train(True)
+    net.training = True
+    model.training = True
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in _unwrap(model).parameters() if p.requires_grad or not trainable_only)
