@@ -39,7 +39,7 @@ class ReplayError(Exception):
 @dataclass
 class ReplayOptions:
     topics: Sequence[str] | None = None          # image topics; None = every Image/CompressedImage topic
-    label_topic: str | None = None               # mono8 label images in the bag ("auto": by name)
+    label_topic: str | None = "auto"             # mono8 label topic; "auto": by name; None: no labels
     labels_dir: Path | None = None               # label PNGs matched to the frames of the first topic
     label_match: str = "auto"
     label_kind: str = "auto"
@@ -99,11 +99,11 @@ def select_topics(reader: BagReader, opts: ReplayOptions) -> tuple[list[TopicInf
             chosen.append(t)
     else:
         chosen = [t for t in topics.values() if t.msgtype in IMAGE_TYPES]
-        if label is None and opts.label_topic == "auto":
-            hinted = [t for t in chosen if t.msgtype == IMAGE and any(h in t.name.lower() for h in LABEL_HINTS)]
-            label = hinted[0] if len(hinted) == 1 else None
-        # A label topic is ground truth, never a camera.
-        chosen = [t for t in chosen if label is None or t.name != label.name]
+        hinted = [t for t in chosen if t.msgtype == IMAGE and any(h in t.name.lower() for h in LABEL_HINTS)]
+        if label is None and opts.label_topic == "auto" and len(hinted) == 1:
+            label = hinted[0]
+        # Label topics are ground truth, never cameras (name them in --topics to force it).
+        chosen = [t for t in chosen if t not in hinted and (label is None or t.name != label.name)]
         if not chosen:
             raise ReplayError(f"{reader.path} has no image topics (sensor_msgs/msg/Image or "
                               f"CompressedImage); it has: {listing}")
