@@ -267,3 +267,17 @@ def test_config_validation_and_from_inference():
 def test_anomaly_colour_far_from_palette():
     d = np.sqrt(((PALETTE[:19].astype(float) - np.array(ANOMALY_RGB)) ** 2).sum(-1))
     assert d.min() > 150
+
+
+def test_encoding_override(factory):
+    scene = make_scene(16, 32, blob=(4, 10, 6, 8))
+    Img = factory.types["sensor_msgs/msg/Image"]
+    bgr = np.ascontiguousarray(scene[..., ::-1])
+    msg = Img(header=factory.header(), height=16, width=32, encoding="8UC3", is_bigendian=0, step=96,
+              data=bgr.reshape(-1))
+    with pytest.raises(UnsupportedEncodingError, match="8UC3"):
+        FramePipeline(PaletteRuntime(), PipelineConfig(threshold=0.0), factory).process(msg)
+    pipe = FramePipeline(PaletteRuntime(), PipelineConfig(threshold=0.0, encoding_override="bgr8"), factory)
+    np.testing.assert_array_equal(pipe.process(msg).outputs.semantic, reference_semantic(scene))
+    with pytest.raises(ValueError, match="encoding_override"):
+        PipelineConfig(encoding_override="8UC3").validate()

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import InferenceConfig
 from ..runtime.base import FrameOutputs, Runtime
-from .convert import FrameError, msg_to_array
+from .convert import SUPPORTED_ENCODINGS, FrameError, is_compressed, msg_to_array
 from .messages import OUTPUT_ENCODINGS, OUTPUT_NAMES, MessageFactory, StatusFields
 from .regions import Region, find_regions
 from .visualize import colorize, overlay
@@ -43,6 +43,7 @@ class PipelineConfig:
     max_regions: int = 32
     overlay_alpha: float = 0.5
     overlay_boxes: bool = True
+    encoding_override: str = ""               # treat raw images as this encoding ("" = the message's)
 
     def validate(self) -> "PipelineConfig":
         if not np.isfinite(self.threshold):
@@ -56,6 +57,8 @@ class PipelineConfig:
             raise ValueError(f"max_regions must be >= 0, got {self.max_regions}")
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        if self.encoding_override and self.encoding_override not in SUPPORTED_ENCODINGS:
+            raise ValueError(f"encoding_override {self.encoding_override!r} is not a supported encoding")
         return self
 
     @classmethod
@@ -86,6 +89,17 @@ class FrameResult:
     #                                                          postprocess, encode, total, end_to_end
 
 
+class _Relabelled:
+    """An Image message seen with another encoding (fields read through, nothing copied)."""
+
+    def __init__(self, msg: Any, encoding: str):
+        self._msg = msg
+        self.encoding = encoding
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._msg, name)
+
+
 class FramePipeline:
     """Message in, output messages out; one instance per worker thread (scratch buffers are reused)."""
 
@@ -103,7 +117,12 @@ class FramePipeline:
 
     # -- stages -------------------------------------------------------------------------------
     def decode(self, msg: Any) -> np.ndarray:
-        """Image/CompressedImage -> uint8 HxWx3 in the runtime's channel order (may be a view)."""
+        """Image/CompressedImage -> uint8 HxWx3 in the runtime's channel order.
+
+        The result may be a view of the message or a scratch buffer overwritten by the next call.
+        """
+        if self.cfg.encoding_override and not is_compressed(msg):
+            msg = _Relabelled(msg, self.cfg.encoding_override)
         img = msg_to_array(msg, self.runtime.channel_order, out=self._decode_buf)
         if img.flags.owndata and img is not self._decode_buf:
             self._decode_buf = img   # converted into a new array: reuse it next frame (same size)
@@ -201,7 +220,7 @@ class FramePipeline:
         sem_rgb = colorize(res.semantic) if ("semantic_color" in wanted or "overlay" in wanted) else None
         if "semantic" in wanted:
             msgs["semantic"] = f.image(header, res.semantic, OUTPUT_ENCODINGS["semantic"])
-        if "semantic_color" in wanted:
+        if "semantic_color" in wanted and sem_rgb is not None:
             msgs["semantic_color"] = f.image(header, sem_rgb, "rgb8")
         if "anomaly_score" in wanted:
             msgs["anomaly_score"] = f.image(header, res.score, "32FC1")

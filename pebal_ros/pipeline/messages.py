@@ -144,7 +144,7 @@ class StatusFields:
 
 def _copy_to_array_array(data: np.ndarray) -> array.array:
     out = array.array("B")
-    out.frombytes(memoryview(np.ascontiguousarray(data)).cast("B"))
+    out.frombytes(np.ascontiguousarray(data, dtype=np.uint8).data)
     return out
 
 
@@ -190,11 +190,11 @@ class MessageFactory:
 
     # -- messages -----------------------------------------------------------------------------
     def header(self, sec: int = 0, nanosec: int = 0, frame_id: str = "") -> Any:
-        Header = self.types[HEADER_TYPE]
-        Time = self.types.get("builtin_interfaces/msg/Time")
-        if Time is None:   # rclpy: import lazily, only the node uses this path
-            from builtin_interfaces.msg import Time  # type: ignore[import-not-found,no-redef]
-        return Header(stamp=Time(sec=int(sec), nanosec=int(nanosec)), frame_id=str(frame_id))
+        time_cls: Any = self.types.get("builtin_interfaces/msg/Time")
+        if time_cls is None:   # rclpy: import lazily, only the node uses this path
+            from builtin_interfaces.msg import Time  # type: ignore[import-not-found]
+            time_cls = Time
+        return self.types[HEADER_TYPE](stamp=time_cls(sec=int(sec), nanosec=int(nanosec)), frame_id=str(frame_id))
 
     def image(self, header: Any, image: np.ndarray, encoding: str) -> Any:
         """sensor_msgs/Image from an array (uint8 HxW / HxWxC, or float32 HxW for 32FC1)."""

@@ -1,0 +1,298 @@
+"""PEBAL road-anomaly detector: the rclpy node (a thin shell around pebal_ros.pipeline).
+
+Subscribes to ``image`` (sensor_msgs/Image) or ``image/compressed`` (CompressedImage), optionally
+``camera_info``; publishes ``pebal/semantic``, ``pebal/semantic_color``, ``pebal/anomaly_score``,
+``pebal/anomaly_mask``, ``pebal/overlay``, ``pebal/status`` (pebal_msgs/PebalStatus) and
+``pebal/camera_info`` with the input header, plus ``/diagnostics``.
+
+Threading: the subscription callback only puts the frame into a one-deep slot; a worker thread
+takes the newest frame, runs the shared ``FramePipeline`` and publishes. Frames replaced in the
+slot before the worker took them are counted as dropped, so inference never builds a backlog.
+
+    ros2 run pebal_ros detector_node --ros-args -r image:=/camera/image_raw -p model:=/path/model.onnx
+"""
+from __future__ import annotations
+
+import array
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
+
+from ..pipeline.convert import FrameError
+from ..pipeline.frame import FramePipeline, RuntimeOutputError
+from ..pipeline.messages import OUTPUT_NAMES, MessageFactory
+from ..runtime.base import Runtime
+from .camera_info import CameraInfoScaleError, camera_info_for_output
+from .params import PARAMS, ParamSpec, pipeline_config, validate
+from .worker import LatestFrameSlot, RunningStats, diagnostic_values
+
+OUTPUT_NAMESPACE = "pebal"
+PACKAGE = "pebal_ros"
+
+
+def make_qos(kind: str, depth: int) -> QoSProfile:
+    """'sensor_data' = best effort + volatile, like rclpy's qos_profile_sensor_data, with our depth."""
+    reliability = ReliabilityPolicy.RELIABLE if kind == "reliable" else ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def _descriptor(name: str, spec: ParamSpec) -> ParameterDescriptor:
+    desc = ParameterDescriptor(name=name, description=spec.description, read_only=spec.read_only)
+    if spec.choices is not None:
+        desc.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.float_range is not None:
+        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.float_range[0]),
+                                                        to_value=float(spec.float_range[1]), step=0.0)]
+    if spec.int_range is not None:
+        desc.integer_range = [IntegerRange(from_value=int(spec.int_range[0]), to_value=int(spec.int_range[1]), step=1)]
+    return desc
+
+
+def default_model_path() -> str:
+    """The bundled model in the package's share directory ('' when there is none)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory  # type: ignore[import-not-found]
+        share = Path(get_package_share_directory(PACKAGE)) / "models"
+    except Exception:   # not installed through colcon: the source tree's models/
+        share = Path(__file__).resolve().parents[2] / "models"
+    for pattern in ("*.onnx", "*.engine", "*.pt"):
+        found = sorted(share.glob(pattern))
+        if found:
+            return str(found[0])
+    return ""
+
+
+class PebalDetector(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("pebal_detector", **kwargs)
+        self._values: dict[str, Any] = {}
+        for name, spec in PARAMS.items():
+            value = self.declare_parameter(name, spec.default, _descriptor(name, spec)).value
+            reason = validate(name, value)
+            if reason:   # a bad params file: refuse to start rather than run with a surprise
+                raise ValueError(f"parameter {reason}")
+            self._values[name] = value
+
+        self.factory = MessageFactory.for_rclpy()
+        self.slot = LatestFrameSlot()
+        self.stats = RunningStats()
+        self._lock = threading.Lock()   # guards pipeline / publisher swaps against the worker
+        self._pipeline: FramePipeline | None = None
+        self._runtime_info: dict[str, Any] = {}
+        self._model_error = ""
+        self._camera_info: CameraInfo | None = None
+        self._model_threshold: float | None = None
+
+        # Load the model; a missing or incompatible file is reported and the node stays up
+        # (diagnostics say ERROR; setting a good `model` parameter recovers).
+        try:
+            self._pipeline = self._build_pipeline(self._values)
+        except Exception as exc:  # noqa: BLE001 - every loading failure is reported the same way
+            self._model_error = str(exc)
+            self.get_logger().error(f"no model loaded: {exc}")
+
+        depth = int(self._values["qos_depth"])
+        self._out_qos = make_qos(str(self._values["output_qos"]), depth)
+        self._pubs: dict[str, Publisher] = {}
+        self._update_publishers(list(self._values["outputs"]))
+        self._info_pub: Publisher | None = None
+        in_qos = make_qos(str(self._values["input_qos"]), max(depth, 1))
+        if self._values["input_type"] == "compressed":
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, in_qos)
+        else:
+            self.create_subscription(Image, "image", self._on_image, in_qos)
+        if self._values["use_camera_info"]:
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, in_qos)
+            self._info_pub = self.create_publisher(CameraInfo, f"{OUTPUT_NAMESPACE}/camera_info", self._out_qos)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(float(self._values["diagnostics_period"]), self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._worker = threading.Thread(target=self._work, name="pebal_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"pebal detector ready: input {self._values['input_type']} on "
+            f"{self.resolve_topic_name('image' if self._values['input_type'] == 'raw' else 'image/compressed')}, "
+            f"outputs under {self.resolve_topic_name(OUTPUT_NAMESPACE)}, runtime {self._runtime_info or 'none'}")
+
+    # -- model / parameters -------------------------------------------------------------------
+    def _build_pipeline(self, values: dict[str, Any]) -> FramePipeline:
+        from ..runtime import load_runtime
+
+        path = str(values["model"]) or default_model_path()
+        if not path:
+            raise FileNotFoundError("parameter 'model' is empty and no bundled model was found in "
+                                    "share/pebal_ros/models")
+        kind = None if values["runtime"] == "auto" else str(values["runtime"])
+        runtime: Runtime = load_runtime(path, kind=kind, device=str(values["device"]))
+        info = dict(runtime.describe())
+        model_threshold = info.get("default_threshold")
+        pipeline = FramePipeline(runtime, pipeline_config(values, model_threshold), self.factory)
+        self._model_threshold = model_threshold
+        info.setdefault("name", runtime.name)
+        info["model"] = path
+        self._runtime_info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, tuple, list))}
+        self.get_logger().info(f"loaded {path} with {runtime.name}")
+        return pipeline
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        new = dict(self._values)
+        for p in params:
+            if p.name not in PARAMS:
+                continue
+            if PARAMS[p.name].read_only:
+                return SetParametersResult(successful=False, reason=f"{p.name} is read-only (set it at start-up)")
+            reason = validate(p.name, p.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            new[p.name] = float(p.value) if isinstance(PARAMS[p.name].default, float) else p.value
+        try:
+            cfg = pipeline_config(new, self._model_threshold)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        reload = any(new[k] != self._values[k] for k in ("model", "runtime", "device")) or self._pipeline is None
+        if reload:
+            try:
+                pipeline = self._build_pipeline(new)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, old model kept
+                return SetParametersResult(successful=False, reason=f"cannot load model: {exc}")
+        with self._lock:
+            if reload:
+                self._pipeline = pipeline
+                self._model_error = ""
+            elif self._pipeline is not None:
+                self._pipeline.cfg = cfg
+            self._values = new
+            self._update_publishers(list(new["outputs"]))
+        return SetParametersResult(successful=True)
+
+    def _update_publishers(self, outputs: list[str]) -> None:
+        for name in OUTPUT_NAMES:
+            if name in outputs and name not in self._pubs:
+                msg_type = self.factory.types[
+                    "pebal_msgs/msg/PebalStatus" if name == "status" else "sensor_msgs/msg/Image"]
+                self._pubs[name] = self.create_publisher(msg_type, f"{OUTPUT_NAMESPACE}/{name}", self._out_qos)
+            elif name not in outputs and name in self._pubs:
+                self.destroy_publisher(self._pubs.pop(name))
+
+    # -- callbacks ----------------------------------------------------------------------------
+    def _on_image(self, msg: Any) -> None:
+        self.slot.put(msg, time.perf_counter())
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _work(self) -> None:
+        while rclpy.ok() and not self.slot.closed:
+            item = self.slot.take(timeout=0.5)
+            if item is None:
+                continue
+            msg, received_at = item
+            with self._lock:
+                pipeline = self._pipeline
+                pubs = dict(self._pubs)
+            if pipeline is None:
+                self.stats.record_failure(f"no model loaded: {self._model_error}")
+                self.get_logger().error(f"frame skipped, no model loaded: {self._model_error}",
+                                        throttle_duration_sec=float(self._values["warn_throttle_s"]))
+                continue
+            wanted = [name for name, pub in pubs.items() if pub.get_subscription_count() > 0]
+            info_pub = self._info_pub
+            want_info = info_pub is not None and info_pub.get_subscription_count() > 0
+            if not wanted and not want_info and self._values["idle_without_subscribers"]:
+                self.stats.record_idle()
+                continue
+            try:
+                result = pipeline.process(msg, outputs=wanted, received_at=received_at)
+            except FrameError as exc:
+                self.stats.record_bad(str(exc))
+                self.get_logger().warning(f"bad frame skipped: {exc}",
+                                          throttle_duration_sec=float(self._values["warn_throttle_s"]))
+                continue
+            except RuntimeOutputError as exc:
+                self.stats.record_failure(str(exc))
+                self.get_logger().error(str(exc), throttle_duration_sec=float(self._values["warn_throttle_s"]))
+                continue
+            except Exception as exc:  # noqa: BLE001 - keep serving the next frame whatever happened
+                self.stats.record_failure(f"{type(exc).__name__}: {exc}")
+                self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=float(self._values["warn_throttle_s"]))
+                continue
+            try:
+                for name, out in result.messages.items():
+                    pubs[name].publish(out)
+                if want_info and info_pub is not None:
+                    self._publish_camera_info(info_pub, result.header, result.outputs.mask.shape)
+            except Exception as exc:  # noqa: BLE001 - e.g. a publisher destroyed by a parameter change
+                self.stats.record_failure(f"publish failed: {exc}")
+                self.get_logger().error(f"publish failed: {exc}", throttle_duration_sec=5.0)
+                continue
+            self.stats.record(result.timings["end_to_end"], result.timings["inference"])
+
+    def _publish_camera_info(self, pub: Publisher, header: Any, shape: tuple[int, ...]) -> None:
+        info = self._camera_info
+        if info is None:
+            return
+        try:
+            out = camera_info_for_output(info, header, int(shape[1]), int(shape[0]), CameraInfo, RegionOfInterest,
+                                         float_seq=lambda v: array.array("d", v.tobytes()))
+        except CameraInfoScaleError as exc:
+            self.get_logger().warning(str(exc), throttle_duration_sec=60.0)
+            return
+        pub.publish(out)
+
+    def _publish_diagnostics(self) -> None:
+        snap = self.stats.snapshot(self.slot)
+        st = DiagnosticStatus()
+        st.name = f"{self.get_fully_qualified_name()}: PEBAL anomaly detector"
+        st.hardware_id = str(self._runtime_info.get("name", "none"))
+        if self._pipeline is None:
+            st.level, st.message = DiagnosticStatus.ERROR, f"no model loaded: {self._model_error}"
+        elif snap.received == 0:
+            st.level, st.message = DiagnosticStatus.WARN, "no frames received yet"
+        elif snap.bad_frames or snap.failed:
+            st.level, st.message = DiagnosticStatus.WARN, f"{snap.bad_frames} bad / {snap.failed} failed frames"
+        else:
+            st.level, st.message = DiagnosticStatus.OK, f"{snap.rate_hz:.1f} Hz"
+        st.values = [KeyValue(key=k, value=v) for k, v in diagnostic_values(snap, self._runtime_info)]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [st]
+        self._diag_pub.publish(arr)
+
+    def destroy_node(self) -> None:
+        self.slot.close()
+        if self._worker.is_alive():
+            self._worker.join(timeout=2.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node: PebalDetector | None = None
+    try:
+        node = PebalDetector()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The detector node's parameters: defaults, descriptions and validation, without ROS.
+
+The rclpy node declares one parameter per :data:`PARAMS` entry (description, read-only flag and
+ranges become the ``ParameterDescriptor``) and runs :func:`validate` in its set-parameters
+callback: a bad value is rejected with the returned reason and the node keeps the previous value.
+``config/detector.yaml`` lists the same names (checked by the tests).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..config import InferenceConfig
+from ..pipeline.convert import SUPPORTED_ENCODINGS
+from ..pipeline.frame import OUTPUT_RESOLUTIONS, PipelineConfig
+from ..pipeline.messages import OUTPUT_NAMES
+
+DEFAULT_THRESHOLD = InferenceConfig().threshold
+RUNTIMES = ("auto", "onnxruntime", "tensorrt", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+INPUT_TYPES = ("raw", "compressed")
+QOS_CHOICES = ("sensor_data", "reliable", "best_effort")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    default: Any
+    description: str
+    read_only: bool = False                       # fixed after start-up (set from launch / YAML)
+    choices: tuple[str, ...] | None = None
+    float_range: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = None
+    check: Callable[[Any], str | None] | None = None   # extra check: reason or None
+
+
+def _threshold(v: Any) -> str | None:
+    return None if (math.isfinite(v) or math.isnan(v)) else "must be a finite number (or NaN for the model's own)"
+
+
+def _outputs(v: Any) -> str | None:
+    unknown = sorted(set(v) - set(OUTPUT_NAMES))
+    if unknown:
+        return f"unknown output(s) {unknown}; choose from {list(OUTPUT_NAMES)}"
+    if len(set(v)) != len(v):
+        return "lists an output twice"
+    return None
+
+
+def _encoding(v: Any) -> str | None:
+    if v == "" or v in SUPPORTED_ENCODINGS:
+        return None
+    return f"'{v}' is not a supported encoding; use '' (trust the message) or one of {list(SUPPORTED_ENCODINGS)}"
+
+
+PARAMS: dict[str, ParamSpec] = {
+    "model": ParamSpec(
+        "", "Model artefact: fused .onnx (ONNX Runtime), .engine/.plan (TensorRT) or .pt (PyTorch). "
+            "Empty: the bundled default model in share/pebal_ros/models. Changing it at run time loads the "
+            "new model first and keeps the old one if loading fails."),
+    "runtime": ParamSpec("auto", "Inference backend; 'auto' picks it from the model file's suffix.", choices=RUNTIMES),
+    "device": ParamSpec("auto", "Where the runtime runs: 'auto' (GPU if the backend can use one), 'cpu' or 'cuda'.",
+                        choices=DEVICES),
+    "input_type": ParamSpec("raw", "Subscribe to sensor_msgs/Image ('raw', topic 'image') or sensor_msgs/"
+                                   "CompressedImage ('compressed', topic 'image/compressed').",
+                            read_only=True, choices=INPUT_TYPES),
+    "input_encoding_override": ParamSpec(
+        "", "Treat incoming raw images as this encoding instead of the message's (for drivers that label "
+            "frames wrongly, e.g. 'bgr8' sent as '8UC3'). Empty: use the message's encoding.", check=_encoding),
+    "use_camera_info": ParamSpec(False, "Subscribe to 'camera_info' and republish it, scaled to the output "
+                                        "resolution and stamped like the outputs, on pebal/camera_info.",
+                                 read_only=True),
+    "threshold": ParamSpec(math.nan, "Anomaly threshold on the PEBAL score (free energy): score > threshold is "
+                                     "anomalous. NaN: the threshold stored in the model (calibrated at export), "
+                                     "else -10.", check=_threshold),
+    "outputs": ParamSpec(list(OUTPUT_NAMES), "Outputs to publish (pebal/<name>); any of "
+                         + ", ".join(OUTPUT_NAMES) + ". Outputs without subscribers are never encoded.",
+                         check=_outputs),
+    "output_resolution": ParamSpec("camera", "'camera': outputs at the camera image size; 'network': at the "
+                                             "model's input size (cheaper).", choices=OUTPUT_RESOLUTIONS),
+    "min_region_area": ParamSpec(50, "Smallest anomalous region reported in the status message, in camera "
+                                     "pixels.", int_range=(1, 10_000_000)),
+    "max_regions": ParamSpec(32, "Most regions reported in the status message (largest first).",
+                             int_range=(0, 10_000)),
+    "overlay_alpha": ParamSpec(0.5, "Weight of the semantic colours in the overlay image.", float_range=(0.0, 1.0)),
+    "overlay_boxes": ParamSpec(True, "Draw the anomalous regions' bounding boxes on the overlay."),
+    "idle_without_subscribers": ParamSpec(True, "Skip inference entirely while no output (images, status) has "
+                                                "a subscriber; diagnostics keep running."),
+    "input_qos": ParamSpec("sensor_data", "Subscription QoS: 'sensor_data' (best effort, keep last 5: accepts "
+                                          "both reliable and best-effort cameras), 'reliable' or 'best_effort'.",
+                           read_only=True, choices=QOS_CHOICES),
+    "output_qos": ParamSpec("reliable", "Publisher QoS: 'reliable' (keep last, works with RViz's default "
+                                        "reliable image subscriptions and with best-effort ones), "
+                                        "'sensor_data' or 'best_effort' (RViz must then be set to Best Effort).",
+                            read_only=True, choices=QOS_CHOICES),
+    "qos_depth": ParamSpec(1, "History depth of the input subscription and the publishers (only the newest "
+                              "frame matters).", read_only=True, int_range=(1, 100)),
+    "diagnostics_period": ParamSpec(1.0, "Seconds between /diagnostics messages.", read_only=True,
+                                    float_range=(0.1, 60.0)),
+    "warn_throttle_s": ParamSpec(5.0, "Minimum seconds between repeated warnings about bad frames.",
+                                 float_range=(0.0, 3600.0)),
+}
+
+
+def _type_name(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "double"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, (list, tuple)):
+        return "string array"
+    return type(v).__name__
+
+
+def validate(name: str, value: Any) -> str | None:
+    """The reason ``value`` is not acceptable for parameter ``name``, or None if it is."""
+    spec = PARAMS.get(name)
+    if spec is None:
+        return None   # not ours (e.g. use_sim_time): leave it to rclpy
+    want = _type_name(spec.default)
+    got = _type_name(value)
+    if want == "double" and got == "integer":
+        value = float(value)
+        got = "double"
+    if want != got:
+        return f"{name} must be a {want}, got {got} {value!r}"
+    if want == "string array" and not all(isinstance(v, str) for v in value):
+        return f"{name} must be a list of strings"
+    if spec.choices is not None and value not in spec.choices:
+        return f"{name} must be one of {list(spec.choices)}, got {value!r}"
+    if spec.float_range is not None and not spec.float_range[0] <= value <= spec.float_range[1]:
+        return f"{name} must be in [{spec.float_range[0]}, {spec.float_range[1]}], got {value}"
+    if spec.int_range is not None and not spec.int_range[0] <= value <= spec.int_range[1]:
+        return f"{name} must be in [{spec.int_range[0]}, {spec.int_range[1]}], got {value}"
+    if spec.check is not None:
+        reason = spec.check(value)
+        if reason:
+            return f"{name} {reason}" if not reason.startswith("'") else f"{name}: {reason}"
+    return None
+
+
+def pipeline_config(values: dict[str, Any], model_threshold: float | None = None) -> PipelineConfig:
+    """The per-frame settings from (validated) parameter values.
+
+    A NaN ``threshold`` parameter means the model's own (``model_threshold``), else the default.
+    """
+    threshold = float(values["threshold"])
+    if math.isnan(threshold):
+        threshold = float(model_threshold) if model_threshold is not None else DEFAULT_THRESHOLD
+    return PipelineConfig(
+        threshold=threshold,
+        output_resolution=str(values["output_resolution"]),
+        outputs=tuple(o for o in OUTPUT_NAMES if o in set(values["outputs"])),
+        min_region_area=int(values["min_region_area"]),
+        max_regions=int(values["max_regions"]),
+        overlay_alpha=float(values["overlay_alpha"]),
+        overlay_boxes=bool(values["overlay_boxes"]),
+        encoding_override=str(values["input_encoding_override"]),
+    ).validate()
+
+
+def defaults() -> dict[str, Any]:
+    return {k: (list(s.default) if isinstance(s.default, list) else s.default) for k, s in PARAMS.items()}

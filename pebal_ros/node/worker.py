@@ -1,0 +1,153 @@
+"""Real-time plumbing of the node, ROS-free: the latest-frame slot and the running statistics.
+
+Inference never builds a backlog: the subscription callback only drops the frame into a one-deep
+slot (replacing, and counting as dropped, a frame the worker has not taken yet) and the worker
+thread always takes the newest frame.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class LatestFrameSlot:
+    """A one-deep, thread-safe mailbox: ``put`` never blocks, ``take`` waits for the newest item."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: tuple[Any, float] | None = None
+        self._closed = False
+        self.received = 0
+        self.dropped = 0
+
+    def put(self, msg: Any, received_at: float | None = None) -> bool:
+        """Store ``msg``; returns False when it replaced a frame nobody took (that one is dropped)."""
+        with self._cond:
+            replaced = self._item is not None
+            if replaced:
+                self.dropped += 1
+            self.received += 1
+            self._item = (msg, time.perf_counter() if received_at is None else received_at)
+            self._cond.notify()
+            return not replaced
+
+    def take(self, timeout: float | None = None) -> tuple[Any, float] | None:
+        """The newest (msg, received_at), or None on timeout / after ``close``."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._item is not None or self._closed, timeout):
+                return None
+            if self._closed:
+                return None
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+@dataclass
+class StatsSnapshot:
+    received: int
+    processed: int
+    dropped: int
+    bad_frames: int
+    failed: int
+    skipped_idle: int
+    rate_hz: float                 # processed frames per second over the window
+    e2e_ms: dict[str, float]       # p50/p90/p99/max of end-to-end latency over the window
+    inference_ms: dict[str, float]
+    last_error: str
+
+
+class RunningStats:
+    """Counters plus a sliding window of latencies for /diagnostics (thread-safe)."""
+
+    PERCENTILES = (50, 90, 99)
+
+    def __init__(self, window: int = 300):
+        self._lock = threading.Lock()
+        self._e2e: deque[float] = deque(maxlen=window)
+        self._inf: deque[float] = deque(maxlen=window)
+        self._times: deque[float] = deque(maxlen=window)
+        self.processed = 0
+        self.bad_frames = 0
+        self.failed = 0
+        self.skipped_idle = 0
+        self.last_error = ""
+
+    def record(self, e2e_ms: float, inference_ms: float, now: float | None = None) -> None:
+        with self._lock:
+            self.processed += 1
+            self._e2e.append(e2e_ms)
+            self._inf.append(inference_ms)
+            self._times.append(time.perf_counter() if now is None else now)
+
+    def record_bad(self, reason: str) -> None:
+        with self._lock:
+            self.bad_frames += 1
+            self.last_error = reason
+
+    def record_failure(self, reason: str) -> None:
+        with self._lock:
+            self.failed += 1
+            self.last_error = reason
+
+    def record_idle(self) -> None:
+        with self._lock:
+            self.skipped_idle += 1
+
+    @classmethod
+    def _percentiles(cls, values: list[float]) -> dict[str, float]:
+        if not values:
+            return {}
+        arr = np.asarray(values)
+        out = {f"p{p}": float(v) for p, v in zip(cls.PERCENTILES, np.percentile(arr, cls.PERCENTILES))}
+        out["max"] = float(arr.max())
+        return out
+
+    def snapshot(self, slot: LatestFrameSlot, now: float | None = None, rate_window_s: float = 5.0) -> StatsSnapshot:
+        now = time.perf_counter() if now is None else now
+        with self._lock:
+            recent = [t for t in self._times if now - t <= rate_window_s]
+            if len(recent) >= 2:
+                rate = (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
+            else:
+                rate = 0.0
+            return StatsSnapshot(
+                received=slot.received, processed=self.processed, dropped=slot.dropped,
+                bad_frames=self.bad_frames, failed=self.failed, skipped_idle=self.skipped_idle, rate_hz=rate,
+                e2e_ms=self._percentiles(list(self._e2e)), inference_ms=self._percentiles(list(self._inf)),
+                last_error=self.last_error,
+            )
+
+
+def diagnostic_values(snap: StatsSnapshot, runtime_info: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, value) pairs for a diagnostic_msgs/DiagnosticStatus."""
+    kv: list[tuple[str, str]] = [
+        ("rate_hz", f"{snap.rate_hz:.2f}"),
+        ("frames_received", str(snap.received)),
+        ("frames_processed", str(snap.processed)),
+        ("frames_dropped", str(snap.dropped)),
+        ("frames_bad", str(snap.bad_frames)),
+        ("frames_failed", str(snap.failed)),
+        ("frames_skipped_no_subscribers", str(snap.skipped_idle)),
+    ]
+    for name, d in (("latency_ms", snap.e2e_ms), ("inference_ms", snap.inference_ms)):
+        for k, v in d.items():
+            kv.append((f"{name}_{k}", f"{v:.2f}"))
+    for k, v in runtime_info.items():
+        kv.append((f"runtime_{k}", str(v)))
+    if snap.last_error:
+        kv.append(("last_error", snap.last_error))
+    return kv
