@@ -5,6 +5,24 @@ from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 
+
+def _share(folder: str, *patterns: str) -> tuple[str, list[str]]:
+    """(install dir, files) for colcon's ament_python build: everything ROS finds in share/pebal_ros."""
+    files = sorted(str(p.relative_to(here)) for pat in patterns for p in (here / folder).glob(pat) if p.is_file())
+    return f"share/pebal_ros/{folder}", files
+
+
+# ROS 2 (colcon, ament_python): the ament index marker, package.xml, launch/config/rviz/models in
+# share/pebal_ros; setup.cfg puts the node executable in lib/pebal_ros for `ros2 run`. Harmless for pip.
+ROS_DATA_FILES = [
+    ("share/ament_index/resource_index/packages", ["resource/pebal_ros"]),
+    ("share/pebal_ros", ["package.xml"]),
+    _share("launch", "*.launch.py"),
+    _share("config", "*.yaml"),
+    _share("rviz", "*.rviz"),
+    _share("models", "*.onnx", "*.pt", "*.json", "*.yaml", "*.md"),   # engines are built per GPU
+]
+
 setup(
     name="pebal_ros",
     version="0.1.0",
@@ -36,5 +54,9 @@ setup(
         "test": ["pytest>=7", "mypy>=1.8", "rclpy-intellisense==1.2.0"],
         "gpu": ["cuda-python>=12", "tensorrt>=10"],
     },
-    entry_points={"console_scripts": ["pebal = pebal_ros.cli:main"]},
+    data_files=[(d, f) for d, f in ROS_DATA_FILES if f],
+    entry_points={"console_scripts": [
+        "pebal = pebal_ros.cli:main",
+        "detector_node = pebal_ros.node.detector:main",   # `ros2 run pebal_ros detector_node`
+    ]},
 )

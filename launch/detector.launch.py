@@ -1,0 +1,90 @@
+"""Launch the PEBAL road-anomaly detector (one or several cameras), optionally with RViz.
+
+    ros2 launch pebal_ros detector.launch.py camera_topic:=/camera/image_raw model:=/path/model.onnx
+    ros2 launch pebal_ros detector.launch.py compressed:=true rviz:=true
+    ros2 launch pebal_ros detector.launch.py cameras:="front:/cam_front/image_raw,rear:/cam_rear/image_raw"
+
+Each detector publishes under <namespace>/pebal/ (overlay, semantic, semantic_color, anomaly_score,
+anomaly_mask, status) and reports on /diagnostics. See docs/ros2.md.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
+from launch_ros.actions import Node
+
+from pebal_ros.node.launch_utils import camera_info_topic, input_remapping, parse_cameras, rviz_config_for
+
+PACKAGE = "pebal_ros"
+TRUE = ("true", "1", "yes", "on")
+
+
+def _share(*parts: str) -> str:
+    return os.path.join(get_package_share_directory(PACKAGE), *parts)
+
+
+ARGUMENTS = (
+    ("model", "", "Model file (.onnx / .engine / .pt); empty: the params file's, else the bundled default model"),
+    ("runtime", "", "Runtime: auto, onnxruntime, tensorrt or torch; empty: the params file's (default auto)"),
+    ("device", "", "auto, cpu or cuda; empty: the params file's (default auto)"),
+    ("camera_topic", "/camera/image_raw", "Raw image topic of the camera (with compressed:=true its /compressed "
+                                          "sibling is used)"),
+    ("namespace", "", "Namespace of the detector (outputs on <namespace>/pebal/...)"),
+    ("cameras", "", "Several cameras: 'ns1:topic1,ns2:topic2' starts one detector per camera in namespace nsN "
+                    "(prefixed by namespace:=); overrides camera_topic"),
+    ("params_file", "", "Parameters YAML (default: the package's config/detector.yaml)"),
+    ("compressed", "false", "Subscribe to sensor_msgs/CompressedImage on <camera_topic>/compressed"),
+    ("use_camera_info", "false", "Also subscribe to the camera's camera_info and republish it for the outputs"),
+    ("threshold", "", "Anomaly threshold (score > threshold is anomalous); empty: the params file's"),
+    ("rviz", "false", "Start RViz with rviz/pebal.rviz (camera, overlay, semantic colours, anomaly mask)"),
+    ("rviz_config", "", "RViz config to use instead of the package's rviz/pebal.rviz"),
+    ("log_level", "info", "Logging level of the detector nodes"),
+)
+
+
+def _detectors(context: LaunchContext) -> list:
+    arg = {name: context.launch_configurations.get(name, default) for name, default, _ in ARGUMENTS}
+    compressed = arg["compressed"].lower() in TRUE
+    use_info = arg["use_camera_info"].lower() in TRUE
+    params_file = arg["params_file"] or _share("config", "detector.yaml")
+    overrides: dict = {"input_type": "compressed" if compressed else "raw", "use_camera_info": use_info}
+    for name in ("model", "runtime", "device"):
+        if arg[name]:
+            overrides[name] = arg[name]
+    if arg["threshold"]:
+        overrides["threshold"] = float(arg["threshold"])
+    cameras = parse_cameras(arg["cameras"], arg["namespace"], arg["camera_topic"])
+
+    actions: list = []
+    for cam in cameras:
+        remaps = [input_remapping(cam.topic, compressed)]
+        if use_info:
+            remaps.append(("camera_info", camera_info_topic(cam.topic)))
+        actions.append(LogInfo(msg=f"pebal detector '/{cam.namespace}' on {remaps[0][1]}"))
+        actions.append(Node(
+            package=PACKAGE, executable="detector_node", name="pebal_detector", namespace=cam.namespace,
+            parameters=[params_file, overrides], remappings=remaps, output="screen", emulate_tty=True,
+            arguments=["--ros-args", "--log-level", arg["log_level"]],
+        ))
+    if arg["rviz"].lower() in TRUE:
+        config = arg["rviz_config"]
+        if not config:
+            with open(_share("rviz", "pebal.rviz"), encoding="utf-8") as fh:
+                text = rviz_config_for(fh.read(), cameras[0])   # RViz shows the first camera
+            fd, config = tempfile.mkstemp(prefix="pebal_", suffix=".rviz")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        actions.append(Node(package="rviz2", executable="rviz2", name="pebal_rviz", arguments=["-d", config],
+                            output="screen"))
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    return LaunchDescription(
+        [DeclareLaunchArgument(name, default_value=default, description=desc) for name, default, desc in ARGUMENTS]
+        + [OpaqueFunction(function=_detectors)]
+    )

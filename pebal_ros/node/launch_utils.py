@@ -1,0 +1,95 @@
+"""Plain-Python helpers of launch/detector.launch.py (camera lists, topic names, RViz config).
+
+Kept out of the launch file so they are unit-tested without ROS 2.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..pipeline.messages import OUTPUT_NAMES
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+# The topics the shipped rviz/pebal.rviz displays (namespace "", camera /camera/image_raw).
+RVIZ_CAMERA_TOPIC = "/camera/image_raw"
+RVIZ_OUTPUT_PREFIX = "/pebal/"
+
+
+@dataclass(frozen=True)
+class Camera:
+    namespace: str   # "" or a ROS namespace without leading slash, e.g. "front" or "vehicle/front"
+    topic: str       # the raw image topic (image_transport base topic)
+
+
+def _check_namespace(ns: str) -> str:
+    ns = ns.strip().strip("/")
+    if ns and not all(_NAME.match(part) for part in ns.split("/")):
+        raise ValueError(f"invalid namespace {ns!r}: use letters, digits and '_' (parts separated by '/')")
+    return ns
+
+
+def _check_topic(topic: str) -> str:
+    topic = topic.strip()
+    if not topic or not all(_NAME.match(part) for part in topic.strip("/").split("/")) or "//" in topic:
+        raise ValueError(f"invalid topic name {topic!r}")
+    return topic
+
+
+def parse_cameras(cameras: str, namespace: str = "", camera_topic: str = RVIZ_CAMERA_TOPIC) -> list[Camera]:
+    """Detector instances to start.
+
+    ``cameras`` is "" (one detector in ``namespace`` on ``camera_topic``) or a list
+    "ns1:topic1,ns2:topic2" (one detector per camera, each in its own namespace); a bare "ns"
+    entry means the topic "/ns/image_raw".
+    """
+    text = cameras.strip()
+    if not text:
+        return [Camera(_check_namespace(namespace), _check_topic(camera_topic))]
+    out: list[Camera] = []
+    for entry in re.split(r"[,;\s]+", text):
+        if not entry:
+            continue
+        ns, _, topic = entry.partition(":")
+        ns = _check_namespace(ns)
+        if not ns:
+            raise ValueError(f"camera entry {entry!r} needs a namespace (ns:topic)")
+        if namespace.strip("/"):
+            ns = f"{_check_namespace(namespace)}/{ns}"
+        out.append(Camera(ns, _check_topic(topic or f"/{ns}/image_raw")))
+    names = [c.namespace for c in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"camera namespaces must be unique, got {names}")
+    if not out:
+        raise ValueError(f"no cameras in {cameras!r}")
+    return out
+
+
+def input_remapping(topic: str, compressed: bool) -> tuple[str, str]:
+    """(node-side name, camera topic): image -> topic, or image/compressed -> topic/compressed."""
+    if compressed:
+        return "image/compressed", topic if topic.endswith("/compressed") else f"{topic.rstrip('/')}/compressed"
+    return "image", topic
+
+
+def camera_info_topic(topic: str) -> str:
+    """The CameraInfo beside an image topic (image_transport convention: same namespace)."""
+    base = topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
+    parent = base.rsplit("/", 1)[0] if "/" in base.strip("/") else ""
+    return f"{parent}/camera_info" if parent or base.startswith("/") else "camera_info"
+
+
+def output_topic(namespace: str, name: str) -> str:
+    if name not in OUTPUT_NAMES and name != "camera_info":
+        raise ValueError(f"unknown output {name!r}")
+    ns = namespace.strip("/")
+    return f"/{ns}/pebal/{name}" if ns else f"/pebal/{name}"
+
+
+def rviz_config_for(template: str, camera: Camera) -> str:
+    """The shipped RViz config re-targeted to one camera's topics."""
+    text = template.replace(f"Value: {RVIZ_CAMERA_TOPIC}\n", f"Value: {camera.topic}\n")
+    ns = camera.namespace.strip("/")
+    if ns:
+        text = text.replace(f"Value: {RVIZ_OUTPUT_PREFIX}", f"Value: /{ns}{RVIZ_OUTPUT_PREFIX}")
+    return text

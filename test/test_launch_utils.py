@@ -1,0 +1,49 @@
+"""Launch-file helpers (camera lists, topic names, RViz config rewriting), no ROS needed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pebal_ros.node.launch_utils import (
+    Camera,
+    camera_info_topic,
+    input_remapping,
+    output_topic,
+    parse_cameras,
+    rviz_config_for,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_parse_cameras():
+    assert parse_cameras("", "", "/camera/image_raw") == [Camera("", "/camera/image_raw")]
+    assert parse_cameras("", "/front/", "/cam/image") == [Camera("front", "/cam/image")]
+    assert parse_cameras("front:/a/image_raw, rear") == [Camera("front", "/a/image_raw"), Camera("rear", "/rear/image_raw")]
+    assert parse_cameras("l:/x/img;r:/y/img", namespace="car") == [Camera("car/l", "/x/img"), Camera("car/r", "/y/img")]
+    for bad, why in [("front:/a,front:/b", "unique"), (":/x", "needs a namespace"), ("9x:/a", "invalid namespace"),
+                     ("a:/b//c", "invalid topic")]:
+        with pytest.raises(ValueError, match=why):
+            parse_cameras(bad)
+
+
+def test_topics():
+    assert input_remapping("/cam/image_raw", False) == ("image", "/cam/image_raw")
+    assert input_remapping("/cam/image_raw", True) == ("image/compressed", "/cam/image_raw/compressed")
+    assert input_remapping("/cam/image_raw/compressed", True) == ("image/compressed", "/cam/image_raw/compressed")
+    assert camera_info_topic("/cam/image_raw") == "/cam/camera_info"
+    assert camera_info_topic("/cam/image_raw/compressed") == "/cam/camera_info"
+    assert camera_info_topic("/image") == "/camera_info"
+    assert camera_info_topic("image_raw") == "camera_info"
+    assert output_topic("", "overlay") == "/pebal/overlay"
+    assert output_topic("/car/front/", "status") == "/car/front/pebal/status"
+    with pytest.raises(ValueError):
+        output_topic("", "heatmap")
+
+
+def test_rviz_config_rewrite():
+    template = (REPO / "rviz" / "pebal.rviz").read_text()
+    assert rviz_config_for(template, Camera("", "/camera/image_raw")) == template
+    text = rviz_config_for(template, Camera("rear", "/rear/image_raw"))
+    assert text.count("Value: /rear/pebal/") == 3 and "Value: /rear/image_raw\n" in text
