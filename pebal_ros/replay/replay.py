@@ -168,7 +168,7 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
             for t in cams:
                 for name in opts.outputs:
                     writer.add_topic(f"{prefixes[t.name]}/{name}", OUTPUT_TYPES[name])
-            bar = tqdm(total=total, desc=bag.name, unit="frame", disable=not opts.progress, leave=False)
+            bar = tqdm(total=total, desc=f"replay {bag.name}", unit="frame", disable=not opts.progress, leave=False)
             for raw in reader.messages():
                 if raw.topic in cam_names:
                     s = summaries[raw.topic]
