@@ -210,6 +210,47 @@ def generate(out: Path, *, size: tuple[int, int] = (512, 256), n_train: int = 40
     return meta
 
 
+def contact_sheet(seed: int = 0, tile: tuple[int, int] = (256, 128), rows: int = 3) -> np.ndarray:
+    """An RGB overview: per row a scene, its train-id colours, an anomaly frame, its anomaly label;
+    then a strip of training outlier families and one of test anomaly families."""
+    from pebal_ros.labels import PALETTE
+
+    w, h = tile
+    out = []
+    for r in range(rows):
+        img, train = render_scene(np.random.default_rng([seed, 10, r]), tile)
+        aimg, alab = render_anomaly_frame(np.random.default_rng([seed, 11, r]), tile)
+        overlay = (aimg * 0.45).astype(np.uint8)
+        overlay[alab == 1] = (255, 128, 0)
+        overlay[alab == 255] = 0
+        out.append(np.hstack([img, PALETTE[train], aimg, overlay]))
+    for families in (TRAIN_FAMILIES, TEST_FAMILIES):
+        n = 8
+        cell = np.full((h // 2, (4 * w) // n, 3), 255, np.uint8)
+        strip = []
+        rng = np.random.default_rng([seed, 12, len(families)])
+        for i in range(n):
+            c = cell.copy()
+            rgb, m = render_outlier(rng, families[i % len(families)], (c.shape[1] - 8, c.shape[0] - 8))
+            c[4:-4, 4:-4][m] = rgb[m]
+            strip.append(c)
+        out.append(np.hstack(strip))
+    return np.vstack(out)
+
+
+def write_preview(path: Path, sheet: np.ndarray) -> None:
+    """Write a contact sheet as a 256-colour PNG (a quarter of the size of an RGB PNG of noisy
+    renders; Pillow comes with matplotlib), or as plain RGB PNG without Pillow."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from PIL import Image
+    except ImportError:
+        _imwrite(path, sheet)
+        return
+    Image.fromarray(sheet).quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
 # ------------------------------------------------------------------------------ CLI
 def parse_size(text: str) -> tuple[int, int]:
     """'512x256' -> (512, 256) (width x height)."""
@@ -246,6 +287,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="which parts to write (default: all)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    parser.add_argument("--preview", type=Path, default=None, metavar="PNG",
+                        help="also write a contact sheet of examples (scenes, labels, anomalies, families)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -255,6 +298,9 @@ def main(args: argparse.Namespace) -> int:
     meta = generate(args.out, size=args.size, n_train=args.train, n_val=args.val, n_coco=args.coco,
                     n_anomaly=args.anomaly, coco_size=args.coco_size, seed=args.seed, parts=args.parts,
                     workers=args.workers)
+    if args.preview is not None:
+        write_preview(args.preview, contact_sheet(args.seed))
+        print(f"contact sheet: {args.preview}")
     print(f"wrote synthetic data to {args.out} in {meta['seconds']} s:")
     for part in PARTS:
         if part in meta:

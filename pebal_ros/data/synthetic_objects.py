@@ -102,12 +102,14 @@ class Painter:
                     float(1 - strength), -1, cv2.LINE_8, _SHIFT)
 
     def box(self, x0, x1, y0, y1, z0, z1, color, lid: int, near=None, side=None, top=None,
-            side_f: float = 0.78, top_f: float = 1.12) -> None:
+            side_f: float = 0.78, top_f: float = 1.12, inset_x: float = 0.0, inset_z: float = 0.0) -> None:
         """An axis-aligned box; draws the faces a camera at X=0 (road frame: -c0) can see."""
         view = self.view
         cam_x = -view.c0
-        u, v = view.proj(np.array([x0, x1, x1, x0, x0, x1, x1, x0]), np.array([y0, y0, y1, y1, y0, y0, y1, y1]),
-                         np.array([z0, z0, z0, z0, z1, z1, z1, z1]))
+        # inset_x / inset_z pull the top edges in: a frustum (sloped windscreens, tapered cabins).
+        u, v = view.proj(np.array([x0, x1, x1 - inset_x, x0 + inset_x, x0, x1, x1 - inset_x, x0 + inset_x]),
+                         np.array([y0, y0, y1, y1, y0, y0, y1, y1]),
+                         np.array([z0, z0, z0 + inset_z, z0 + inset_z, z1, z1, z1 - inset_z, z1 - inset_z]))
         if x0 > cam_x:
             face = _LEFT
         elif x1 < cam_x:
@@ -139,8 +141,8 @@ class Painter:
         self.box(x0, x1, 0.3, body_top, z, z1, col, CAR)
         glass = np.asarray(p["glass"], np.float32)
         ca, cb = (0.22, 0.8) if p["rear"] else (0.3, 0.85)
-        self.box(x0 + 0.1, x1 - 0.1, body_top, h, z + ca * length, z + cb * length, col, CAR,
-                 near=glass, side=glass * 0.85, top=col * 1.15)
+        self.box(x0 + 0.06, x1 - 0.06, body_top, h, z + ca * length, z + cb * length, col, CAR,
+                 near=glass, side=glass * 0.85, top=col * 1.15, inset_x=0.14, inset_z=0.3)
         if p["rear"]:  # tail lights and a plate on the visible rear
             lc = np.float32([200, 25, 25]) if not p["lit"] else np.float32([255, 60, 50])
             self.rect_on_face(x0 + 0.05, x0 + 0.35, body_top - 0.25, body_top - 0.08, z, lc, CAR)

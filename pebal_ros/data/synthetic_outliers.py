@@ -106,8 +106,9 @@ def _blob(rng, w, h):
 
 def _polygon(rng, w, h):
     n = int(rng.integers(3, 9))
-    ang = np.sort(rng.uniform(0, 2 * np.pi, n))
-    rad = rng.uniform(0.45, 0.97, n)
+    # jittered regular angles: irregular polygons, but no degenerate slivers
+    ang = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n) + rng.uniform(0, 2 * np.pi)
+    rad = rng.uniform(0.6, 0.97, n)
     pts = np.stack([(np.cos(ang) * rad + 1) / 2 * w, (np.sin(ang) * rad + 1) / 2 * h], 1)
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [np.round(pts * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
@@ -193,13 +194,6 @@ def _rock(rng, w, h):
 def _tyre(rng, w, h):
     u, v = _grid(w, h)
     rubber = np.float32(rng.uniform(18, 55))
-    if rng.random() < 0.3:  # lying flat: a squashed ring with the ground showing through the hole
-        ay = 0.95
-        ell = u ** 2 + (v / ay) ** 2
-        inner = rng.uniform(0.35, 0.55)
-        mask = (ell < 0.95 ** 2) & (ell > inner ** 2)
-        rgb = np.full((h, w, 3), rubber, np.float32) * (0.8 + 0.4 * (v < 0))[..., None]
-        return _finish(rgb, mask)
     ell = np.hypot(u, v)
     theta = np.arctan2(v, u)
     mask = ell < 0.96
@@ -207,7 +201,7 @@ def _tyre(rng, w, h):
     tread = ((theta * rng.integers(16, 40) / (2 * np.pi)) % 1.0) < 0.5
     shade = 0.85 + 0.3 * tread * (ell > 0.85)
     rgb = np.broadcast_to(rubber * shade[..., None], (h, w, 3)).astype(np.float32)
-    if rng.random() < 0.75:  # a metal rim with a darker hub; otherwise an empty hole
+    if rng.random() < 0.85:  # a metal rim with a darker hub; otherwise an empty hole
         metal = np.float32(rng.uniform(110, 200))
         rim = ell < rim_r
         hub = ell < rim_r * rng.uniform(0.2, 0.4)

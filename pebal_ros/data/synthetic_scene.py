@@ -47,6 +47,9 @@ for _id, _f, _m in ((ROAD, 0.06, 0.03), (SIDEWALK, 0.04, 0.02), (BUILDING, 0.03,
                     (ANOMALY_ID, 0.03, 0.0), (EGO, 0.02, 0.0)):
     _FINE[_id], _MID[_id] = _f, _m
 
+_GROUND = np.zeros(256, bool)
+_GROUND[[ROAD, SIDEWALK, TERRAIN]] = True
+
 _BUILDING_COLOURS = np.array([
     [205, 190, 165], [160, 158, 152], [150, 82, 62], [222, 220, 212], [215, 195, 130],
     [120, 125, 135], [180, 120, 90], [190, 175, 150], [110, 100, 95], [200, 160, 150]], np.float32)
@@ -119,6 +122,7 @@ class Scene:
     noise: float
     hood: dict | None
     parking: np.ndarray = field(default_factory=lambda: np.zeros(2, bool))
+    grass: np.ndarray = field(default_factory=lambda: np.zeros(2))
     objects: list[Obj] = field(default_factory=list)
     tex_seed: int = 0
 
@@ -238,7 +242,9 @@ def sample_scene(rng: np.random.Generator, length: float = 0.0, cam_speed: float
     x_cam = -n_lanes * lane_w / 2 + lane_w * (lane + 0.5) + rng.normal(0, 0.25)
     z_far = rng.uniform(110, 170)
     z_end = length + z_far + 40
-    sidewalk = np.where(rng.random(2) < 0.88, rng.uniform(1.6, 5.0, 2), 0.0)
+    sidewalk = np.where(rng.random(2) < 0.9, rng.uniform(2.0, 6.0, 2), 0.0)
+    # Some streets have a lawn strip between the kerb and the footpath (terrain next to the road).
+    grass = np.where((rng.random(2) < 0.3) & (sidewalk > 3.0), rng.uniform(1.0, 2.2, 2), 0.0)
     verge_terrain = rng.random(2) < (1 - urban) * 0.9 + 0.05
     verge = np.where(verge_terrain, rng.uniform(0.5, 8, 2), rng.uniform(0.0, 2.0, 2))
     sun_side = int(rng.choice([-1, 1]))
@@ -289,7 +295,7 @@ def sample_scene(rng: np.random.Generator, length: float = 0.0, cam_speed: float
         blur=rng.uniform(0.0, 1.1) if rng.random() < 0.7 else 0.0, noise=rng.uniform(0.5, 6.0),
         hood=({"h": rng.uniform(0.08, 0.16), "curve": rng.uniform(0.02, 0.08),
                "color": _pick(rng, _CAR_COLOURS, 0.05) * 0.6} if rng.random() < 0.4 else None),
-        tex_seed=int(rng.integers(1 << 30)), parking=parking,
+        tex_seed=int(rng.integers(1 << 30)), parking=parking, grass=grass,
     )
     _populate(rng, s, urban, -5.0, z_end - 10, cam_speed, duration)
     return s
@@ -312,13 +318,13 @@ def _populate(rng: np.random.Generator, s: Scene, urban: float, z0: float, z1: f
             if abs(x + s.c0) < s.lane_w / 2 and z < 9:   # keep the camera's own lane clear ahead
                 z = 9 + rng.uniform(0, 20)
             objs.append(_vehicle(rng, x + rng.normal(0, 0.2), z, v, rear))
-            z += rng.uniform(12, 70) / (0.4 + urban)
+            z += rng.uniform(20, 90) / (0.5 + 0.8 * urban)
     # Parked cars along the kerbs.
     for si, side in enumerate((-1, 1)):
         if s.parking[si]:
             z = z0 + rng.uniform(0, 10)
             while z < z1:
-                if rng.random() < 0.75:
+                if rng.random() < 0.6:
                     o = _vehicle(rng, side * (rh - 1.1), z, 0.0, rng.random() < 0.7)
                     objs.append(o)
                 z += rng.uniform(5.2, 9.0)
@@ -349,9 +355,12 @@ def _populate(rng: np.random.Generator, s: Scene, urban: float, z0: float, z1: f
             objs.append(Obj("pole", side * rng.uniform(inner, max(inner, outer)), rng.uniform(z0, z1), 0.0,
                             {"r": rng.uniform(0.04, 0.1), "h": rng.uniform(1.0, 3.5),
                              "color": _hsv(rng, s=(0, 0.3), v=(0.2, 0.8))}))
-        n_trees = rng.poisson(span * 0.05 * (1 - urban + 0.2))
+        n_trees = rng.poisson(span * (0.05 * (1 - urban + 0.2) + 0.06 * (s.grass[si] > 0)))
         for _ in range(n_trees):
-            lat = rh + max(sw - 0.8, 0.5) + (rng.uniform(0, 4) if s.verge_terrain[si] else 0)
+            if s.grass[si] > 0:
+                lat = rh + 0.25 + s.grass[si] / 2
+            else:
+                lat = rh + max(sw - 0.8, 0.5) + (rng.uniform(0, 4) if s.verge_terrain[si] else 0)
             objs.append(Obj("tree", side * lat, rng.uniform(z0, z1), 0.0, _tree_params(rng)))
     # Traffic lights at junction-like spots, on poles by the kerb or hanging over the road.
     for _ in range(rng.poisson(span / 90 * (0.3 + urban))):
@@ -364,10 +373,10 @@ def _populate(rng: np.random.Generator, s: Scene, urban: float, z0: float, z1: f
                              "hx": side * rng.uniform(1.0, rh), "housing": housing, "front": side == 1 or rng.random() < 0.5,
                              "state": int(rng.integers(3)), "pole_color": np.full(3, rng.uniform(60, 150), np.float32)}))
     # Cyclists and motorcyclists near the right edge of the road.
-    for _ in range(rng.poisson(span * 0.006)):
+    for _ in range(rng.poisson(span * 0.012)):
         side = 1 if s.two_way else rng.choice([-1, 1])
         objs.append(Obj("rider", side * (rh - rng.uniform(0.6, 1.6)), rng.uniform(z0 + 5, z1),
-                        cam_speed * rng.uniform(0.3, 0.6), _rider_params(rng, rng.random() < 0.35)))
+                        cam_speed * rng.uniform(0.3, 0.6), _rider_params(rng, rng.random() < 0.5)))
     # Occasional pedestrians crossing the road.
     for _ in range(rng.poisson(span * 0.004 * urban)):
         objs.append(Obj("person", rng.uniform(-rh, rh), rng.uniform(z0 + 8, z1), 0.0, _person_params(rng)))
@@ -396,7 +405,7 @@ def add_anomalies(rng: np.random.Generator, scene: Scene, n: int, z_range: tuple
         z_hi = z_range[1]
         if f_px is not None and min_px > 0:
             z_hi = min(z_hi, f_px * h_m / min_px)
-        z = rng.uniform(z_range[0], max(z_range[0], z_hi))
+        z = z_range[0] + max(0.0, z_hi - z_range[0]) * rng.random() ** 1.3  # a bias to nearer objects
         x = rng.uniform(-lanes_half + 0.4, lanes_half - 0.4)
         out.append(Obj("anomaly", x, z, 0.0, {"family": fam, "h": h_m, "aspect": aspect, "sink": rng.uniform(0, 0.15),
                                               "sprite": (rgb.astype(np.float32), mask.astype(np.float32))}))
@@ -477,7 +486,9 @@ def _ground(img, ids, shade, scene: Scene, view: View, cam_z: float) -> None:
     vt = np.where(right, scene.verge_terrain[1], scene.verge_terrain[0])
     road = aX < rh
     side = ~road & (aX < rh + sw)
-    lid = np.where(road, ROAD, np.where(side | ~vt, SIDEWALK, TERRAIN)).astype(np.uint8)
+    gs = np.where(right, scene.grass[1], scene.grass[0])
+    lawn = side & (aX >= rh + 0.25) & (aX < rh + 0.25 + gs)
+    lid = np.where(road, ROAD, np.where((side & ~lawn) | (~side & ~vt), SIDEWALK, TERRAIN)).astype(np.uint8)
     tiles = tex.tiles()
     patches = tex.sample(tiles["coarse"], X * 12 + 37, Zw * 6)
     is_road = road
@@ -552,8 +563,9 @@ def _layer(img, ids, shade, scene: Scene, layer: Layer, view: View, cam_z: float
     hb = layer.height[bi].astype(np.float64)
     tiles = tex.tiles()
     if np.any(kind == K_VEG):  # ragged crowns of tree rows and hedges
-        jag = tex.sample(tiles["mid"], Zw * 6 + 11, np.float32(layer.side * 50 + 3))
-        hb = np.where(kind == K_VEG, hb + np.maximum(hb * 0.25, 0.4) * jag, hb)
+        crown = tex.sample(tiles["coarse"], Zw * 14 + 11, np.float32(layer.side * 50 + 3))
+        jag = tex.sample(tiles["mid"], Zw * 8 + 5, np.float32(layer.side * 30 + 9))
+        hb = np.where(kind == K_VEG, hb + np.maximum(hb * 0.3, 0.4) * (crown + 0.25 * jag), hb)
     y_ground = view.yh + view.f * view.cam_h / Zc
     y_top = view.yh - view.f * (hb - view.cam_h) / Zc
     r0 = max(0, int(np.floor(y_top[kind > 0].min()))) if np.any(kind > 0) else h
@@ -649,19 +661,28 @@ def render(scene: Scene, size: tuple[int, int], cam_z: float = 0.0, t: float = 0
     _ground(img, ids, shade, scene, view, cam_z)
     for layer in scene.layers:
         _layer(img, ids, shade, scene, layer, view, cam_z)
-    painter = Painter(img, ids, shade, view)
+    occ = np.ones((h, w), np.float32)
+    painter = Painter(img, ids, occ, view)
     visible = []
     for o in scene.objects:
         z = o.z + o.v * t - cam_z
         if 1.2 < z < scene.z_far and _on_screen(o, z, view):
             visible.append((z, o))
     visible.sort(key=lambda zo: -zo[0])
-    for z, o in visible:  # contact shadows first: they darken only what lies under the objects
+    # Contact shadows go on their own map, lighter ones first so that overlapping ellipses keep the
+    # darker value whatever the object order; they darken only the ground, before objects are drawn.
+    shadows = []
+    for z, o in visible:
         if o.kind in ("car", "truck", "bus"):
-            painter.contact_shadow(o.x, z + o.p["l"] / 2, o.p["w"] / 2 + 0.15, o.p["l"] / 2 + 0.2, 0.55)
+            shadows.append((0.55, o.x, z + o.p["l"] / 2, o.p["w"] / 2 + 0.15, o.p["l"] / 2 + 0.2))
         elif o.kind in ("person", "rider", "anomaly"):
             r = o.p["h"] * (0.2 if o.kind != "anomaly" else 0.45 * o.p["aspect"])
-            painter.contact_shadow(o.x, z, r, r * 0.8, 0.4)
+            shadows.append((0.4, o.x, z, r, r * 0.8))
+    if shadows:
+        shadows.sort(key=lambda sh: sh[0])
+        for strength, x, zc, hw, hl in shadows:
+            painter.contact_shadow(x, zc, hw, hl, strength)
+        shade *= np.where(_GROUND[ids], occ, np.float32(1))
     img *= shade[..., None]
     for z, o in visible:
         painter.draw(o, z)
@@ -742,7 +763,7 @@ def render_anomaly_frame_ids(rng: np.random.Generator, size: tuple[int, int],
     for attempt in range(attempts):
         scene = sample_scene(rng)
         n = int(rng.integers(1, max_anomalies + 1))
-        add_anomalies(rng, scene, n, (4.0, min(70.0, scene.z_far * 0.6)), families,
+        add_anomalies(rng, scene, n, (4.0, 45.0), families, size_range=(0.25, 1.8),
                       f_px=scene.f_ratio * w, min_px=4.0)
         if attempt == attempts - 1:
             scene.objects = [o for o in scene.objects if o.kind == "anomaly"]
