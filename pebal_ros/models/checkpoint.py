@@ -86,7 +86,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             return torch.load(path, map_location=map_location, weights_only=False)
         except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
             raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
-    except (RuntimeError, EOFError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - torch raises many types (KeyError, EOFError, RuntimeError...) on junk
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
 
 
