@@ -39,3 +39,14 @@ def small_espnetv2():
     if not getattr(model, "has_abstention", False):
         model = add_abstention(model)
     return model.eval()
+
+
+class SizeSpecialisingNet(TinySegNet):
+    """Computes a size with Python ints (as ESPNetv2's pyramid does): not exportable with
+    symbolic height/width."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[2]), int(x.shape[3])
+        small = F.interpolate(x, size=(max(1, h // 3), max(1, w // 3)), mode="bilinear", align_corners=False)
+        z = self.b(F.relu(self.a(small)))
+        return F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)

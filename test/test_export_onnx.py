@@ -122,6 +122,7 @@ def test_dynamic_export_runs_several_sizes_and_records_profile(tmp_path):
         rt.infer(_image(200, 64), 0.0)
 
 
+@pytest.mark.slow
 def test_espnetv2_parity_small(tmp_path):
     net = small_espnetv2()
     fused = build_fused(net)
@@ -154,3 +155,12 @@ def test_parse_hw():
     for bad in ("512", "0x4", "ax3"):
         with pytest.raises(ValueError):
             parse_hw(bad)
+
+
+def test_dynamic_export_refuses_size_specialised_networks(tmp_path):
+    from _export_nets import SizeSpecialisingNet
+    path = tmp_path / "spec.onnx"
+    with pytest.raises(ValueError, match="specialised the image height/width"):
+        export_fused(build_fused(SizeSpecialisingNet().eval()), path, (60, 90), dynamic=True,
+                     min_hw=(30, 30), max_hw=(120, 180))
+    assert not path.exists()

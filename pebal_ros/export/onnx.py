@@ -227,6 +227,15 @@ def export_fused(fused: FusedPebal, path: str | Path, image_size: tuple[int, int
         inside = min_hw[0] <= h <= max_hw[0] and min_hw[1] <= w <= max_hw[1]
         spec.opt_hw = (h, w) if inside else tuple(max_hw)
     model = onnx.load(str(path))
+    if dynamic:
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        if any(d.HasField("dim_value") for d in list(dims)[:2]):
+            path.unlink()
+            raise ValueError(
+                f"the {exporter} exporter specialised the image height/width to {h}x{w}: the network "
+                "computes sizes with Python integers, so this graph cannot take other sizes. Export "
+                "with static shapes (one file per camera size; also the fastest engines)"
+                + ("" if exporter == "torchscript" else ", or try --exporter torchscript"))
     _tag_post_nodes(model)
     _set_metadata(model, spec.to_metadata())
     onnx.save(model, str(path))
