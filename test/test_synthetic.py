@@ -178,8 +178,8 @@ def test_make_synthetic_writes_the_documented_layout(tmp_path: Path):
         assert lab.shape == (64, 128) and set(np.unique(lab).tolist()) <= {0, 1, 255}
         assert (lab == 1).sum() == meta["anomaly_test"]["anomaly_pixels"][n] > 0
     assert meta["test_families"] == list(TEST_FAMILIES)
-    # same seed, same bytes
-    assert _cli(["--out", str(tmp_path / "b"), *argv]) == 0
+    # same seed, same bytes, also when written by worker processes
+    assert _cli(["--out", str(tmp_path / "b"), "--workers", "2", *argv]) == 0
     for p in sorted(root.rglob("*.png")) + jpgs:
         q = tmp_path / "b" / p.relative_to(root)
         assert p.read_bytes() == q.read_bytes(), p

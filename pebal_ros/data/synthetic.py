@@ -122,6 +122,12 @@ def render_coco_ood_item(rng: np.random.Generator, size: tuple[int, int],
         region[m] = rgb[m]
         mask[y0:y0 + oh, x0:x0 + ow][m] = ANOMALY_LABEL
         used.append(fam)
+    # Photograph-like finish over objects and background alike, so that a pasted object is not
+    # recognisable by being cleaner than the street scenes (which get the same treatment).
+    img *= np.float32(rng.uniform(0.7, 1.2))
+    if rng.random() < 0.6:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.0))
+    img += (rng.standard_normal((h, w), dtype=np.float32) * np.float32(rng.uniform(0.5, 5.0)))[..., None]
     out = np.clip(img, 0, 255).astype(np.uint8)
     return out, mask, used
 
@@ -155,7 +161,9 @@ def _run(jobs: list[tuple[Callable, tuple]], desc: str, workers: int) -> list[di
         return []
     if workers <= 1:
         return [_call(j) for j in tqdm(jobs, desc=desc, unit="img", dynamic_ncols=True)]
-    with mp.get_context("spawn").Pool(workers) as pool:
+    # fork where available: spawned workers would re-import the package (torch included) each.
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(workers) as pool:
         return list(tqdm(pool.imap(_call, jobs, chunksize=8), total=len(jobs), desc=desc, unit="img",
                          dynamic_ncols=True))
 

@@ -178,12 +178,12 @@ def _person_params(rng: np.random.Generator) -> dict:
 
 def _vehicle(rng: np.random.Generator, x: float, z: float, v: float, rear: bool) -> Obj:
     u = rng.random()
-    if u < 0.08:
+    if u < 0.06:
         return Obj("truck", x, z, v, {"w": 2.5, "l": rng.uniform(7, 10), "h": rng.uniform(3.2, 3.9), "rear": rear,
                                       "color": _pick(rng, _CAR_COLOURS), "glass": _hsv(rng, (0.5, 0.7), (0.1, 0.3), (0.1, 0.3)),
                                       "box_color": _pick(rng, np.array([[225, 225, 222], [200, 60, 40], [60, 90, 150],
                                                                         [170, 170, 165]], np.float32))})
-    if u < 0.13:
+    if u < 0.10:
         return Obj("bus", x, z, v, {"w": 2.55, "l": rng.uniform(11, 14), "h": rng.uniform(3.0, 3.4), "rear": rear,
                                     "color": _pick(rng, np.array([[230, 200, 40], [200, 40, 40], [235, 235, 230],
                                                                   [40, 110, 170]], np.float32)),
@@ -231,7 +231,7 @@ def sample_scene(rng: np.random.Generator, length: float = 0.0, cam_speed: float
     urban = float(rng.beta(2.0, 1.2))
     n_lanes = int(rng.choice([2, 2, 2, 3, 4, 4]))
     lane_w = rng.uniform(2.9, 3.6)
-    parking = rng.random(2) < 0.5
+    parking = rng.random(2) < 0.4
     # A parking strip beside the lanes keeps parked cars out of the traffic (and the camera's) lanes.
     road_half = n_lanes * lane_w / 2 + (rng.uniform(2.1, 2.5) if parking.any() else rng.uniform(0.2, 0.5))
     two_way = n_lanes != 3 and rng.random() < 0.8
@@ -242,7 +242,7 @@ def sample_scene(rng: np.random.Generator, length: float = 0.0, cam_speed: float
     x_cam = -n_lanes * lane_w / 2 + lane_w * (lane + 0.5) + rng.normal(0, 0.25)
     z_far = rng.uniform(110, 170)
     z_end = length + z_far + 40
-    sidewalk = np.where(rng.random(2) < 0.9, rng.uniform(2.0, 6.0, 2), 0.0)
+    sidewalk = np.where(rng.random(2) < 0.9, rng.uniform(2.5, 7.0, 2), 0.0)
     # Some streets have a lawn strip between the kerb and the footpath (terrain next to the road).
     grass = np.where((rng.random(2) < 0.3) & (sidewalk > 3.0), rng.uniform(1.0, 2.2, 2), 0.0)
     verge_terrain = rng.random(2) < (1 - urban) * 0.9 + 0.05
