@@ -167,3 +167,50 @@ class Accuracy:
         else:
             out["miou"] = float(np.mean(ious))   # inlier/anomaly 2-class mIoU of the mask
         return out
+
+
+class LabelTopicMatcher:
+    """Pairs label messages with processed frames by (frame_id, stamp), in either arrival order.
+
+    One label serves every camera topic with the same frame and stamp (e.g. the raw and the
+    compressed stream of one camera). Only a window of recent stamps is kept on both sides, so
+    memory stays bounded on long recordings; what falls out unmatched is counted.
+    """
+
+    def __init__(self, accuracy: Accuracy, window: int = 64) -> None:
+        from collections import OrderedDict
+
+        self.accuracy = accuracy
+        self.window = window
+        self.labels: OrderedDict[tuple[str, int], list[Any]] = OrderedDict()   # key -> [label, uses]
+        self.pending: OrderedDict[tuple[str, int], list[Any]] = OrderedDict()  # key -> [outputs...]
+        self.frames_without_label = 0
+        self.labels_without_frame = 0
+
+    def _score(self, outputs: Any, label: np.ndarray) -> None:
+        self.accuracy.update(outputs.score, outputs.mask, outputs.semantic, label)
+
+    def frame(self, key: tuple[str, int], outputs: Any) -> None:
+        entry = self.labels.get(key)
+        if entry is not None:
+            self._score(outputs, entry[0])
+            entry[1] += 1
+            return
+        self.pending.setdefault(key, []).append(outputs)
+        while len(self.pending) > self.window:
+            self.frames_without_label += len(self.pending.popitem(last=False)[1])
+
+    def label(self, key: tuple[str, int], label: np.ndarray) -> None:
+        waiting = self.pending.pop(key, [])
+        for outputs in waiting:
+            self._score(outputs, label)
+        self.labels[key] = [label.copy(), len(waiting)]
+        while len(self.labels) > self.window:
+            _, (_, uses) = self.labels.popitem(last=False)
+            self.labels_without_frame += uses == 0
+
+    def finish(self) -> None:
+        self.frames_without_label += sum(len(v) for v in self.pending.values())
+        self.labels_without_frame += sum(1 for _, uses in self.labels.values() if uses == 0)
+        self.pending.clear()
+        self.labels.clear()

@@ -26,7 +26,7 @@ from ..pipeline.frame import FramePipeline, PipelineConfig
 from ..pipeline.messages import OUTPUT_NAMES, OUTPUT_TYPES, MessageFactory
 from . import report as rep
 from .bag import IMAGE_TYPES, BagError, BagReader, BagWriter, TopicInfo, make_typestore
-from .groundtruth import Accuracy, LabelFolder, label_from_message
+from .groundtruth import Accuracy, LabelFolder, LabelTopicMatcher, label_from_message
 
 IMAGE = "sensor_msgs/msg/Image"
 LABEL_HINTS = ("label", "ground_truth", "groundtruth", "/gt")
@@ -146,21 +146,14 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
         summaries = {t.name: rep.TopicSummary(t.name, t.msgtype, t.declared) for t in cams}
         labels_dir = LabelFolder(opts.labels_dir, opts.label_match) if opts.labels_dir else None
         accuracy = Accuracy(opts.label_kind) if (labels_dir or label_topic) else None
-        label_by_stamp: dict[int, np.ndarray] = {}     # label messages not yet matched to a frame
-        pending: dict[int, tuple[Any, Any]] = {}       # frames waiting for a label message
+        matcher = LabelTopicMatcher(accuracy) if (accuracy is not None and label_topic) else None
         label_stats = Counter()
         other = Counter()
         records: list[rep.FrameRecord] = []
         top = rep.TopK(opts.top_k)
-        counters: Counter[str] = Counter()
         total = sum(t.declared or 0 for t in cams) or None
         if opts.max_frames and total:
             total = min(total, opts.max_frames * len(cams))
-
-        def score_frame(stamp: int | None, outputs: Any, label: np.ndarray | None) -> None:
-            if label is not None and accuracy is not None:
-                accuracy.update(outputs.score, outputs.mask, outputs.semantic, label)
-                label_stats["matched"] += 1
 
         t_start = time.perf_counter()
         writer = BagWriter(result_bag, factory.typestore)
@@ -183,20 +176,19 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
                     records.append(rec)
                     if rec.status == "processed":
                         s.processed += 1
-                        res_outputs = rec.__dict__.pop("_outputs")
-                        label = None
+                        outputs, frame_id = rec.__dict__.pop("_outputs")
                         if labels_dir is not None and raw.topic == cams[0].name:
                             try:
                                 label = labels_dir.get(index, rec.stamp_ns)
                             except ValueError as exc:
-                                counters[f"label file: {exc}"] += 1
+                                label_stats[f"unusable: {exc}"[:160]] += 1
+                                label = None
                             if label is None:
                                 label_stats["frames_without_label"] += 1
-                        elif label_topic is not None and rec.stamp_ns is not None:
-                            label = label_by_stamp.pop(rec.stamp_ns, None)
-                            if label is None:
-                                pending[rec.stamp_ns] = (res_outputs, raw.topic)
-                        score_frame(rec.stamp_ns, res_outputs, label)
+                            else:
+                                accuracy.update(outputs.score, outputs.mask, outputs.semantic, label)
+                        elif matcher is not None:
+                            matcher.frame((frame_id, rec.stamp_ns), outputs)
                     else:
                         s.skipped += 1
                         s.skip_reasons[rec.reason] = s.skip_reasons.get(rec.reason, 0) + 1
@@ -209,11 +201,8 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
                     except Exception as exc:  # noqa: BLE001 - a bad label costs only itself
                         label_stats[f"unusable: {type(exc).__name__}: {exc}"[:160]] += 1
                         continue
-                    waiting = pending.pop(stamp, None)
-                    if waiting is not None:
-                        score_frame(stamp, waiting[0], label.copy())
-                    else:
-                        label_by_stamp[stamp] = label.copy()
+                    if matcher is not None:
+                        matcher.label((msg.header.frame_id, stamp), label)
                 else:
                     other[raw.topic] += 1
             bar.close()
@@ -224,8 +213,10 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
         backends = dict(reader.backends)
         all_topics = dict(reader.topics)
 
-    label_stats["frames_without_label"] += len(pending)
-    label_stats["labels_without_frame"] += len(label_by_stamp)
+    if matcher is not None:
+        matcher.finish()
+        label_stats["frames_without_label"] += matcher.frames_without_label
+        label_stats["labels_without_frame"] += matcher.labels_without_frame
     summary = _summarise(bag, result_bag, runtime, float(threshold), opts, cams, summaries, all_topics,
                          other, records, issues, backends, wall, label_topic, labels_dir, accuracy,
                          label_stats, top, report_dir)
@@ -277,7 +268,7 @@ def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, op
         img = (np.asarray(ov.data).reshape(ov.height, ov.width, 3) if ov is not None
                else _overlay_image(pipe, msg, result.outputs))
         top.add(st.anomaly_fraction, f"{rec.topic} #{rec.index}", img)
-    rec.__dict__["_outputs"] = result.outputs
+    rec.__dict__["_outputs"] = (result.outputs, str(msg.header.frame_id))
 
 
 def _overlay_image(pipe: FramePipeline, msg: Any, outputs: Any) -> np.ndarray:

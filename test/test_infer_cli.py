@@ -1,0 +1,60 @@
+"""`pebal infer`: PNGs per image for files and folders, at the image's own size, and bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from test_replay_helpers import H, W, frames, tiny_onnx
+
+from pebal_ros.cli import main
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+def test_infer_files_and_folders(model: Path, tmp_path: Path, capsys) -> None:
+    from pebal_ros.pipeline.visualize import colorize
+    from pebal_ros.runtime import load_runtime
+
+    imgs = [f for f, _ in frames(3)]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, img in enumerate(imgs[:2]):
+        cv2.imwrite(str(folder / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    (folder / "notes.txt").write_text("ignored")
+    big = cv2.resize(imgs[2], (3 * W, 2 * H))            # another size than the model's
+    cv2.imwrite(str(tmp_path / "big.png"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    rc = main(["infer", str(folder), str(tmp_path / "big.png"), "--out", str(out), "--model", str(model),
+               "--threshold", "-3.9", "--mask"])
+    assert rc == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{s}_{k}.png" for s in ("f0", "f1", "big")
+                           for k in ("overlay", "semantic", "anomaly", "mask"))
+    # Same image size as the model: the semantic PNG is exactly the palette of the runtime's output.
+    direct = load_runtime(model).infer(imgs[0], -3.9)
+    sem = cv2.cvtColor(cv2.imread(str(out / "f0_semantic.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(sem, colorize(direct.semantic))
+    mask = cv2.imread(str(out / "f0_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(mask, direct.mask * 255)
+    for kind in ("overlay", "semantic", "anomaly", "mask"):
+        assert cv2.imread(str(out / f"big_{kind}.png")).shape[:2] == (2 * H, 3 * W)
+    assert "wrote 12 PNGs for 3 image(s)" in capsys.readouterr().out
+
+
+def test_infer_bad_input(model: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "empty").mkdir()
+    rc = main(["infer", str(tmp_path / "broken.png"), str(tmp_path / "empty"), str(tmp_path / "nope.png"),
+               "--out", str(tmp_path / "o"), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "not a readable image" in err and "holds no images" in err and "no such file" in err
+    assert main(["infer", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o"), "--model", str(model)]) == 2
+    assert main(["infer", str(tmp_path / "broken.png"), "--out", str(tmp_path / "o"),
+                 "--model", str(tmp_path / "missing.onnx")]) == 2
+    assert "cannot load the model" in capsys.readouterr().err
