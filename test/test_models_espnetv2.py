@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from pebal_ros.labels import NUM_CLASSES, VOID_LABEL, color_to_train_id
 from pebal_ros.models import IMAGENET_MEAN, IMAGENET_STD, build_model, count_parameters, load_model
-from pebal_ros.models.espnetv2 import ImagePyramid, adaptive_avg_pool2d, eesp_dilations
+from pebal_ros.models.espnetv2 import ImagePyramid, eesp_dilations, exportable_adaptive_avg_pool2d
 
 # Parameter counts of the EdgeNets Cityscapes models (model zoo README: 0.25 M and 0.79 M).
 EXPECTED_PARAMS = {1.0: 234_010, 2.0: 789_242}
@@ -71,10 +71,10 @@ def test_eesp_branch_dilations_follow_receptive_field_limit() -> None:
 
 
 @pytest.mark.parametrize("in_hw,out_hw", [((32, 64), (5, 7)), ((17, 23), (5, 5)), ((12, 30), (6, 10)),
-                                            ((64, 128), (7, 13))])
+                                            ((64, 128), (7, 13)), ((48, 96), (32, 64))])
 def test_exportable_adaptive_pool_matches_torch(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
     x = torch.randn(2, 3, *in_hw, dtype=torch.float64)
-    torch.testing.assert_close(adaptive_avg_pool2d(x, out_hw), F.adaptive_avg_pool2d(x, out_hw))
+    torch.testing.assert_close(exportable_adaptive_avg_pool2d(x, out_hw), F.adaptive_avg_pool2d(x, out_hw))
     # and against the bin rule written out by hand (start=floor(i*n/m), end=ceil((i+1)*n/m))
     (h, w), (oh, ow) = in_hw, out_hw
     ref = torch.empty(2, 3, oh, ow, dtype=torch.float64)
@@ -83,7 +83,7 @@ def test_exportable_adaptive_pool_matches_torch(in_hw: tuple[int, int], out_hw: 
             hs, he = (i * h) // oh, math.ceil((i + 1) * h / oh)
             ws, we = (j * w) // ow, math.ceil((j + 1) * w / ow)
             ref[..., i, j] = x[..., hs:he, ws:we].mean(dim=(-1, -2))
-    torch.testing.assert_close(adaptive_avg_pool2d(x, out_hw), ref)
+    torch.testing.assert_close(exportable_adaptive_avg_pool2d(x, out_hw), ref)
 
 
 def test_image_pyramid_matches_repooling_from_full_image() -> None:
@@ -147,3 +147,24 @@ def test_real_weights_segment_real_cityscapes_frames(shared_data: Path, s: float
     print(f"ESPNetv2 s={s}: pixel accuracy {accs} ({time.perf_counter() - t0:.1f} s)")
     for name, acc in accs.items():
         assert acc >= MIN_PIXEL_ACC, f"s={s} {name}: pixel accuracy {acc:.4f} < {MIN_PIXEL_ACC}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_exports_to_onnx_and_matches_onnxruntime(tmp_path: Path, dynamo: bool) -> None:
+    # The pyramid pooling's non-divisible adaptive pools must take the exportable path.
+    ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript")
+    torch.manual_seed(0)
+    model = build_model("espnetv2", s=0.5).eval()
+    x = torch.randn(1, 3, 96, 160)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    path = tmp_path / "espnetv2.onnx"
+    kwargs = {"dynamo": True, "opset_version": 18} if dynamo else {"dynamo": False, "opset_version": 17}
+    torch.onnx.export(model, (x,), str(path), input_names=["image"], output_names=["logits"], **kwargs)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"image": x.numpy()})[0]
+    assert out.shape == (1, 20, 96, 160)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)

@@ -49,18 +49,26 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def adaptive_avg_pool2d(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``F.adaptive_avg_pool2d`` that also exports to ONNX when the sizes do not divide.
+    """``F.adaptive_avg_pool2d``, switched to an ONNX-exportable form while exporting."""
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+        return exportable_adaptive_avg_pool2d(x, size)
+    return F.adaptive_avg_pool2d(x, size)
+
+
+def exportable_adaptive_avg_pool2d(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pooling from ops every ONNX/TensorRT backend has.
 
     The ONNX exporter only lowers adaptive pooling whose input size is a multiple of the output
-    size; the pyramid's 0.1 scale (clamped to 5) almost never is. Adaptive average pooling is
-    linear and separable, so it equals ``P_h @ x @ P_w^T`` with PyTorch's bin rule
-    (start = floor(i*in/out), end = ceil((i+1)*in/out)); that form exports as two MatMuls and is
-    only used for the small non-divisible cases.
+    size, and the pyramid's 1.5 and 0.1 scales (the latter clamped to 5) rarely are. A divisible
+    case is a plain ``avg_pool2d``; otherwise adaptive pooling is linear and separable, so it equals
+    ``P_h @ x @ P_w^T`` with PyTorch's bin rule (start = floor(i*in/out), end = ceil((i+1)*in/out)),
+    which exports as two MatMuls with constant matrices.
     """
-    in_h, in_w = x.shape[-2:]
+    in_h, in_w = int(x.shape[-2]), int(x.shape[-1])
     out_h, out_w = int(size[0]), int(size[1])
     if in_h % out_h == 0 and in_w % out_w == 0:
-        return F.adaptive_avg_pool2d(x, (out_h, out_w))
+        kernel = (in_h // out_h, in_w // out_w)
+        return F.avg_pool2d(x, kernel_size=kernel, stride=kernel)
     ph = _pool_matrix(in_h, out_h, x.dtype, x.device)
     pw = _pool_matrix(in_w, out_w, x.dtype, x.device)
     return torch.matmul(torch.matmul(ph, x), pw.t())
