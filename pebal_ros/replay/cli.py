@@ -57,8 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
     p.add_argument("--outputs", nargs="+", default=list(OUTPUT_NAMES), choices=OUTPUT_NAMES,
                    help="output topics to write (default: all the node publishes)")
-    p.add_argument("--namespace", default="/pebal", help="namespace of the output topics (default /pebal; "
-                   "with several cameras the camera's namespace is appended)")
+    p.add_argument("--namespace", default="", help="the node namespace to mimic: outputs go to "
+                   "/<ns>/pebal/<output> (default: /pebal/<output>); with several cameras each camera "
+                   "topic's namespace is appended, as the launch file does per camera")
     p.add_argument("--output-resolution", default="camera", choices=("camera", "network"))
     p.add_argument("--min-region-area", type=int, default=50)
     p.add_argument("--max-frames", type=int, default=None, help="process at most N frames per topic "

@@ -45,7 +45,7 @@ class ReplayOptions:
     label_kind: str = "auto"
     threshold: float | None = None               # None: the model's default
     outputs: Sequence[str] = OUTPUT_NAMES
-    namespace: str = "/pebal"
+    namespace: str = ""                          # the node's namespace; outputs go to /<ns>/pebal/...
     output_resolution: str = "camera"
     min_region_area: int = 50
     reproducible: bool = False                   # write 0 for the measured latencies in status
@@ -67,11 +67,14 @@ class ReplayResult:
 
 
 def _output_prefix(namespace: str, topic: str, several: bool) -> str:
-    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    if not several:
-        return ns
-    parent = topic.rsplit("/", 1)[0] if topic.count("/") > 1 else topic
-    return ns + parent
+    """Where the node would publish: ``/<ns>/pebal`` (``/pebal`` without namespace), as
+    launch/detector.launch.py names it. With several cameras each gets the camera topic's parent
+    namespace, like the launch file's one-detector-per-camera instances (``/front/pebal/...``)."""
+    parts = [namespace.strip("/")]
+    if several:
+        parts.append(topic.rsplit("/", 1)[0].strip("/"))
+    ns = "/".join(p for p in parts if p)
+    return f"/{ns}/pebal" if ns else "/pebal"
 
 
 def select_topics(reader: BagReader, opts: ReplayOptions) -> tuple[list[TopicInfo], TopicInfo | None]:

@@ -1,0 +1,76 @@
+"""Report building blocks: percentiles, top-k selection, topic naming, label folder matching rules."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pebal_ros.replay import report as rep
+from pebal_ros.replay.groundtruth import Accuracy, LabelFolder, LabelTopicMatcher
+from pebal_ros.replay.replay import _output_prefix
+
+
+def test_latency_stats_match_numpy() -> None:
+    v = np.random.default_rng(0).gamma(2.0, 10.0, 1000)
+    s = rep.latency_stats(list(v))
+    assert s["p50"] == pytest.approx(np.median(v)) and s["p99"] == pytest.approx(np.quantile(v, 0.99))
+    assert s["max"] == v.max() and rep.latency_stats([]) == {}
+
+
+def test_topk_keeps_largest_in_order_ties_to_earliest() -> None:
+    top = rep.TopK(k=3, width=8)
+    img = np.zeros((4, 8, 3), np.uint8)
+    for i, f in enumerate([0.1, 0.5, 0.5, 0.05, 0.9, 0.2]):
+        if top.wants(f):
+            top.add(f, f"#{i}", img)
+    assert [(f, t) for f, t, _ in top.items()] == [(0.9, "#4"), (0.5, "#1"), (0.5, "#2")]
+
+
+def test_output_topics_follow_the_launch_file() -> None:
+    assert _output_prefix("", "/camera/image_raw", False) == "/pebal"
+    assert _output_prefix("front", "/camera/image_raw", False) == "/front/pebal"
+    assert _output_prefix("", "/front/image_raw", True) == "/front/pebal"
+    assert _output_prefix("car", "/front/image_raw/compressed", True) == "/car/front/image_raw/pebal"
+
+
+def test_label_folder_auto_matching(tmp_path: Path) -> None:
+    lab = np.zeros((4, 4), np.uint8)
+    for folder, names, expect in (("a", ["1700000000123456789", "1700000000223456789"], "stamp"),
+                                  ("b", ["1700000000_5", "1700000001_000000007"], "stamp"),
+                                  ("c", ["frame_3", "frame_10"], "name"),
+                                  ("d", ["left", "right"], "index")):
+        (tmp_path / folder).mkdir()
+        for n in names:
+            cv2.imwrite(str(tmp_path / folder / f"{n}.png"), lab)
+        assert LabelFolder(tmp_path / folder).match == expect, folder
+    f = LabelFolder(tmp_path / "b")
+    assert f.get(0, 1_700_000_000_500_000_000) is not None and f.get(0, 1_700_000_000_000_000_005) is None
+    assert LabelFolder(tmp_path / "c").get(10, None) is not None
+    with pytest.raises(ValueError, match="no .png"):
+        (tmp_path / "e").mkdir()
+        LabelFolder(tmp_path / "e")
+
+
+def test_label_topic_matcher_either_order_and_window() -> None:
+    acc = Accuracy("anomaly")
+    m = LabelTopicMatcher(acc, window=2)
+
+    class Out:
+        score = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+        mask = (score > 0.5).astype(np.uint8)
+        semantic = np.zeros((4, 4), np.uint8)
+
+    label = (Out.score > 0.7).astype(np.uint8)
+    m.frame(("cam", 1), Out)             # frame first
+    m.label(("cam", 1), label)
+    m.label(("cam", 2), label)           # label first, used by two camera topics
+    m.frame(("cam", 2), Out)
+    m.frame(("cam", 2), Out)
+    m.frame(("other", 2), Out)           # different frame_id: no label
+    for k in range(3, 6):                # labels nobody uses fall out of the window
+        m.label(("cam", k), label)
+    m.finish()
+    assert acc.frames == 3 and m.frames_without_label == 1 and m.labels_without_frame == 3
+    assert acc.compute()["metrics"]["auroc"] == pytest.approx(1.0)
