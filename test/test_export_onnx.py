@@ -123,13 +123,18 @@ def test_dynamic_export_runs_several_sizes_and_records_profile(tmp_path):
 
 
 @pytest.mark.slow
-def test_espnetv2_parity_small(tmp_path):
+def test_cli_export_espnetv2_parity(tmp_path, capsys):
+    """`pebal export` on a real (small) ESPNetv2 checkpoint, then the issue's parity thresholds."""
     net = small_espnetv2()
-    fused = build_fused(net)
-    path = tmp_path / "espnetv2.onnx"
-    export_fused(fused, path, (128, 256))
-    info = check_onnx(path)
-    assert info["opset"] == 18
+    from pebal_ros.cli import main
+    from pebal_ros.models import load_model, save_checkpoint
+    ckpt, path = tmp_path / "esp.pt", tmp_path / "espnetv2.onnx"
+    save_checkpoint(net, ckpt)
+    assert main(["export", "--model", str(ckpt), "--output", str(path), "--size", "128x256"]) == 0
+    out = capsys.readouterr().out
+    assert "opset 18" in out and "onnx.checker OK" in out and "-> OK" in out
+    assert check_onnx(path)["opset"] == 18 and read_spec(path).arch == "espnetv2"
+    fused = build_fused(load_model(str(ckpt)).eval())
     for seed in (0, 1):
         r = parity_check(path, fused, (128, 256), seed=seed)
         assert r["score_max_abs_diff"] <= SCORE_TOL, r

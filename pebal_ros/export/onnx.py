@@ -200,7 +200,11 @@ def export_fused(fused: FusedPebal, path: str | Path, image_size: tuple[int, int
         image_size = max_hw
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fused = fused.eval().float().cpu()
+    if any(t.dtype != torch.float32 or t.device.type != "cpu"
+           for t in list(fused.parameters()) + list(fused.buffers())):
+        import copy
+        fused = copy.deepcopy(fused).float().cpu()   # export in FP32 on CPU; leave the caller's module alone
+    fused = fused.eval()
     h, w = image_size
     sample = (torch.randint(0, 256, (h, w, 3), dtype=torch.uint8), torch.tensor([0.0]))
     dyn_axes = None

@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Thin wrapper: same as `pebal build-engine ...` (works from a source checkout without installing)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pebal_ros.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["build-engine", *sys.argv[1:]]))
