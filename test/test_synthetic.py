@@ -120,7 +120,7 @@ def test_render_anomaly_frame_labels():
 def test_drive_sequence_is_coherent_and_anomalies_approach():
     frames = list(drive_sequence(3, 12, SIZE))
     again = list(drive_sequence(3, 12, SIZE))
-    assert [f.index for f in frames] == list(range(12))
+    assert [f.frame_index for f in frames] == list(range(12))
     for a, b in zip(frames, again):
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.label, b.label)
@@ -204,3 +204,17 @@ def test_speed_report():
         render_scene(rng, (512, 256))
     print(f"\nrender_scene 512x256: {(time.perf_counter() - t0) / 5 * 1000:.1f} ms wall, "
           f"{(time.process_time() - c0) / 5 * 1000:.1f} ms CPU per frame")
+
+
+def test_written_sets_load_with_the_project_readers(tmp_path: Path):
+    """The layouts are the contract with pebal_ros.data's readers (data.md)."""
+    data = pytest.importorskip("pebal_ros.data")
+    syn.generate(tmp_path, size=(96, 48), n_train=2, n_val=1, n_coco=2, n_anomaly=2, coco_size=(48, 32), seed=1)
+    train = data.CityscapesDataset(tmp_path / "cityscapes", "train")
+    assert len(train) == 2 and train[0]["image"].shape == (48, 96, 3)
+    assert set(np.unique(train[0]["target"]).tolist()) <= VALID_TRAIN_IDS
+    assert len(data.CityscapesDataset(tmp_path / "cityscapes", "val")) == 1
+    coco = data.CocoOutlierDataset(tmp_path / "coco_ood")
+    assert len(coco) == 2 and set(np.unique(coco[0]["target"]).tolist()) <= {0, 254}
+    bench = data.load_benchmark("fs_static", tmp_path / "anomaly_test")
+    assert len(bench) == 2 and (bench[0]["label"] == 1).any()

@@ -111,7 +111,7 @@ def render_coco_ood_item(rng: np.random.Generator, size: tuple[int, int],
     mask = np.zeros((h, w), np.uint8)
     used = []
     for _ in range(int(rng.integers(1, 4))):
-        fam = str(families[rng.integers(len(families))])
+        fam = str(families[int(rng.integers(len(families)))])
         side = rng.uniform(0.25, 0.7) * min(w, h)
         ow = max(4, int(side * rng.uniform(0.7, 1.4)))
         oh = max(4, int(side * rng.uniform(0.7, 1.4)))

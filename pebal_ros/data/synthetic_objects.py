@@ -135,7 +135,7 @@ class Painter:
         w, length, h, col = p["w"], p["l"], p["h"], np.asarray(p["color"], np.float32)
         x0, x1 = o.x - w / 2, o.x + w / 2
         z1 = z + length
-        dark = np.float32([22, 22, 24])
+        dark = np.array([22, 22, 24], np.float32)
         self.box(x0 + 0.12, x1 - 0.12, 0.0, 0.32, z + 0.25, z1 - 0.25, dark, CAR)
         body_top = h * p["body"]
         self.box(x0, x1, 0.3, body_top, z, z1, col, CAR)
@@ -144,17 +144,17 @@ class Painter:
         self.box(x0 + 0.06, x1 - 0.06, body_top, h, z + ca * length, z + cb * length, col, CAR,
                  near=glass, side=glass * 0.85, top=col * 1.15, inset_x=0.14, inset_z=0.3)
         if p["rear"]:  # tail lights and a plate on the visible rear
-            lc = np.float32([200, 25, 25]) if not p["lit"] else np.float32([255, 60, 50])
+            lc = np.array([200, 25, 25], np.float32) if not p["lit"] else np.array([255, 60, 50], np.float32)
             self.rect_on_face(x0 + 0.05, x0 + 0.35, body_top - 0.25, body_top - 0.08, z, lc, CAR)
             self.rect_on_face(x1 - 0.35, x1 - 0.05, body_top - 0.25, body_top - 0.08, z, lc, CAR)
         else:
-            lc = np.float32([235, 235, 210])
+            lc = np.array([235, 235, 210], np.float32)
             self.rect_on_face(x0 + 0.08, x0 + 0.38, body_top - 0.22, body_top - 0.08, z, lc, CAR)
             self.rect_on_face(x1 - 0.38, x1 - 0.08, body_top - 0.22, body_top - 0.08, z, lc, CAR)
         self.rect_on_face(o.x - 0.26, o.x + 0.26, 0.38, 0.5, z, (225, 225, 220), CAR)
         cam_x = -self.view.c0
         sx = x0 - 0.01 if x0 > cam_x else (x1 + 0.01 if x1 < cam_x else None)
-        tyre = np.float32([18, 18, 20])
+        tyre = np.array([18, 18, 20], np.float32)
         for wz in (z + 0.55, z1 - 1.2):  # wheels on the side facing the camera
             if sx is not None:
                 u, v = self.view.proj(np.array([sx, sx, sx, sx]), np.array([0.0, 0.62, 0.62, 0.0]),
@@ -168,7 +168,7 @@ class Painter:
         col, box_col = np.asarray(p["color"], np.float32), np.asarray(p["box_color"], np.float32)
         w = p["w"]
         x0, x1 = o.x - w / 2, o.x + w / 2
-        dark = np.float32([25, 25, 27])
+        dark = np.array([25, 25, 27], np.float32)
         cab_len, box_len = 2.2, p["l"] - 2.4
         if p["rear"]:
             cab_z, box_z = z + box_len + 0.2, z
@@ -183,7 +183,11 @@ class Painter:
                     self.rect_on_face(x0 + 0.2, x1 - 0.2, 1.7, 2.6, pz, np.asarray(p["glass"], np.float32), TRUCK)
             else:
                 self.box(x0, x1, 0.9, p["h"], pz, pz + box_len, box_col, TRUCK)
-        self.box(x0 + 0.1, x1 - 0.1, 0.0, 0.95, z + 0.3, z + p["l"] - 0.3, dark, TRUCK)
+        # chassis between the wheels (the road shows through beside it), wheels at the corners
+        self.box(x0 + 0.45, x1 - 0.45, 0.35, 0.95, z + 0.3, z + p["l"] - 0.3, dark, TRUCK)
+        for wz in (z + 0.6, z + p["l"] - 1.6):
+            self.box(x0 + 0.05, x0 + 0.4, 0.0, 0.95, wz, wz + 1.0, dark, TRUCK, side=dark * 1.5)
+            self.box(x1 - 0.4, x1 - 0.05, 0.0, 0.95, wz, wz + 1.0, dark, TRUCK, side=dark * 1.5)
         if p["rear"]:
             self.rect_on_face(x0 + 0.1, x0 + 0.4, 1.0, 1.2, z, (210, 30, 30), TRUCK)
             self.rect_on_face(x1 - 0.4, x1 - 0.1, 1.0, 1.2, z, (210, 30, 30), TRUCK)
@@ -193,7 +197,7 @@ class Painter:
         col, glass = np.asarray(p["color"], np.float32), np.asarray(p["glass"], np.float32)
         w, length, h = p["w"], p["l"], p["h"]
         x0, x1 = o.x - w / 2, o.x + w / 2
-        dark = np.float32([25, 25, 27])
+        dark = np.array([25, 25, 27], np.float32)
         self.box(x0 + 0.1, x1 - 0.1, 0.0, 0.4, z + 0.3, z + length - 0.3, dark, BUS)
         self.box(x0, x1, 0.35, h, z, z + length, col, BUS)
         cam_x = -self.view.c0
@@ -256,7 +260,7 @@ class Painter:
         p = o.p
         u, v = self.view.proj(o.x, 0.0, z)
         u, v, s = float(u), float(v), self.view.f / z
-        dark = np.float32([25, 25, 28])
+        dark = np.array([25, 25, 28], np.float32)
         if p["motor"]:
             self.poly(u + np.array([-0.08, 0.08, 0.08, -0.08]) * s, v - np.array([0, 0, 0.65, 0.65]) * s, dark, MOTORCYCLE)
             col = np.asarray(p["bike_color"], np.float32)
@@ -289,7 +293,7 @@ class Painter:
         col = np.asarray(p["bike_color"], np.float32)
         r = 0.34 * s
         t = max(1.0, 0.05 * s)
-        dark = np.float32([30, 30, 32])
+        dark = np.array([30, 30, 32], np.float32)
         for dx in (-0.55, 0.55):
             c = (int((u + dx * s) * _ONE), int((v - 0.34 * s) * _ONE))
             cv2.circle(self.img, c, max(1, int(r * _ONE)), _c(dark), max(1, int(round(t))), cv2.LINE_8, _SHIFT)
@@ -312,7 +316,7 @@ class Painter:
             u1, v1 = self.view.proj(xe, p["h"] + 0.15, z)
             self.line(float(u0), float(v0), float(u1), float(v1), max(1.0, 0.12 * self.view.f / z), col, POLE)
             self.box(xe - 0.3, xe + 0.3, p["h"] - 0.05, p["h"] + 0.15, z - 0.15, z + 0.15,
-                     col * 0.8, POLE, near=np.float32([235, 235, 200]) if p.get("lamp_on") else col * 0.7)
+                     col * 0.8, POLE, near=np.array([235, 235, 200], np.float32) if p.get("lamp_on") else col * 0.7)
 
     def _sign(self, o: Obj, z: float) -> None:
         p = o.p

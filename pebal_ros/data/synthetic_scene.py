@@ -211,15 +211,15 @@ def _tree_params(rng: np.random.Generator) -> dict:
 
 def _sign_params(rng: np.random.Generator) -> dict:
     shape = ("circle", "triangle", "diamond", "rect")[rng.integers(4)]
-    red, white, blue = np.float32([200, 30, 35]), np.float32([235, 235, 230]), np.float32([30, 70, 170])
-    yellow, green = np.float32([240, 200, 30]), np.float32([20, 120, 60])
+    red, white, blue = np.array([200, 30, 35], np.float32), np.array([235, 235, 230], np.float32), np.array([30, 70, 170], np.float32)
+    yellow, green = np.array([240, 200, 30], np.float32), np.array([20, 120, 60], np.float32)
     pairs = {"circle": [(red, white), (blue, blue * 1.2), (red, blue)], "triangle": [(red, white)],
              "diamond": [(white, yellow), (yellow, yellow * 0.8)],
-             "rect": [(blue, white), (green, white), (white, np.float32([40, 40, 40])), (yellow, np.float32([30, 30, 30]))]}
+             "rect": [(blue, white), (green, white), (white, np.array([40, 40, 40], np.float32)), (yellow, np.array([30, 30, 30], np.float32))]}
     c1, c2 = pairs[shape][rng.integers(len(pairs[shape]))]
     back = rng.random() < 0.15  # seen from behind: a plain grey plate
     if back:
-        c1 = c2 = np.float32([150, 150, 150])
+        c1 = c2 = np.array([150, 150, 150], np.float32)
     return {"shape": shape, "c1": c1, "c2": c2, "size": rng.uniform(0.6, 0.9), "mount": rng.uniform(1.9, 2.6),
             "pole_color": np.full(3, rng.uniform(110, 170), np.float32), "down": rng.random() < 0.3,
             "aspect": rng.uniform(1.0, 2.2)}
@@ -281,7 +281,7 @@ def sample_scene(rng: np.random.Generator, length: float = 0.0, cam_speed: float
         z_far=z_far, road_half=road_half, lane_w=lane_w, n_lanes=n_lanes, two_way=two_way,
         center_solid=rng.random() < 0.5, edge_lines=rng.random() < 0.7,
         dash=(rng.uniform(2, 4), rng.uniform(6, 12)),
-        marking=np.float32([228, 228, 220]) if rng.random() < 0.8 else np.float32([225, 190, 60]),
+        marking=np.array([228, 228, 220], np.float32) if rng.random() < 0.8 else np.array([225, 190, 60], np.float32),
         crosswalks=np.sort(rng.uniform(5, z_end, int(rng.poisson(0.6 + length / 150)))),
         sidewalk=sidewalk, verge_terrain=verge_terrain, road_col=road_col, side_col=side_col,
         curb_col=np.clip(side_col * 1.12, 0, 255).astype(np.float32),
@@ -397,7 +397,7 @@ def add_anomalies(rng: np.random.Generator, scene: Scene, n: int, z_range: tuple
     out = []
     lanes_half = scene.n_lanes * scene.lane_w / 2
     for _ in range(n):
-        fam = str(families[rng.integers(len(families))])
+        fam = str(families[int(rng.integers(len(families)))])
         h_m = float(np.exp(rng.uniform(np.log(size_range[0]), np.log(size_range[1]))))
         aspect = natural_aspect(rng, fam)
         ws = max(4, int(round(sprite_px * aspect)))
@@ -457,7 +457,7 @@ def _skyline(img: np.ndarray, ids: np.ndarray, scene: Scene, view: View, cam_z: 
     m = (rows >= top[None, :]) & (rows < bottom)
     lid = np.where(veg, VEG, BUILDING).astype(np.uint8)
     haze = scene.sky_hor * 0.55
-    col = np.where(veg[:, None], np.float32([55, 85, 45]) * 0.6 + haze * 0.4, np.float32([140, 138, 135]) * 0.55 + haze * 0.45)
+    col = np.where(veg[:, None], np.array([55, 85, 45], np.float32) * 0.6 + haze * 0.4, np.array([140, 138, 135], np.float32) * 0.55 + haze * 0.45)
     ids[m] = np.broadcast_to(lid[None, :], m.shape)[m]
     img[m] = np.broadcast_to(col[None, :, :], (h, w, 3))[m]
 
@@ -532,7 +532,7 @@ def _ground(img, ids, shade, scene: Scene, view: View, cam_z: float) -> None:
         hb = _layer_height_at(back, Zw[:, 0])[:, None]
         in_sh = (scene.sun_side * X) > (back.lateral - hb * scene.shadow_len)
         shade[g0:] = np.where(in_sh, np.float32(1 - scene.shadow), np.float32(1.0))
-    lut = np.stack([scene.road_col, scene.side_col, scene.terr_col, scene.terr_col * np.float32([1.15, 0.95, 0.85]),
+    lut = np.stack([scene.road_col, scene.side_col, scene.terr_col, scene.terr_col * np.array([1.15, 0.95, 0.85], np.float32),
                     scene.curb_col, scene.marking]).astype(np.float32)
     np.multiply(lut[mat], fac[..., None], out=img[g0:])
     ids[g0:] = lid
@@ -612,6 +612,7 @@ def _layer(img, ids, shade, scene: Scene, layer: Layer, view: View, cam_z: float
 def _hood(img, ids, scene: Scene, view: View) -> None:
     h, w = ids.shape
     hd = scene.hood
+    assert hd is not None
     top = int(h * (1 - hd["h"]))
     rows = np.arange(top, h, dtype=np.float32)[:, None] + 0.5
     x = (np.arange(w, dtype=np.float32)[None, :] + 0.5 - w / 2) / (w / 2)
@@ -704,7 +705,7 @@ def _finish(img: np.ndarray, ids: np.ndarray, scene: Scene, rng: np.random.Gener
     mod = 1 + _FINE[ids] * fine + _MID[ids] * mid
     # Light (brightness, colour temperature) and contrast around the frame mean, in one affine map.
     t = scene.tint * 0.1
-    gains = np.float32([scene.gain * (1 + t), scene.gain, scene.gain * (1 - t)])
+    gains = np.array([scene.gain * (1 + t), scene.gain, scene.gain * (1 - t)], np.float32)
     c = np.float32(scene.contrast)
     mean = np.float32(img.mean())
     img *= mod[..., None] * (gains * c)
@@ -787,7 +788,7 @@ class DriveFrame(NamedTuple):
     image: np.ndarray      # RGB uint8 HxWx3
     label: np.ndarray      # 0 inlier / 1 anomaly / 255 void
     train_ids: np.ndarray  # Cityscapes train ids (anomaly pixels are 255)
-    index: int
+    frame_index: int
     time: float            # seconds since the start
 
 

@@ -7,8 +7,10 @@ gives perspective-correct texture on the ground and facades at the cost of one g
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import SupportsFloat
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 TILE = 256
 _MASK = TILE - 1
@@ -36,16 +38,16 @@ def tiles() -> dict[str, np.ndarray]:
     return out
 
 
-def sample(tile: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def sample(tile: np.ndarray, u: ArrayLike, v: ArrayLike) -> np.ndarray:
     """Nearest-neighbour lookup of a periodic tile at (u, v) in tile pixels (any shapes that broadcast)."""
     iu = np.asarray(u).astype(np.int32) & _MASK
     iv = np.asarray(v).astype(np.int32) & _MASK
     return tile[iv, iu]
 
 
-def screen_noise(tile: np.ndarray, h: int, w: int, ox: float, oy: float,
+def screen_noise(tile: np.ndarray, h: int, w: int, ox: SupportsFloat, oy: SupportsFloat,
                  sx: float = 1.0, sy: float = 1.0) -> np.ndarray:
     """An h x w window of a tile (wrapping), offset by (ox, oy), ``sx``/``sy`` tile pixels per pixel."""
-    ys = (np.arange(h) * sy + oy).astype(np.int32) & _MASK
-    xs = (np.arange(w) * sx + ox).astype(np.int32) & _MASK
+    ys = (np.arange(h) * sy + float(oy)).astype(np.int32) & _MASK
+    xs = (np.arange(w) * sx + float(ox)).astype(np.int32) & _MASK
     return tile[ys[:, None], xs[None, :]]
