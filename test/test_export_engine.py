@@ -150,3 +150,24 @@ def test_build_engine_cli_without_gpu_prints_trtexec_and_fails_clearly(onnx_file
     assert "ONNX Runtime" in err
     assert main(["build-engine", "--onnx", str(onnx_file), "--print-trtexec", "--precision", "fp32"]) == 0
     assert "--fp16" not in capsys.readouterr().out
+
+
+def test_build_mode_weak_strong_and_tensorrt11_errors():
+    from pebal_ros.export.onnx import ExportSpec
+    from pebal_ros.export.tensorrt import build_mode
+    fp32, half = ExportSpec(image_size=(8, 8)), ExportSpec(image_size=(8, 8), net_dtype="float16")
+    assert build_mode(fp32, "fp16", has_weak_fp16=True) == "weak"          # TensorRT 10
+    assert build_mode(fp32, "int8", has_weak_fp16=True) == "weak"
+    assert build_mode(half, "fp16", has_weak_fp16=True) == "strong"
+    assert build_mode(half, "fp16", has_weak_fp16=False) == "strong"       # TensorRT 11
+    assert build_mode(fp32, "fp32", has_weak_fp16=False) == "strong"
+    with pytest.raises(ValueError, match="pebal export --half"):
+        build_mode(fp32, "fp16", has_weak_fp16=False, trt_version="11.4.0")
+    with pytest.raises(ValueError, match="INT8"):
+        build_mode(fp32, "int8", has_weak_fp16=False, trt_version="11.4.0")
+    with pytest.raises(ValueError, match="--precision fp16"):
+        build_mode(half, "fp32", has_weak_fp16=True)
+    shapes = ((8, 8, 3),) * 3
+    cmd = trtexec_command("h.onnx", "h.engine", "fp16", 512, None, shapes, fp32_layers=["post/x"],
+                          strongly_typed=True)
+    assert "--stronglyTyped" in cmd and "--fp16" not in cmd and "layerPrecisions" not in cmd

@@ -169,3 +169,25 @@ def test_dynamic_export_refuses_size_specialised_networks(tmp_path):
         export_fused(build_fused(SizeSpecialisingNet().eval()), path, (60, 90), dynamic=True,
                      min_hw=(30, 30), max_hw=(120, 180))
     assert not path.exists()
+
+
+def test_half_export_is_strongly_typed_fp16_with_fp32_scoring(tmp_path):
+    import onnx
+    net = TinySegNet().eval()
+    fused = build_fused(net)
+    path = tmp_path / "half.onnx"
+    spec = export_fused(fused, path, (32, 64), half=True)
+    assert spec.net_dtype == "float16" and read_spec(path).net_dtype == "float16"
+    assert next(fused.net.parameters()).dtype == torch.float32      # caller's module untouched
+    model = onnx.load(str(path))
+    conv_w = {i.name: i.data_type for i in model.graph.initializer if ".net." in "." + i.name}
+    assert conv_w and set(conv_w.values()) == {onnx.TensorProto.FLOAT16}
+    outs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    assert outs == {"semantic": onnx.TensorProto.UINT8, "score": onnx.TensorProto.FLOAT,
+                    "mask": onnx.TensorProto.UINT8}
+    check_onnx(path)
+    image = _image(32, 64, seed=9)
+    out = OnnxRuntime(path, device="cpu").infer(image, 0.0)
+    _, s32, _ = _run_fused(fused, image, 0.0)
+    rel = np.abs(out.score - s32).max() / np.abs(s32).max()
+    assert out.score.dtype == np.float32 and 0 < rel < 2e-3   # FP16 network: close, not identical

