@@ -28,11 +28,22 @@ class TinyNet(nn.Module):
 
 
 def tiny_onnx(path: Path, size: tuple[int, int] = (H, W), threshold: float = -4.3) -> Path:
+    """The tiny fused model as ONNX at ``path``; exported once per machine and copied after that
+    (the export costs seconds; the graph is the same every time)."""
+    import os
+    import shutil
+    import tempfile
+
     from pebal_ros.export.fused import FusedPebal
     from pebal_ros.export.onnx import ExportSpec, export_fused
 
+    cache = Path(tempfile.gettempdir()) / f"pebal_test_tiny_{size[0]}x{size[1]}_{threshold}_{torch.__version__}.onnx"
+    if not cache.exists():
+        tmp = cache.with_suffix(f".{os.getpid()}.onnx")
+        export_fused(FusedPebal(TinyNet().eval()), tmp, size, ExportSpec(image_size=size, threshold=threshold))
+        os.replace(tmp, cache)
     if not path.exists():
-        export_fused(FusedPebal(TinyNet().eval()), path, size, ExportSpec(image_size=size, threshold=threshold))
+        shutil.copyfile(cache, path)
     return path
 
 

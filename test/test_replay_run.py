@@ -261,7 +261,9 @@ def test_label_folder_matching(drive: Path, runtime, tmp_path: Path) -> None:
         assert gt["metrics"] == ref["ground_truth"]["metrics"]
 
 
-def test_cli_single_parallel_and_errors(drive: Path, model: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.slow
+def test_cli_parallel_folder(drive: Path, model: Path, tmp_path: Path) -> None:
+    """A folder of bags in 2 worker processes (spawn: each imports and loads the model, ~10 s)."""
     from pebal_ros.cli import main
 
     second = tmp_path / "bags" / "second"
@@ -274,14 +276,25 @@ def test_cli_single_parallel_and_errors(drive: Path, model: Path, tmp_path: Path
     for name in ("first", "second"):
         assert (tmp_path / "fleet" / name / "report" / "report.html").is_file()
         assert (tmp_path / "fleet" / name / "result_bag" / "metadata.yaml").is_file()
+    index = json.loads((tmp_path / "fleet" / "summary.json").read_text())
+    assert [Path(r["bag"]).name for r in index] == ["first", "second"]
     assert "second" in (tmp_path / "fleet" / "index.html").read_text()
+
+
+def test_cli_single_and_errors(drive: Path, model: Path, tmp_path: Path, capsys) -> None:
+    from pebal_ros.cli import main
+
+    common = ["--model", str(model), "--threshold", str(THR), "--no-progress"]
+    assert main(["replay", str(drive), "--out", str(tmp_path / "one"), *common]) == 0
+    assert "report.html" in capsys.readouterr().out
     # Errors: not a bag, missing path -> non-zero with a message naming the problem.
     (tmp_path / "x.txt").write_text("hello")
-    capsys.readouterr()
     assert main(["replay", str(tmp_path / "x.txt"), "--out", str(tmp_path / "o"), *common]) == 1
     assert "not a rosbag2 recording" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), *common]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["replay", str(drive), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "no.onnx")]) == 2
+    assert "cannot load the model" in capsys.readouterr().err
     # Existing output is not overwritten silently.
-    assert main(["replay", str(drive), "--out", str(tmp_path / "fleet" / "first"), *common]) == 1
+    assert main(["replay", str(drive), "--out", str(tmp_path / "one"), *common]) == 1
     assert "exists already" in capsys.readouterr().err
