@@ -136,8 +136,9 @@ def test_torch_runtime_from_checkpoint(tmp_path):
         net = models.add_abstention(net)
     ckpt = tmp_path / "m.pt"
     models.save_checkpoint(net.eval(), ckpt)
-    rt = load_runtime(ckpt, device="cpu")
-    assert rt.name == "torch"
+    assert load_runtime(ckpt, device="cpu").input_size == (512, 1024)   # the config's network size
+    rt = load_runtime(ckpt, device="cpu", input_size=None)
+    assert rt.name == "torch" and rt.input_size is None
     image = _image(7, 64, 128)
     out = rt.infer(image, -5.0)
     _, rscore, _ = reference_outputs(net.eval(), image, -5.0)

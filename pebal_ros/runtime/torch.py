@@ -27,10 +27,13 @@ def _pick_device(device: str) -> torch.device:
 
 
 class TorchRuntime:
+    """``input_size``: "auto" = the config's ``inference.input_size`` for a checkpoint (what
+    ``pebal export`` would bake in), any size for an ``nn.Module``; ``None`` = any size."""
+
     name = "torch"
 
     def __init__(self, model: str | Path | nn.Module, device: str = "auto", half: bool | None = None,
-                 channel_order: str = "rgb", input_size: tuple[int, int] | None = None,
+                 channel_order: str = "rgb", input_size: tuple[int, int] | None | str = "auto",
                  net_size: tuple[int, int] | None = None, fast: bool | None = None,
                  config=None, arch: str | None = None):
         from ..config import Config, InferenceConfig
@@ -53,6 +56,10 @@ class TorchRuntime:
         self.fused = build_fused(network.eval(), inf, channel_order, net_size, fast).to(self.device)
         if self.half:
             self.fused.net.half()
+        if input_size == "auto":
+            # a checkpoint runs at the config's network size, like the graph exported from it;
+            # a bare module (tests, benchmarks) takes any size
+            input_size = None if self.path is None else tuple(inf.input_size)
         self.input_size = tuple(input_size) if input_size is not None else None
         self.channel_order = channel_order
         self.default_threshold = inf.threshold
