@@ -206,13 +206,16 @@ class FramePipeline:
             base_img = net_in
         oh, ow = res.mask.shape
 
-        fraction = float(np.count_nonzero(res.mask)) / res.mask.size
-        regions: list[Region] = []
+        # The status (fraction, max/mean score, regions) describes the network-resolution outputs
+        # (what the model computed; 4x fewer pixels than a 2x camera); region geometry is scaled
+        # to camera pixels for the status and to output pixels for the overlay boxes.
+        fraction = float(np.count_nonzero(raw.mask)) / raw.mask.size
+        regions: list[Region] = []          # in camera pixels
         need_regions = "status" in wanted or ("overlay" in wanted and cfg.overlay_boxes)
-        sx, sy = cam[1] / ow, cam[0] / oh
+        rsx, rsy = cam[1] / net[1], cam[0] / net[0]
         if need_regions and fraction > 0.0 and cfg.max_regions > 0:
-            min_area = max(1, int(round(cfg.min_region_area / (sx * sy))))
-            regions = find_regions(res.mask, res.score, min_area, cfg.max_regions)
+            min_area = max(1, int(round(cfg.min_region_area / (rsx * rsy))))
+            regions = [r.scaled(rsx, rsy) for r in find_regions(raw.mask, raw.score, min_area, cfg.max_regions)]
         td = time.perf_counter()
 
         msgs: dict[str, Any] = {}
@@ -228,15 +231,17 @@ class FramePipeline:
             msgs["anomaly_mask"] = f.image(header, res.mask * np.uint8(255), "mono8")
         if "overlay" in wanted:
             rgb = base_img if self.runtime.channel_order == "rgb" else cv2.cvtColor(base_img, cv2.COLOR_BGR2RGB)
-            boxes = [(r.x_offset, r.y_offset, r.width, r.height) for r in regions] if cfg.overlay_boxes else []
+            bx, by = ow / cam[1], oh / cam[0]
+            boxes = ([(r.x_offset * bx, r.y_offset * by, r.width * bx, r.height * by) for r in regions]
+                     if cfg.overlay_boxes else [])
             msgs["overlay"] = f.image(header, overlay(rgb, sem_rgb, res.mask, cfg.overlay_alpha, boxes=boxes), "rgb8")
         te = time.perf_counter()
 
         status = StatusFields(
             image_width=cam[1], image_height=cam[0], threshold=cfg.threshold, anomaly_fraction=fraction,
-            max_score=float(res.score.max()), mean_score=float(res.score.mean(dtype=np.float64)),
+            max_score=float(raw.score.max()), mean_score=float(raw.score.mean(dtype=np.float64)),
             inference_latency_ms=(tc - tb) * 1e3, end_to_end_latency_ms=0.0,
-            regions=[r.scaled(sx, sy) for r in regions],
+            regions=regions,
         )
         timings.update(preprocess=(tb - ta) * 1e3, inference=(tc - tb) * 1e3, postprocess=(td - tc) * 1e3,
                        encode=(te - td) * 1e3)

@@ -83,7 +83,8 @@ uint32 image_height
 # Score threshold in use: pixels with score > threshold are anomalous.
 float32 threshold
 
-# Fraction of pixels (0..1) whose score is above the threshold.
+# Fraction of pixels (0..1) whose score is above the threshold. This and the scores below are
+# computed at the network's resolution (what the model produced), before any upsampling.
 float32 anomaly_fraction
 
 # Maximum and mean anomaly score over the whole image (higher = more anomalous).
