@@ -47,8 +47,8 @@ class LabelFolder:
         if match == "auto":
             if all(_stamp_of(s) is not None for s in stems):
                 match = "stamp"
-            elif all(_TRAILING.search(s) for s in stems) and len({int(_TRAILING.search(s).group(1))
-                                                                  for s in stems}) == len(stems):
+            elif None not in (nums := [m.group(1) if (m := _TRAILING.search(s)) else None for s in stems]) \
+                    and len({int(n) for n in nums if n is not None}) == len(stems):
                 match = "name"
             else:
                 match = "index"

@@ -50,7 +50,7 @@ def compressed_message(store: Any, rgb: np.ndarray, stamp_ns: int, frame_id: str
 
 
 def write_recording(path: str | Path, frames: Iterable[tuple[np.ndarray, np.ndarray | None]], *,
-                    topic: str = "/camera/image_raw", compressed_topic: str | None = None,
+                    topic: str | None = "/camera/image_raw", compressed_topic: str | None = None,
                     label_topic: str | None = "/camera/labels", frame_id: str = "camera",
                     period_ns: int = 100_000_000, storage: str = "mcap", version: int = 9,
                     compression: str | None = None, fmt: str = "png") -> int:

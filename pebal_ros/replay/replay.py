@@ -150,8 +150,8 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
         labels_dir = LabelFolder(opts.labels_dir, opts.label_match) if opts.labels_dir else None
         accuracy = Accuracy(opts.label_kind) if (labels_dir or label_topic) else None
         matcher = LabelTopicMatcher(accuracy) if (accuracy is not None and label_topic) else None
-        label_stats = Counter()
-        other = Counter()
+        label_stats: Counter[str] = Counter()
+        other: Counter[str] = Counter()
         records: list[rep.FrameRecord] = []
         top = rep.TopK(opts.top_k)
         total = sum(t.declared or 0 for t in cams) or None
@@ -188,9 +188,9 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
                                 label = None
                             if label is None:
                                 label_stats["frames_without_label"] += 1
-                            else:
+                            elif accuracy is not None:
                                 accuracy.update(outputs.score, outputs.mask, outputs.semantic, label)
-                        elif matcher is not None:
+                        elif matcher is not None and rec.stamp_ns is not None:
                             matcher.frame((frame_id, rec.stamp_ns), outputs)
                     else:
                         s.skipped += 1
@@ -331,7 +331,7 @@ def _summarise(bag: Path, result_bag: Path, runtime: Any, threshold: float, opts
     det["contact_sheet"] = rep.contact_sheet(top.items(), report_dir / "contact_sheet.png")
     if accuracy is not None:
         gt = accuracy.compute()
-        gt["source"] = labels_dir.describe() if labels_dir else f"topic {label_topic.name}"
+        gt["source"] = labels_dir.describe() if labels_dir else f"topic {label_topic.name if label_topic else '?'}"
         gt["frames_without_labels"] = int(label_stats.get("frames_without_label", 0))
         gt["label_messages"] = {k: v for k, v in label_stats.items() if k not in ("matched", "frames_without_label")}
         if gt.get("metrics"):
