@@ -212,6 +212,14 @@ def write_html(outdir: Path, summary: dict[str, Any]) -> Path:
     if d["other_topics"]:
         parts.append("<p>Other topics (not images, counted, not processed): " + ", ".join(
             f"<code>{html.escape(k)}</code> {v}" for k, v in d["other_topics"].items()) + "</p>")
+    if d.get("declared_but_unread"):
+        parts.append("<p class='bad'>Declared in the bag's metadata but not readable: " + ", ".join(
+            f"<code>{html.escape(k)}</code> {v}" for k, v in d["declared_but_unread"].items()) + "</p>")
+    if d.get("label_topic"):
+        gt = d.get("ground_truth") or {}
+        read = (gt.get("label_messages") or {}).get("read", 0)
+        parts.append(f"<p>Label topic <code>{html.escape(d['label_topic'])}</code>: {read} messages "
+                     "read as ground truth.</p>")
     if d["issues"]:
         parts.append("<h3 class='bad'>Read problems</h3><ul>" + "".join(
             f"<li>{html.escape(i)}</li>" for i in d["issues"]) + "</ul>")
