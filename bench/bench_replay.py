@@ -36,6 +36,7 @@ def main() -> int:
     ap.add_argument("--size", default="512x256", help="camera WxH (default 512x256)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (GPU: ONNX Runtime CUDA EP or a .engine)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -44,7 +45,7 @@ def main() -> int:
 
     frames = [f.image for f in drive_sequence(0, args.frames, (w, h))]
     kind = "onnxruntime" if args.model is None or args.model.endswith((".pt", ".pth", ".onnx")) else None
-    rt = open_runtime(args.model, kind=kind, device="cpu", threads=args.threads, image_size=(h, w))
+    rt = open_runtime(args.model, kind=kind, device=args.device, threads=args.threads, image_size=(h, w))
     thr = default_threshold(rt)
     size = rt.input_size
     import cv2
