@@ -298,3 +298,12 @@ def test_cli_single_and_errors(drive: Path, model: Path, tmp_path: Path, capsys)
     # Existing output is not overwritten silently.
     assert main(["replay", str(drive), "--out", str(tmp_path / "one"), *common]) == 1
     assert "exists already" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("storage,compression", [("sqlite3", "message"), ("mcap", "file")])
+def test_replay_other_storage(runtime, tmp_path: Path, storage: str, compression: str) -> None:
+    write_recording(tmp_path / "bag", frames(4), storage=storage, compression=compression)
+    res = replay_bag(tmp_path / "bag", runtime, tmp_path / "out", _opts())
+    det = res.summary["deterministic"]
+    assert det["frames"] == {"read": 4, "processed": 4, "skipped": 0} and det["status"] == "ok"
+    assert det["ground_truth"]["frames_with_labels"] == 4
