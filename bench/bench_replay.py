@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (GPU: ONNX Runtime CUDA EP or a .engine)")
+    ap.add_argument("--threshold", type=float, default=None, help="default: the model's")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -46,7 +47,7 @@ def main() -> int:
     frames = [f.image for f in drive_sequence(0, args.frames, (w, h))]
     kind = "onnxruntime" if args.model is None or args.model.endswith((".pt", ".pth", ".onnx")) else None
     rt = open_runtime(args.model, kind=kind, device=args.device, threads=args.threads, image_size=(h, w))
-    thr = default_threshold(rt)
+    thr = default_threshold(rt) if args.threshold is None else args.threshold
     size = rt.input_size
     import cv2
     net_frames = [f if not size or tuple(size) == (h, w) else cv2.resize(f, (size[1], size[0])) for f in frames]
