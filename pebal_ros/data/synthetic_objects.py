@@ -211,6 +211,28 @@ class Painter:
             self.box(x0 - 0.02, x0 + 0.28, 0.0, 0.95, wz, wz + 1.0, dark, BUS, side=dark * 1.5)
             self.box(x1 - 0.28, x1 + 0.02, 0.0, 0.95, wz, wz + 1.0, dark, BUS, side=dark * 1.5)
 
+    def _tram(self, o: Obj, z: float) -> None:
+        """A tram (Cityscapes' "train" class): a long low-floor car, window band, pantograph."""
+        p = o.p
+        col, glass, band = (np.asarray(p[k], np.float32) for k in ("color", "glass", "band"))
+        w, length, h = p["w"], p["l"], p["h"]
+        x0, x1 = o.x - w / 2, o.x + w / 2
+        self.box(x0, x1, 0.25, h, z, z + length, col, TRAIN)
+        cam_x = -self.view.c0
+        sx = x0 if x0 > cam_x else (x1 if x1 < cam_x else None)
+        if sx is not None:
+            for y0, y1, c in ((0.25, 0.7, band), (1.0, h - 0.45, glass * 0.85)):
+                u, v = self.view.proj(np.array([sx] * 4), np.array([y0, y0, y1, y1]),
+                                      np.array([z, z + length, z + length, z]))
+                self.poly(u, v, c, TRAIN)
+        self.rect_on_face(x0 + 0.1, x1 - 0.1, 0.25, 0.7, z, band, TRAIN)
+        self.rect_on_face(x0 + 0.2, x1 - 0.2, 1.0, h - 0.3, z, glass, TRAIN)
+        s = self.view.f / max(z + 4.0, 1e-3)
+        ua, va = self.view.proj(o.x - 0.5, h, z + 4.0)
+        ub, vb = self.view.proj(o.x + 0.5, h + 1.1, z + 4.5)
+        self.line(float(ua), float(va), float(ub), float(vb), max(1.0, 0.06 * s), col * 0.4, TRAIN)
+        self.line(float(ub), float(vb), float(ua) + 1.0 * s, float(va), max(1.0, 0.06 * s), col * 0.4, TRAIN)
+
     def _person_at(self, u0, v0, s, p, lid, seated: bool = False) -> None:
         """A standing (or seated) person as a billboard; (u0, v0) = feet, s = pixels per metre."""
         hp = p["h"]

@@ -311,6 +311,8 @@ def _populate(rng: np.random.Generator, s: Scene, urban: float, z0: float, z1: f
         x = -s.n_lanes * s.lane_w / 2 + s.lane_w * (lane + 0.5)
         rear = not s.two_way or lane >= s.n_lanes // 2
         v = cam_speed * rng.uniform(0.6, 1.1) if rear else -cam_speed * rng.uniform(0.8, 1.2)
+        if abs(x + s.c0) < s.lane_w / 2:  # the camera's lane: keep pace, never drive through them
+            v = cam_speed * rng.uniform(1.0, 1.15)
         z = z0 + rng.uniform(4, 30)
         # oncoming traffic covers the stretch it drives into view
         z_stop = z1 + (abs(v) * duration if not rear else 0)
@@ -319,6 +321,18 @@ def _populate(rng: np.random.Generator, s: Scene, urban: float, z0: float, z1: f
                 z = 9 + rng.uniform(0, 20)
             objs.append(_vehicle(rng, x + rng.normal(0, 0.2), z, v, rear))
             z += rng.uniform(20, 90) / (0.5 + 0.8 * urban)
+    # Now and then a tram (Cityscapes' "train") in an inner lane of a two-way street.
+    if s.two_way and rng.random() < 0.2:
+        lane = s.n_lanes // 2 - int(rng.integers(0, 2))
+        x = -s.n_lanes * s.lane_w / 2 + s.lane_w * (lane + 0.5)
+        rear = lane >= s.n_lanes // 2
+        own = abs(x + s.c0) < s.lane_w / 2
+        objs.append(Obj("tram", x, rng.uniform(z0 + 12, min(z1, z0 + 90)),
+                        cam_speed * (1.05 if own else 0.7) if rear else -cam_speed * 0.7,
+                        {"w": 2.4, "l": rng.uniform(22, 32), "h": rng.uniform(3.3, 3.6), "rear": rear,
+                         "color": _pick(rng, np.array([[235, 235, 230], [220, 200, 40], [200, 40, 40],
+                                                       [60, 120, 180]], np.float32)),
+                         "band": _hsv(rng, v=(0.2, 0.8)), "glass": _hsv(rng, (0.5, 0.7), (0.1, 0.3), (0.1, 0.25))}))
     # Parked cars along the kerbs.
     for si, side in enumerate((-1, 1)):
         if s.parking[si]:
@@ -375,8 +389,9 @@ def _populate(rng: np.random.Generator, s: Scene, urban: float, z0: float, z1: f
     # Cyclists and motorcyclists near the right edge of the road.
     for _ in range(rng.poisson(span * 0.012)):
         side = 1 if s.two_way else rng.choice([-1, 1])
-        objs.append(Obj("rider", side * (rh - rng.uniform(0.6, 1.6)), rng.uniform(z0 + 5, z1),
-                        cam_speed * rng.uniform(0.3, 0.6), _rider_params(rng, rng.random() < 0.5)))
+        x = side * (rh - rng.uniform(0.6, 1.6))
+        v = cam_speed * (rng.uniform(1.0, 1.1) if abs(x + s.c0) < 1.5 else rng.uniform(0.3, 0.6))
+        objs.append(Obj("rider", x, rng.uniform(z0 + 5, z1), v, _rider_params(rng, rng.random() < 0.5)))
     # Occasional pedestrians crossing the road.
     for _ in range(rng.poisson(span * 0.004 * urban)):
         objs.append(Obj("person", rng.uniform(-rh, rh), rng.uniform(z0 + 8, z1), 0.0, _person_params(rng)))
@@ -384,13 +399,15 @@ def _populate(rng: np.random.Generator, s: Scene, urban: float, z0: float, z1: f
 
 def add_anomalies(rng: np.random.Generator, scene: Scene, n: int, z_range: tuple[float, float],
                   families: Sequence[str] = TEST_FAMILIES, size_range: tuple[float, float] = (0.15, 1.6),
-                  sprite_px: int = 96, f_px: float | None = None, min_px: float = 0.0) -> list[Obj]:
+                  sprite_px: int = 96, f_px: float | None = None, min_px: float = 0.0,
+                  clear_path: float = 0.0) -> list[Obj]:
     """Plant ``n`` anomalies of ``families`` on the road between world z in ``z_range``.
 
     Heights (m) are log-uniform in ``size_range``; with ``f_px`` (focal length in pixels) and
     ``min_px`` each one is placed near enough to be at least ``min_px`` pixels tall. Each gets its
     sprite once (so a drive shows the same object growing as it approaches). Traffic that would
-    hide it (vehicles and people in front of it in its lane) is removed.
+    hide it (vehicles and people in front of it in its lane) is removed. ``clear_path`` > 0 keeps
+    anomalies that far (m) to the side of the camera's path, so a drive passes beside them.
     """
     for fam in families:
         natural_aspect(rng, fam)  # validates the family name before anything is drawn
@@ -407,10 +424,16 @@ def add_anomalies(rng: np.random.Generator, scene: Scene, n: int, z_range: tuple
             z_hi = min(z_hi, f_px * h_m / min_px)
         z = z_range[0] + max(0.0, z_hi - z_range[0]) * rng.random() ** 1.3  # a bias to nearer objects
         x = rng.uniform(-lanes_half + 0.4, lanes_half - 0.4)
+        cam_x = -scene.c0
+        if clear_path > 0 and abs(x - cam_x) < clear_path:
+            d = x - cam_x
+            x = cam_x + np.sign(d or 1.0) * clear_path + d
+            if abs(x) > scene.road_half - 0.4:  # no room on that side: pass it on the other one
+                x = cam_x - np.sign(d or 1.0) * clear_path - d
         out.append(Obj("anomaly", x, z, 0.0, {"family": fam, "h": h_m, "aspect": aspect, "sink": rng.uniform(0, 0.15),
                                               "sprite": (rgb.astype(np.float32), mask.astype(np.float32))}))
     scene.objects = [ob for ob in scene.objects if not (
-        ob.kind in ("car", "truck", "bus", "rider", "person", "bicycle")
+        ob.kind in ("car", "truck", "bus", "tram", "rider", "person", "bicycle")
         and any(abs(ob.x - a.x) < 2.4 and a.z - 16 < ob.z < a.z + 2 for a in out))] + out
     return out
 
@@ -624,9 +647,9 @@ def _hood(img, ids, scene: Scene, view: View) -> None:
     ids[top:][m] = EGO
 
 
-_EXTENT = {"car": 1.2, "truck": 1.5, "bus": 1.5, "person": 0.6, "rider": 0.6, "bicycle": 1.0, "pole": 3.0,
+_EXTENT = {"car": 1.2, "truck": 1.5, "bus": 1.5, "tram": 1.5, "person": 0.6, "rider": 0.6, "bicycle": 1.0, "pole": 3.0,
            "sign": 1.5, "light": 8.0, "tree": 4.0, "anomaly": 1.5}
-_HEIGHT = {"car": 1.4, "truck": 3.0, "bus": 3.0, "person": 1.6, "rider": 1.6, "bicycle": 1.0, "pole": 4.0,
+_HEIGHT = {"car": 1.4, "truck": 3.0, "bus": 3.0, "tram": 3.0, "person": 1.6, "rider": 1.6, "bicycle": 1.0, "pole": 4.0,
            "sign": 2.5, "light": 3.0, "tree": 5.0, "anomaly": 0.1}
 
 
@@ -674,7 +697,7 @@ def render(scene: Scene, size: tuple[int, int], cam_z: float = 0.0, t: float = 0
     # darker value whatever the object order; they darken only the ground, before objects are drawn.
     shadows = []
     for z, o in visible:
-        if o.kind in ("car", "truck", "bus"):
+        if o.kind in ("car", "truck", "bus", "tram"):
             shadows.append((0.55, o.x, z + o.p["l"] / 2, o.p["w"] / 2 + 0.15, o.p["l"] / 2 + 0.2))
         elif o.kind in ("person", "rider", "anomaly"):
             r = o.p["h"] * (0.2 if o.kind != "anomaly" else 0.45 * o.p["aspect"])
@@ -811,7 +834,7 @@ def drive_sequence(seed: int, n_frames: int, size: tuple[int, int], fps: float =
     scene = sample_scene(rng, length=travel, cam_speed=speed, duration=duration)
     scene.hood = None if rng.random() < 0.5 else scene.hood
     n = max(1, int(np.ceil((travel + 40) / anomaly_every)))
-    add_anomalies(rng, scene, n, (15.0, travel + 55.0), families, size_range=(0.4, 1.5))
+    add_anomalies(rng, scene, n, (15.0, travel + 55.0), families, size_range=(0.4, 1.5), clear_path=1.4)
     for i in range(n_frames):
         t = i / fps
         img, ids = render(scene, (w, h), cam_z=speed * t, t=t, rng=np.random.default_rng([seed, i]))
