@@ -321,14 +321,15 @@ def _node(detector_mod, **overrides):
 
 
 def test_node_publishes_every_output(detector_mod, onnx_model):
-    node = _node(detector_mod, model=onnx_model, threshold=0.0)
+    node = _node(detector_mod, model=onnx_model, threshold=0)    # an integer in a params file is fine
     try:
         outs = {t.split("/")[-1]: p for t, p in node.pubs.items() if t.startswith("pebal/")}
         assert set(outs) == {"semantic", "semantic_color", "anomaly_score", "anomaly_mask", "overlay", "status"}
         assert set(node.subs) == {"image"}
         assert node.subs["image"][2].reliability.name == "BEST_EFFORT"         # sensor data by default
         assert outs["overlay"].qos.reliability.name == "RELIABLE"
-        assert node.descriptors["threshold"].description
+        assert node.descriptors["threshold"].description and node.descriptors["threshold"].dynamic_typing
+        assert node._values["threshold"] == 0.0 and isinstance(node._values["threshold"], float)
         assert node.descriptors["overlay_alpha"].floating_point_range[0].to_value == 1.0
         for p in outs.values():
             p.subscribers = 1

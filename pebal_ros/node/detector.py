@@ -50,6 +50,10 @@ def make_qos(kind: str, depth: int) -> QoSProfile:
 
 def _descriptor(name: str, spec: ParamSpec) -> ParameterDescriptor:
     desc = ParameterDescriptor(name=name, description=spec.description, read_only=spec.read_only)
+    if isinstance(spec.default, float):
+        # accept "threshold: -10" as well as -10.0 (rclpy would refuse the integer); validate()
+        # still rejects anything that is not a number
+        desc.dynamic_typing = True
     if spec.choices is not None:
         desc.additional_constraints = "one of: " + ", ".join(spec.choices)
     if spec.float_range is not None:
@@ -83,7 +87,7 @@ class PebalDetector(Node):
             reason = validate(name, value)
             if reason:   # a bad params file: refuse to start rather than run with a surprise
                 raise ValueError(f"parameter {reason}")
-            self._values[name] = value
+            self._values[name] = float(value) if isinstance(spec.default, float) else value
 
         self.factory = MessageFactory.for_rclpy()
         self.slot = LatestFrameSlot()
@@ -98,7 +102,7 @@ class PebalDetector(Node):
         # Load the model; a missing or incompatible file is reported and the node stays up
         # (diagnostics say ERROR; setting a good `model` parameter recovers).
         try:
-            self._pipeline = self._build_pipeline(self._values)
+            self._pipeline, self._runtime_info, self._model_threshold = self._build_pipeline(self._values)
         except Exception as exc:  # noqa: BLE001 - every loading failure is reported the same way
             self._model_error = str(exc)
             self.get_logger().error(f"no model loaded: {exc}")
@@ -128,7 +132,8 @@ class PebalDetector(Node):
             f"outputs under {self.resolve_topic_name(OUTPUT_NAMESPACE)}, runtime {self._runtime_info or 'none'}")
 
     # -- model / parameters -------------------------------------------------------------------
-    def _build_pipeline(self, values: dict[str, Any]) -> FramePipeline:
+    def _build_pipeline(self, values: dict[str, Any]) -> tuple[FramePipeline, dict[str, Any], float | None]:
+        """(pipeline, runtime description for diagnostics, the model's own threshold); no side effects."""
         from ..runtime import load_runtime
 
         path = str(values["model"]) or default_model_path()
@@ -140,12 +145,11 @@ class PebalDetector(Node):
         info = dict(runtime.describe())
         model_threshold = info.get("default_threshold")
         pipeline = FramePipeline(runtime, pipeline_config(values, model_threshold), self.factory)
-        self._model_threshold = model_threshold
         info.setdefault("name", runtime.name)
         info["model"] = path
-        self._runtime_info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, tuple, list))}
+        info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, tuple, list))}
         self.get_logger().info(f"loaded {path} with {runtime.name}")
-        return pipeline
+        return pipeline, info, model_threshold
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         new = dict(self._values)
@@ -165,12 +169,12 @@ class PebalDetector(Node):
         reload = any(new[k] != self._values[k] for k in ("model", "runtime", "device")) or self._pipeline is None
         if reload:
             try:
-                pipeline = self._build_pipeline(new)
+                pipeline, info, model_threshold = self._build_pipeline(new)
             except Exception as exc:  # noqa: BLE001 - reported to the caller, old model kept
                 return SetParametersResult(successful=False, reason=f"cannot load model: {exc}")
         with self._lock:
             if reload:
-                self._pipeline = pipeline
+                self._pipeline, self._runtime_info, self._model_threshold = pipeline, info, model_threshold
                 self._model_error = ""
             elif self._pipeline is not None:
                 self._pipeline.cfg = cfg
