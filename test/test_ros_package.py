@@ -168,7 +168,7 @@ def test_cmakelists_builds_every_msg():
 # --- setup.py: the colcon install layout -------------------------------------------------------
 
 def test_setup_installs_ros_files():
-    from setuptools import distutils  # noqa: F401  (setuptools' bundled distutils)
+    import setuptools  # noqa: F401  (provides distutils on Python >= 3.12)
     from distutils.core import run_setup
 
     cwd = os.getcwd()
