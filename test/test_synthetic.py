@@ -185,6 +185,16 @@ def test_make_synthetic_writes_the_documented_layout(tmp_path: Path):
         assert p.read_bytes() == q.read_bytes(), p
 
 
+def test_make_synthetic_refuses_to_mix_with_an_earlier_run(tmp_path: Path, capsys):
+    argv = ["--out", str(tmp_path), "--parts", "anomaly_test", "--size", "64x32"]
+    assert _cli([*argv, "--anomaly", "3"]) == 0
+    assert _cli([*argv, "--anomaly", "2"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert len(list((tmp_path / "anomaly_test" / "labels").glob("*.png"))) == 3
+    assert _cli([*argv, "--anomaly", "2", "--overwrite"]) == 0
+    assert len(list((tmp_path / "anomaly_test" / "labels").glob("*.png"))) == 2
+
+
 def test_make_synthetic_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         build_parser("make-synthetic").parse_args(["make-synthetic", "--size", "512by256"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -192,12 +193,22 @@ def write_anomaly_test(root: Path, n: int, size: tuple[int, int], seed: int = 0,
 
 def generate(out: Path, *, size: tuple[int, int] = (512, 256), n_train: int = 400, n_val: int = 100,
              n_coco: int = 300, n_anomaly: int = 100, coco_size: tuple[int, int] = (256, 192), seed: int = 0,
-             parts: Sequence[str] = PARTS, workers: int = 1) -> dict[str, Any]:
-    """Write the requested ``parts`` under ``out``; returns (and writes) the dataset's metadata."""
+             parts: Sequence[str] = PARTS, workers: int = 1, overwrite: bool = False) -> dict[str, Any]:
+    """Write the requested ``parts`` under ``out``; returns (and writes) the dataset's metadata.
+
+    A part's folder that already holds files is an error unless ``overwrite`` (then it is
+    replaced): leftovers of an earlier, larger run would otherwise be read as part of this one.
+    """
     out = Path(out)
     for p in parts:
         if p not in PARTS:
             raise ValueError(f"unknown part {p!r}; expected some of {PARTS}")
+    for p in parts:
+        d = out / p
+        if d.exists() and any(d.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{d} already holds files; pass --overwrite (overwrite=True) to replace it")
+            shutil.rmtree(d)
     t0 = time.perf_counter()
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "seed": seed, "size": list(size),
                             "train_families": list(TRAIN_FAMILIES), "test_families": list(TEST_FAMILIES)}
@@ -214,7 +225,15 @@ def generate(out: Path, *, size: tuple[int, int] = (512, 256), n_train: int = 40
                                 "anomaly_pixels": {it["name"]: it["anomaly_pixels"] for it in items}}
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "synthetic_meta.json").write_text(json.dumps(meta, indent=1))
+    meta_path = out / "synthetic_meta.json"
+    merged = {}
+    if meta_path.exists():  # parts written by an earlier run keep their entries
+        try:
+            merged = {k: v for k, v in json.loads(meta_path.read_text()).items() if k in PARTS}
+        except (json.JSONDecodeError, AttributeError):
+            merged = {}
+    merged.update(meta)
+    meta_path.write_text(json.dumps(merged, indent=1))
     return meta
 
 
@@ -295,6 +314,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="which parts to write (default: all)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace parts that already exist under --out (default: refuse)")
     parser.add_argument("--preview", type=Path, default=None, metavar="PNG",
                         help="also write a contact sheet of examples (scenes, labels, anomalies, families)")
 
@@ -303,9 +324,13 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("error: --workers must be >= 1", file=sys.stderr)
         return 2
-    meta = generate(args.out, size=args.size, n_train=args.train, n_val=args.val, n_coco=args.coco,
-                    n_anomaly=args.anomaly, coco_size=args.coco_size, seed=args.seed, parts=args.parts,
-                    workers=args.workers)
+    try:
+        meta = generate(args.out, size=args.size, n_train=args.train, n_val=args.val, n_coco=args.coco,
+                        n_anomaly=args.anomaly, coco_size=args.coco_size, seed=args.seed, parts=args.parts,
+                        workers=args.workers, overwrite=args.overwrite)
+    except (FileExistsError, OSError) as exc:
+        print(f"pebal make-synthetic: {exc}", file=sys.stderr)
+        return 1
     if args.preview is not None:
         write_preview(args.preview, contact_sheet(args.seed))
         print(f"contact sheet: {args.preview}")
