@@ -49,6 +49,9 @@ def stable_free_energy(logits: torch.Tensor, num_classes: int = NUM_CLASSES) -> 
 class Preprocess(nn.Module):
     """uint8 HxWx3 -> normalised float [1, 3, h, w] in the network's dtype."""
 
+    scale: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float], channel_order: str = "rgb",
                  net_size: tuple[int, int] | None = None):
         super().__init__()

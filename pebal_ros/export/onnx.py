@@ -125,6 +125,10 @@ def parse_hw(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _hw2(v) -> tuple[int, int]:
+    return int(v[0]), int(v[1])
+
+
 def read_spec(path: str | Path) -> ExportSpec:
     import onnx
     model = onnx.load(str(path), load_external_data=False)
@@ -174,6 +178,8 @@ def _export_dynamo(module: nn.Module, args: tuple, path: Path, opset: int, input
     with sink, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, args, **kwargs)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
     program.save(str(path))
 
 
@@ -233,14 +239,14 @@ def export_fused(fused: FusedPebal, path: str | Path, image_size: tuple[int, int
     spec = spec or ExportSpec(image_size=None)
     spec.image_size = None if dynamic else (h, w)
     spec.channel_order = fused.channel_order
-    spec.net_size = fused.pre.net_size
+    spec.net_size = _hw2(fused.pre.net_size) if fused.pre.net_size is not None else None
     spec.fast = fused.fast
     spec.net_dtype = "float16" if half else "float32"
     spec.exporter, spec.opset = exporter, opset
     if dynamic:
-        spec.min_hw, spec.max_hw = tuple(min_hw), tuple(max_hw)
+        spec.min_hw, spec.max_hw = _hw2(min_hw), _hw2(max_hw)
         inside = min_hw[0] <= h <= max_hw[0] and min_hw[1] <= w <= max_hw[1]
-        spec.opt_hw = (h, w) if inside else tuple(max_hw)
+        spec.opt_hw = (h, w) if inside else _hw2(max_hw)
     model = onnx.load(str(path))
     if dynamic:
         dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -273,7 +279,7 @@ def export_network_only(network: nn.Module, path: str | Path, net_size: tuple[in
             _export_dynamo(module, sample, path, opset, ("input",), ("logits",), None, False)
         else:
             _export_torchscript(module, sample, path, opset, ("input",), ("logits",), None)
-    spec = ExportSpec(image_size=tuple(net_size), network_only=True, exporter=exporter, opset=opset)
+    spec = ExportSpec(image_size=_hw2(net_size), network_only=True, exporter=exporter, opset=opset)
     model = onnx.load(str(path))
     _set_metadata(model, spec.to_metadata())
     onnx.save(model, str(path))
@@ -308,11 +314,11 @@ def export_checkpoint(model_path: str | Path, output: str | Path, image_size: tu
                       exporter: str = "dynamo", opset: int | None = None,
                       network_only: bool = False, half: bool = False) -> ExportSpec:
     """Checkpoint (``pebal_ros.models.load_model``) -> fused ONNX file."""
-    from ..config import load_config
+    from ..config import Config, load_config
     from ..models import load_model
-    cfg = load_config(config_path)
+    cfg: Config = load_config(config_path)
     network = load_model(str(model_path), arch=arch or cfg.arch, map_location="cpu").eval()
-    size = tuple(image_size or cfg.inference.input_size)
+    size = _hw2(image_size or cfg.inference.input_size)
     if network_only:
         return export_network_only(network, output, net_size or size, exporter, opset)
     fused = build_fused(network, cfg.inference, channel_order, net_size, fast)
@@ -386,14 +392,14 @@ def main(args: argparse.Namespace) -> int:
           f"{spec.net_dtype}; onnx.checker OK, "
           f"all operators parse in TensorRT 10")
     if not args.network_only and not args.no_parity:
-        from ..config import load_config
+        from ..config import Config, load_config
         from ..models import load_model
-        cfg = load_config(args.config)
+        cfg: Config = load_config(args.config)
         net = load_model(str(args.model), arch=args.arch or cfg.arch).eval()
         fused = build_fused(net, cfg.inference, args.channel_order, args.net_size, args.fast)
         if args.half:
             fused.net.half()
-        size = spec.image_size or spec.opt_hw or spec.max_hw
+        size = spec.image_size or spec.opt_hw or spec.max_hw or (0, 0)
         r = parity_check(args.output, fused, size)
         ok = r["score_max_abs_diff"] <= 1e-3 and r["semantic_agreement"] >= 0.9999 and r["mask_agreement"] >= 0.999
         if args.half:   # two FP16 implementations accumulate differently: report, do not gate

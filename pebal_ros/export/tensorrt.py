@@ -289,7 +289,7 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
     config.add_optimization_profile(profile)
     if mode == "weak" and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
-        frames = [] if calib_cache.is_file() and calib_dir is None else list(
+        frames = [] if calib_dir is None else list(
             calibration_frames(calib_dir, shapes[1][:2], spec.channel_order, calib_frames))
         if not frames:   # cache only: the calibrator is asked for the cache, never for batches
             frames = [np.zeros(shapes[1], np.uint8)]

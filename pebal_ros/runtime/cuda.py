@@ -82,7 +82,8 @@ class PinnedBuffer:
         self.nbytes = max(1, int(np.prod(shape)) * self.dtype.itemsize)
         self.ptr = int(check(cudart().cudaMallocHost(self.nbytes)))
         raw = (ctypes.c_byte * self.nbytes).from_address(self.ptr)
-        self.array = np.frombuffer(raw, dtype=self.dtype, count=int(np.prod(shape))).reshape(shape)
+        count = int(np.prod(shape))
+        self.array = np.frombuffer(memoryview(raw).cast("B"), dtype=self.dtype, count=count).reshape(shape)
 
     def view(self, shape: tuple[int, ...]) -> np.ndarray:
         """The first prod(shape) elements as ``shape`` (dynamic shapes reuse the max-size buffer)."""

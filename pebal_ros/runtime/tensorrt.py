@@ -67,12 +67,15 @@ class TensorRTRuntime:
         self.channel_order = str(self.meta.get("channel_order", "rgb"))
         self.default_threshold = float(self.meta.get("threshold", -10.0))
         shape = tuple(self.engine.get_tensor_shape("image"))
+        self.input_size: tuple[int, int] | None
+        self.min_hw: tuple[int, int] | None
+        self.max_hw: tuple[int, int] | None
         if -1 in shape:
             mn, _, mx = (tuple(s) for s in self.engine.get_tensor_profile_shape("image", 0))
-            self.input_size, self.min_hw, self.max_hw = None, mn[:2], mx[:2]
+            self.input_size, self.min_hw, self.max_hw = None, (mn[0], mn[1]), (mx[0], mx[1])
             max_shape = mx
         else:
-            self.input_size, self.min_hw, self.max_hw = shape[:2], None, None
+            self.input_size, self.min_hw, self.max_hw = (shape[0], shape[1]), None, None
             max_shape = shape
         self.stream = Stream()
         self.reuse_outputs = reuse_outputs

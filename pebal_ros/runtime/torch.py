@@ -60,7 +60,8 @@ class TorchRuntime:
             # a checkpoint runs at the config's network size, like the graph exported from it;
             # a bare module (tests, benchmarks) takes any size
             input_size = None if self.path is None else tuple(inf.input_size)
-        self.input_size = tuple(input_size) if input_size is not None else None
+        self.input_size: tuple[int, int] | None = (
+            (int(input_size[0]), int(input_size[1])) if input_size is not None else None)
         self.channel_order = channel_order
         self.default_threshold = inf.threshold
         self._thr = torch.zeros(1, dtype=torch.float32, device=self.device)
@@ -71,12 +72,13 @@ class TorchRuntime:
         src = torch.from_numpy(image)
         if self.device.type == "cpu":
             return src
-        if self._dev is None or self._dev.shape != src.shape:
-            self._host = torch.empty(src.shape, dtype=torch.uint8, pin_memory=True)
-            self._dev = torch.empty(src.shape, dtype=torch.uint8, device=self.device)
-        self._host.copy_(src)
-        self._dev.copy_(self._host, non_blocking=True)
-        return self._dev
+        host, dev = self._host, self._dev
+        if host is None or dev is None or dev.shape != src.shape:
+            host = self._host = torch.empty(src.shape, dtype=torch.uint8, pin_memory=True)
+            dev = self._dev = torch.empty(src.shape, dtype=torch.uint8, device=self.device)
+        host.copy_(src)
+        dev.copy_(host, non_blocking=True)
+        return dev
 
     @torch.inference_mode()
     def infer(self, image: np.ndarray, threshold: float) -> FrameOutputs:
