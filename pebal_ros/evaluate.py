@@ -281,6 +281,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="write results.md + results.json into this directory (or DIR/NAME.md + NAME.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from pebal_ros.train.common import add_threads_argument
+    add_threads_argument(p)
 
 
 def _input_size(values: list[str] | None, cfg: Config) -> tuple[int, int] | None:
@@ -295,8 +297,10 @@ def _input_size(values: list[str] | None, cfg: Config) -> tuple[int, int] | None
 
 def main(args: argparse.Namespace) -> int:
     from pebal_ros.models import load_model
+    from pebal_ros.train.common import apply_threads
     from pebal_ros.train.distributed import resolve_device
 
+    apply_threads(args.threads)
     cfg = load_config(args.config)
     input_size = _input_size(args.input_size, cfg)
     scorers = [s.strip().lower() for s in args.methods.split(",") if s.strip()]

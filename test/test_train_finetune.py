@@ -69,6 +69,15 @@ def write_coco(root: Path, n: int, seed: int) -> None:
         cv2.imwrite(str(root / "annotations" / "ood_seg_train2017" / f"{i:012d}.png"), mask)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a 2-core machine shared with other jobs, two threads spin-wait each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")

@@ -42,6 +42,20 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML config file (applied after --preset)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set loss.ebm_weight=0.01 (repeatable)")
+    add_threads_argument(p)
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (torch.set_num_threads); 1 is much faster on a machine "
+                        "whose cores are busy with other work (default: torch's choice / OMP_NUM_THREADS)")
+
+
+def apply_threads(n: int | None) -> None:
+    if n is not None:
+        if n < 1:
+            raise SystemExit(f"--threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any], where: str = "") -> dict[str, Any]:

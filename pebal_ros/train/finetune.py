@@ -36,8 +36,8 @@ from pebal_ros.config import Config, save_config, to_dict
 
 from . import distributed as D
 from .checkpoint import copy_checkpoint, load_training_state, save_training_state, set_rng_state
-from .common import (EpochLoader, add_config_arguments, describe_params, format_terms, resolve_config,
-                     rotate_checkpoints, seed_everything)
+from .common import (EpochLoader, add_config_arguments, apply_threads, describe_params, format_terms,
+                     resolve_config, rotate_checkpoints, seed_everything)
 from .history import History
 from .schedule import poly_scheduler
 
@@ -233,6 +233,7 @@ def _resume_path(resume: str | None, out: Path) -> Path | None:
 
 
 def main(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     cfg = config_from_args(args)
     finetune(cfg, model_path=args.model, cityscapes=args.cityscapes, coco=args.coco, out=args.out,
              resume=args.resume, split=args.split, progress=not args.no_progress)

@@ -32,8 +32,8 @@ from pebal_ros.labels import NUM_CLASSES, VOID_LABEL
 
 from . import distributed as D
 from .checkpoint import copy_checkpoint, load_training_state, save_training_state, set_rng_state
-from .common import (EpochLoader, add_config_arguments, describe_params, format_terms, resolve_config,
-                     rotate_checkpoints, seed_everything)
+from .common import (EpochLoader, add_config_arguments, apply_threads, describe_params, format_terms,
+                     resolve_config, rotate_checkpoints, seed_everything)
 from .history import History
 from .schedule import poly_scheduler
 
@@ -186,6 +186,7 @@ def pretrain(cfg: Config, *, cityscapes: Path, out: Path, resume: str | None = N
 
 
 def main(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     cfg = config_from_args(args)
     pretrain(cfg, cityscapes=args.cityscapes, out=args.out, resume=args.resume, split=args.split,
              progress=not args.no_progress)
