@@ -214,14 +214,15 @@ def generate(out: Path, *, size: tuple[int, int] = (512, 256), n_train: int = 40
                             "train_families": list(TRAIN_FAMILIES), "test_families": list(TEST_FAMILIES)}
     if "cityscapes" in parts:
         write_cityscapes(out / "cityscapes", {"train": n_train, "val": n_val}, size, seed, workers)
-        meta["cityscapes"] = {"train": n_train, "val": n_val, "cities": {k: list(v) for k, v in CITIES.items()}}
+        meta["cityscapes"] = {"seed": seed, "size": list(size), "train": n_train, "val": n_val,
+                              "cities": {k: list(v) for k, v in CITIES.items()}}
     if "coco_ood" in parts:
         items = write_coco_ood(out / "coco_ood", n_coco, coco_size, seed, workers)
-        meta["coco_ood"] = {"count": n_coco, "size": list(coco_size),
+        meta["coco_ood"] = {"seed": seed, "count": n_coco, "size": list(coco_size),
                             "families": {it["name"]: it["families"] for it in items}}
     if "anomaly_test" in parts:
         items = write_anomaly_test(out / "anomaly_test", n_anomaly, size, seed, workers)
-        meta["anomaly_test"] = {"count": n_anomaly, "families": list(TEST_FAMILIES),
+        meta["anomaly_test"] = {"seed": seed, "size": list(size), "count": n_anomaly, "families": list(TEST_FAMILIES),
                                 "anomaly_pixels": {it["name"]: it["anomaly_pixels"] for it in items}}
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     out.mkdir(parents=True, exist_ok=True)
