@@ -202,3 +202,8 @@ def test_pickled_extras_fall_back_with_warning(tmp_path: Path, small: torch.nn.M
         model = load_model(tmp_path / "t.pth")
     assert any("falling back to full unpickling" in str(w.message) for w in caught)
     assert model.arch_kwargs["s"] == 0.5
+
+
+def test_save_checkpoint_rejects_unregistered_module(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="Linear is not a pebal_ros model"):
+        save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x.pth")

@@ -14,14 +14,14 @@ from .checkpoint import (CheckpointError, extract_state_dict, infer_architecture
                          load_state_into, read_checkpoint, save_checkpoint)
 from .pebal_head import (add_abstention, count_parameters, freeze_all_but_final, train_mode_final_only,
                          unfreeze_all)
-from .registry import ARCHITECTURES, ESPNETV2_WIDTHS, build_model
+from .registry import ARCHITECTURES, ESPNETV2_WIDTHS, PebalModel, build_model, unwrap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = [
-    "ARCHITECTURES", "ESPNETV2_WIDTHS", "IMAGENET_MEAN", "IMAGENET_STD", "CheckpointError",
+    "ARCHITECTURES", "ESPNETV2_WIDTHS", "IMAGENET_MEAN", "IMAGENET_STD", "CheckpointError", "PebalModel",
     "add_abstention", "build_model", "count_parameters", "extract_state_dict", "freeze_all_but_final",
     "infer_architecture", "load_model", "load_state_into", "read_checkpoint", "save_checkpoint",
-    "train_mode_final_only", "unfreeze_all",
+    "train_mode_final_only", "unfreeze_all", "unwrap",
 ]

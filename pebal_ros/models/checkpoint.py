@@ -26,8 +26,8 @@ from torch import nn
 
 from ..labels import NUM_CLASSES
 from .espnetv2 import ENCODER_CHANNELS
-from .pebal_head import _unwrap, add_abstention
-from .registry import ARCHITECTURES, build_model
+from .pebal_head import add_abstention
+from .registry import ARCHITECTURES, PebalModel, build_model, unwrap
 
 CHECKPOINT_FORMAT = 1
 _WRN_KEY = "branch1.final.6.weight"
@@ -48,9 +48,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> P
     ``meta`` holds plain Python values (epoch, metrics, config dict, ...) so the file stays
     loadable with ``torch.load(weights_only=True)``. Tensors are moved to the CPU.
     """
-    net = _unwrap(model)
-    if not getattr(net, "arch", ""):
-        raise TypeError(f"{type(net).__name__} is not a registered pebal_ros model (build it with build_model)")
+    net = unwrap(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -146,7 +144,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str
                           f"known architectures: {', '.join(sorted(ARCHITECTURES))}. Pass arch=... if it is one.")
 
 
-def _check_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+def _check_state(model: PebalModel, state: Mapping[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -170,7 +168,7 @@ def _fmt_kwargs(kwargs: Mapping[str, Any]) -> str:
 
 def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:
     """Strictly load ``state`` into ``model`` (on any device, meta included), with readable errors."""
-    net = _unwrap(model)
+    net = unwrap(model)
     _check_state(net, state, source)
     on_meta = any(t.is_meta for t in net.state_dict().values())
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
@@ -183,7 +181,7 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source:
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, map_location: Any = "cpu",
-               **arch_kwargs: Any) -> nn.Module:
+               **arch_kwargs: Any) -> PebalModel:
     """Load any accepted checkpoint into its network, in eval mode.
 
     ``arch`` (and constructor ``arch_kwargs`` such as ``s``) are inferred from the checkpoint when not

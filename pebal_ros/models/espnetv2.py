@@ -382,7 +382,9 @@ class ESPNetv2Segmentation(nn.Module):
     @property
     def classifier(self) -> nn.Conv2d:
         """The last 1x1 conv (``bu_dec_l4.merge_layer.3``), whose rows are the output channels."""
-        return self.bu_dec_l4.merge_layer[3]
+        conv = self.bu_dec_l4.merge_layer[3]
+        assert isinstance(conv, nn.Conv2d)
+        return conv
 
     @staticmethod
     def _up_to(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

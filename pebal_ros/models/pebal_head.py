@@ -16,11 +16,7 @@ import torch
 from torch import nn
 
 from ..labels import ABSTAIN_CHANNEL, NUM_CLASSES, NUM_OUTPUTS
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DataParallel / DistributedDataParallel keep the network in .module.
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+from .registry import PebalModel, unwrap
 
 
 def _kaiming_row(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -38,24 +34,24 @@ def add_abstention(model: nn.Module, generator: torch.Generator | None = None) -
     No-op when ``model.has_abstention`` is already true. Call it before ``freeze_all_but_final``
     (or re-freeze after), since a replaced conv is a new, trainable parameter.
     """
-    net = _unwrap(model)
+    net = unwrap(model)
     if net.has_abstention:
         return model
-    conv: nn.Conv2d = net.classifier
+    conv = net.classifier
     out = conv.out_channels
     if out == NUM_CLASSES:
-        new = nn.Conv2d(conv.in_channels, NUM_OUTPUTS, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+        if conv.kernel_size != (1, 1) or conv.groups != 1:
+            raise ValueError(f"{net.arch}: expected a 1x1 classifier conv, got {conv}")
+        new = nn.Conv2d(conv.in_channels, NUM_OUTPUTS, 1, bias=conv.bias is not None,
                         device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             new.weight[:NUM_CLASSES].copy_(conv.weight)
             new.weight[ABSTAIN_CHANNEL].copy_(_kaiming_row(conv.weight, generator))
-            if conv.bias is not None:
+            if conv.bias is not None and new.bias is not None:
                 new.bias[:NUM_CLASSES].copy_(conv.bias)
                 new.bias[ABSTAIN_CHANNEL] = 0.0
+                new.bias.requires_grad_(conv.bias.requires_grad)
         new.weight.requires_grad_(conv.weight.requires_grad)
-        if new.bias is not None:
-            new.bias.requires_grad_(conv.bias.requires_grad)
         _replace_classifier(net, new)
     elif out == NUM_OUTPUTS:
         with torch.no_grad():
@@ -65,16 +61,14 @@ def add_abstention(model: nn.Module, generator: torch.Generator | None = None) -
     else:
         raise ValueError(f"{net.arch}: cannot add the abstention channel to a network with {out} outputs; "
                          f"PEBAL needs the {NUM_CLASSES} Cityscapes train ids (+ optionally a background channel)")
-    net.num_classes = NUM_OUTPUTS
-    net.arch_kwargs["num_classes"] = NUM_OUTPUTS
-    if "abstention" in net.arch_kwargs:
-        net.arch_kwargs["abstention"] = True
-        net._abstention = True
+    net.mark_abstention()
     return model
 
 
-def _replace_classifier(net: nn.Module, new: nn.Conv2d) -> None:
-    parent_name, _, child = {m: n for n, m in net.named_modules()}[net.classifier].rpartition(".")
+def _replace_classifier(net: PebalModel, new: nn.Conv2d) -> None:
+    old = net.classifier
+    name = next(n for n, m in net.named_modules() if m is old)
+    parent_name, _, child = name.rpartition(".")
     parent = net.get_submodule(parent_name)
     if isinstance(parent, nn.Sequential):
         parent[int(child)] = new
@@ -85,7 +79,7 @@ def _replace_classifier(net: nn.Module, new: nn.Conv2d) -> None:
 def freeze_all_but_final(model: nn.Module) -> nn.Module:
     """Only ``model.final_block`` keeps ``requires_grad``; ``model.train()`` then leaves every other
     module (BatchNorm, dropout) in eval mode. Returns the model."""
-    net = _unwrap(model)
+    net = unwrap(model)
     for p in net.parameters():
         p.requires_grad_(False)
     for p in net.final_block.parameters():
@@ -96,7 +90,7 @@ def freeze_all_but_final(model: nn.Module) -> nn.Module:
 
 
 def unfreeze_all(model: nn.Module) -> nn.Module:
-    net = _unwrap(model)
+    net = unwrap(model)
     for p in net.parameters():
         p.requires_grad_(True)
     net.frozen_backbone = False
@@ -107,7 +101,7 @@ def unfreeze_all(model: nn.Module) -> nn.Module:
 def train_mode_final_only(model: nn.Module) -> nn.Module:
     """Explicit form of what ``.train()`` does after ``freeze_all_but_final``: everything in eval mode
     except the final block (works on any registered model, frozen or not)."""
-    net = _unwrap(model)
+    net = unwrap(model)
     nn.Module.train(net, False)
     net.final_block.train(True)
     net.training = True
@@ -116,4 +110,4 @@ def train_mode_final_only(model: nn.Module) -> nn.Module:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in _unwrap(model).parameters() if p.requires_grad or not trainable_only)
+    return sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad or not trainable_only)

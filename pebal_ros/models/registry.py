@@ -18,33 +18,54 @@ from .espnetv2 import ENCODER_CHANNELS, ESPNetv2Segmentation
 from .wrn38_deeplab import WRN38DeepLabV3Plus
 
 
-class PebalModelMixin:
-    """Shared behaviour of the registered networks (mixed into nn.Module subclasses)."""
+class PebalModel(nn.Module):
+    """Shared behaviour of the registered networks (the first base of each concrete class)."""
 
     arch: str = ""
     arch_kwargs: dict[str, Any]
+    num_classes: int
     frozen_backbone: bool = False
+    # The "meta" dict of the checkpoint the model was loaded from (load_model), if any.
+    checkpoint_meta: dict[str, Any] | None = None
 
     @property
     def final_block(self) -> nn.Module:
         raise NotImplementedError
 
     @property
+    def classifier(self) -> nn.Conv2d:
+        raise NotImplementedError
+
+    @property
     def has_abstention(self) -> bool:
         raise NotImplementedError
 
-    def train(self, mode: bool = True):  # type: ignore[override]
-        super().train(mode)  # type: ignore[misc]
+    def mark_abstention(self) -> None:
+        """Record that channel 19 is now the abstention class (after ``add_abstention``)."""
+        self.num_classes = NUM_OUTPUTS
+        self.arch_kwargs["num_classes"] = NUM_OUTPUTS
+
+    def train(self, mode: bool = True) -> "PebalModel":
+        super().train(mode)
         if mode and self.frozen_backbone:
             # Frozen parts must not update BatchNorm running stats or apply dropout while the
             # final block trains: they stay exactly the pre-trained network.
-            super().train(False)  # type: ignore[misc]
+            super().train(False)
             self.final_block.train(True)
             self.training = True
         return self
 
 
-class WRN38Model(PebalModelMixin, WRN38DeepLabV3Plus):
+def unwrap(model: nn.Module) -> PebalModel:
+    """The registered network inside a (Distributed)DataParallel wrapper, or the model itself."""
+    inner = getattr(model, "module", None)
+    net = inner if isinstance(inner, nn.Module) else model
+    if not isinstance(net, PebalModel):
+        raise TypeError(f"{type(net).__name__} is not a pebal_ros model (build it with build_model/load_model)")
+    return net
+
+
+class WRN38Model(PebalModel, WRN38DeepLabV3Plus):
     """DeepLabV3+ WideResNet38 (official PEBAL). Final block: ``branch1.final`` (1.296 M params)."""
 
     arch = "wrn38_deeplabv3plus"
@@ -58,12 +79,16 @@ class WRN38Model(PebalModelMixin, WRN38DeepLabV3Plus):
         return self.branch1.final
 
     @property
+    def classifier(self) -> nn.Conv2d:
+        return WRN38DeepLabV3Plus.classifier.fget(self)  # type: ignore[attr-defined]
+
+    @property
     def has_abstention(self) -> bool:
         # PEBAL's 20-output head: 19 train ids + abstention; NVIDIA's 19-class model has none.
         return self.num_classes == NUM_OUTPUTS
 
 
-class ESPNetv2Model(PebalModelMixin, ESPNetv2Segmentation):
+class ESPNetv2Model(PebalModel, ESPNetv2Segmentation):
     """ESPNetv2 (EdgeNets). Final block: ``bu_dec_l4``, the decoder's last efficient pyramid pooling
     module, which ends in the 1x1 classifier conv ``bu_dec_l4.merge_layer.3``.
 
@@ -88,11 +113,20 @@ class ESPNetv2Model(PebalModelMixin, ESPNetv2Segmentation):
         return self.bu_dec_l4
 
     @property
+    def classifier(self) -> nn.Conv2d:
+        return ESPNetv2Segmentation.classifier.fget(self)  # type: ignore[attr-defined]
+
+    @property
     def has_abstention(self) -> bool:
         return self._abstention
 
+    def mark_abstention(self) -> None:
+        super().mark_abstention()
+        self._abstention = True
+        self.arch_kwargs["abstention"] = True
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {
+
+ARCHITECTURES: dict[str, type[PebalModel]] = {
     WRN38Model.arch: WRN38Model,
     ESPNetv2Model.arch: ESPNetv2Model,
 }
@@ -100,7 +134,7 @@ ESPNETV2_WIDTHS = tuple(sorted(ENCODER_CHANNELS))
 INLIER_CLASSES = NUM_CLASSES
 
 
-def build_model(arch: str, **kwargs: Any) -> nn.Module:
+def build_model(arch: str, **kwargs: Any) -> PebalModel:
     """Build a registered network with fresh (EdgeNets/NVIDIA-style) initialisation.
 
     ``build_model("wrn38_deeplabv3plus")`` (``num_classes`` 20 or 19) or

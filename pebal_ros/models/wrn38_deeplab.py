@@ -174,7 +174,9 @@ class WRN38DeepLabV3Plus(nn.Module):
     @property
     def classifier(self) -> nn.Conv2d:
         """The last 1x1 conv ``branch1.final.6``, whose rows are the output channels."""
-        return self.branch1.final[6]
+        conv = self.branch1.final[6]
+        assert isinstance(conv, nn.Conv2d)
+        return conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
