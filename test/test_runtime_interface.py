@@ -116,6 +116,7 @@ def test_bad_onnx_files(tmp_path, net):
 def test_torch_runtime_matches_onnx_runtime(onnx_path, net):
     trt_like = load_runtime(onnx_path, device="cpu")
     rt = TorchRuntime(net, device="cpu")
+    assert rt.fused.net is not net        # private copy: FP16/device moves never touch the caller's net
     assert isinstance(rt, Runtime) and rt.input_size is None and rt.describe()["precision"] == "fp32"
     image = _image(5)
     a, b = rt.infer(image, -10.0), trt_like.infer(image, -10.0)

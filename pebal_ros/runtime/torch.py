@@ -7,6 +7,7 @@ pinned host tensor and a preallocated device tensor (no per-frame allocation for
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,9 @@ class TorchRuntime:
         from ..export.fused import build_fused
 
         if isinstance(model, nn.Module):
-            network, self.path = model, None
+            # a private copy: .to(device)/.half() below must not change the caller's module (two
+            # runtimes over one network, FP32 and FP16, would otherwise share its weights)
+            network, self.path = copy.deepcopy(model), None
         else:
             from ..models import load_model
             self.path = check_file(model, "PyTorch checkpoint", (".pt", ".pth"))
