@@ -119,6 +119,7 @@ def section_cuda_buffers(args) -> None:
     stream.synchronize()
     dt = time.perf_counter() - t
     ok = np.array_equal(src.array, dst.array)
+    say(f"stream handle as int (what execute_async_v3 takes): {stream.ptr:#x}")
     say(f"round trip of a 2048x1024x3 uint8 frame: bytes equal = {ok}; "
         f"{2 * reps * src.nbytes / dt / 1e9:.1f} GB/s H2D+D2H (pinned, one stream)")
     for b in (src, dst, dev):
