@@ -189,6 +189,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, map_location: A
     so forward always returns 20 channels. An EdgeNets ESPNetv2 checkpoint keeps its background
     channel 19 (``has_abstention`` False) until ``add_abstention`` is called.
     """
+    arch = arch or None  # configs use "" / None for "infer it"
     obj = read_checkpoint(path, map_location=map_location)
     state, info = extract_state_dict(obj, source=str(path))
     stored_arch = info.get("arch")
