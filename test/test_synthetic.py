@@ -228,3 +228,26 @@ def test_written_sets_load_with_the_project_readers(tmp_path: Path):
     assert len(coco) == 2 and set(np.unique(coco[0]["target"]).tolist()) <= {0, 254}
     bench = data.load_benchmark("fs_static", tmp_path / "anomaly_test")
     assert len(bench) == 2 and (bench[0]["label"] == 1).any()
+
+
+def test_road_is_where_the_camera_model_puts_it():
+    """With objects and facades removed, the road label is exactly the ground-plane strip
+    |X| < road_half, derived here from the pinhole model independently of the renderer's code."""
+    for seed in range(8):
+        scene = sample_scene(np.random.default_rng(seed))
+        scene.objects, scene.layers, scene.hood = [], [], None
+        w, h = 160, 80
+        _, ids = render(scene, (w, h), rng=np.random.default_rng(0))
+        f, cx, yh = scene.f_ratio * w, w / 2 + scene.cx_off * w, scene.horizon * h
+        v, u = np.mgrid[0:h, 0:w] + 0.5
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = f * scene.cam_h / (v - yh)
+        ground = (v > yh) & (z < scene.z_far)
+        lateral = (u - cx) * z / f - (scene.c0 + scene.k * z * z)  # distance from the road's centre line
+        expected = ground & (np.abs(lateral) < scene.road_half)
+        got = ids == 7
+        # pixel centres exactly on the boundary may go either way: allow a 1-pixel seam
+        seam = cv2.dilate(expected.astype(np.uint8), np.ones((3, 3), np.uint8)) != \
+            cv2.erode(expected.astype(np.uint8), np.ones((3, 3), np.uint8))
+        assert not ((got != expected) & ~seam).any(), seed
+        assert expected.sum() > 0.15 * w * h

@@ -550,7 +550,7 @@ def _ground(img, ids, shade, scene: Scene, view: View, cam_z: float) -> None:
     fac = np.where(mark, np.clip(0.8 + 0.2 * patches, 0.5, 1.0), fac)
     # Building shadows from the sun's side reach a band of the ground whose width follows the
     # height of the facade they come from.
-    if scene.shadow > 0:
+    if scene.shadow > 0 and len(scene.layers) >= 2:  # layers[0], [1]: the back rows, left and right
         back = scene.layers[0 if scene.sun_side < 0 else 1]
         hb = _layer_height_at(back, Zw[:, 0])[:, None]
         in_sh = (scene.sun_side * X) > (back.lateral - hb * scene.shadow_len)
