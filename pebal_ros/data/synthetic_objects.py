@@ -252,7 +252,7 @@ class Painter:
                 self.poly(xs, ys, pants, lid)
         else:
             xs = u0 + np.array([-0.12, 0.12, 0.1, -0.1]) * hp * s
-            ys = v0 - np.array([hip, hip, 0.05, 0.05]) * hp / hp * s
+            ys = v0 - np.array([hip, hip, 0.05 * hp, 0.05 * hp]) * s
             self.poly(xs, ys, pants, lid)
         lean = p.get("lean", 0.0) * hp
         xs = u0 + np.array([-tw / 2, tw / 2, tw / 2 + lean, -tw / 2 + lean]) * s
@@ -288,24 +288,19 @@ class Painter:
             col = np.asarray(p["bike_color"], np.float32)
             self.poly(u + np.array([-0.3, 0.3, 0.26, -0.26]) * s, v - np.array([0.35, 0.35, 0.95, 0.95]) * s, col, MOTORCYCLE)
             self.poly(u + np.array([-0.38, 0.38, 0.38, -0.38]) * s, v - np.array([1.0, 1.0, 1.06, 1.06]) * s, dark, MOTORCYCLE)
-            lid_bike = MOTORCYCLE
         else:
             self.poly(u + np.array([-0.025, 0.025, 0.025, -0.025]) * s, v - np.array([0, 0, 0.68, 0.68]) * s, dark, BICYCLE)
             self.poly(u + np.array([-0.28, 0.28, 0.28, -0.28]) * s, v - np.array([1.02, 1.02, 1.06, 1.06]) * s,
                       np.asarray(p["bike_color"], np.float32), BICYCLE)
-            lid_bike = BICYCLE
-        pr = dict(p)
-        pr["h"] = p["h"]
         # seated: hips above the saddle, legs down to the pedals on either side of the wheel
         for sgn in (-1, 1):
             xs = u + np.array([sgn * 0.04, sgn * 0.14, sgn * 0.16, sgn * 0.08]) * s
             ys = v - np.array([0.95, 0.95, 0.3, 0.3]) * s
             self.poly(xs, ys, np.asarray(p["pants"], np.float32), RIDER)
-        self._person_at(u, v - 0.45 * s, s, dict(pr, h=p["h"] * 0.85, stride=0.0), RIDER, seated=True)
+        self._person_at(u, v - 0.45 * s, s, dict(p, h=p["h"] * 0.85, stride=0.0), RIDER, seated=True)
         if p["motor"]:
             self.ellipse(u, v - (0.45 + 0.91 * 0.85 * p["h"]) * s, 0.13 * s, 0.14 * s,
                          np.asarray(p["helmet"], np.float32), RIDER)
-        del lid_bike
 
     def _bicycle(self, o: Obj, z: float) -> None:
         """A parked bicycle in side view (two wheels, a frame)."""

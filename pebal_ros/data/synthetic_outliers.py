@@ -23,9 +23,6 @@ from pebal_ros.data import synthetic_textures as tex
 TRAIN_FAMILIES: tuple[str, ...] = ("blob", "polygon", "stripes_box", "ring", "star", "checker")
 TEST_FAMILIES: tuple[str, ...] = ("rock", "tyre", "animal", "cone", "cargo_box")
 
-Size = "int | tuple[int, int]"
-
-
 def _size(size: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)):
         w = h = int(size)
