@@ -19,8 +19,8 @@ Example::
 
     pebal evaluate --model inlier=models/inlier_synthetic_espnetv2.pt \\
         --model pebal=models/pebal_synthetic_espnetv2.pt \\
-        --dataset fs_static=data/synthetic/anomaly_test --dataset cityscapes=data/synthetic/cityscapes \\
-        --input-size 128 256 --out runs/eval
+        --dataset synthetic@fs_static=data/synthetic/anomaly_test \\
+        --dataset cityscapes=data/synthetic/cityscapes --preset synthetic --out runs/eval
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pebal_ros.config import Config, load_config
+from pebal_ros.config import Config
 from pebal_ros.labels import NUM_CLASSES
 from pebal_ros.scoring import get_scorer, semantic_map, upsample_logits
 
@@ -65,10 +65,12 @@ class DatasetSpec:
 
 
 def parse_dataset(text: str) -> DatasetSpec:
-    """``NAME=ROOT``; NAME is a benchmark name, ``cityscapes`` or ``cityscapes:SPLIT``."""
+    """``[LABEL@]KIND=ROOT``; KIND is a benchmark name, ``cityscapes`` or ``cityscapes:SPLIT``; LABEL
+    names the dataset in the table (default: KIND), e.g. ``synthetic@fs_static=data/anomaly_test``."""
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--dataset expects NAME=ROOT, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--dataset expects [LABEL@]NAME=ROOT, got {text!r}")
     name, root = text.split("=", 1)
+    label, _, name = name.rpartition("@")
     kind, _, split = name.partition(":")
     from pebal_ros.data.benchmarks import BENCHMARKS
     if kind not in BENCHMARKS and kind not in SEGMENTATION_DATASETS:
@@ -76,7 +78,7 @@ def parse_dataset(text: str) -> DatasetSpec:
             f"unknown dataset {kind!r}; choose from {sorted(BENCHMARKS) + list(SEGMENTATION_DATASETS)}")
     if split and kind not in SEGMENTATION_DATASETS:
         raise argparse.ArgumentTypeError(f"a split (':{split}') only applies to cityscapes, not {kind!r}")
-    return DatasetSpec(name=name, kind=kind, root=Path(root), split=split or "val")
+    return DatasetSpec(name=label or name, kind=kind, root=Path(root), split=split or "val")
 
 
 def parse_model(text: str) -> tuple[str, Path]:
@@ -175,8 +177,23 @@ def evaluate_model(model: nn.Module, name: str, path: str, datasets: Sequence[Da
         if seg is not None:
             result.seg[spec.name] = _plain(seg.compute())
         else:
-            result.ood[spec.name] = {k: _plain(m.compute()) for k, m in ood.items()}
+            result.ood[spec.name] = {k: {**_plain(m.compute()), "threshold_tpr95": threshold_at_tpr(m)}
+                                     for k, m in ood.items()}
     return result
+
+
+def threshold_at_tpr(metrics: Any, tpr: float = 0.95) -> float:
+    """Lowest score threshold (a histogram bin edge) that still flags >= ``tpr`` of the anomaly pixels.
+
+    A starting point for ``inference.threshold`` of the deployed detector (score >= threshold is
+    anomalous); calibrate it on your own validation data rather than on a test set.
+    """
+    pos = metrics.counts[:, 1][::-1].cumsum()          # anomaly pixels at or above each bin, descending
+    if pos[-1] == 0:
+        return float("nan")
+    first = int(np.searchsorted(pos, tpr * pos[-1]))      # first (highest) bin reaching the target recall
+    bin_index = metrics.num_bins - 1 - first
+    return float(metrics.lo + bin_index * metrics.width)
 
 
 def _plain(obj: Any) -> Any:
@@ -262,10 +279,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
                    help="checkpoint to evaluate (repeat for several, e.g. the inlier-only and the PEBAL model)")
     p.add_argument("--arch", default=None, help="architecture if the checkpoint does not record it")
-    p.add_argument("--dataset", action="append", required=True, type=parse_dataset, metavar="NAME=ROOT",
+    p.add_argument("--dataset", action="append", required=True, type=parse_dataset, metavar="[LABEL@]NAME=ROOT",
                    help="fs_static, fs_lostandfound, lostandfound, road_anomaly, or cityscapes[:SPLIT] "
-                        "(mIoU; split val by default), with the dataset root; repeat for several")
-    p.add_argument("--config", default=None, help="YAML config; its inference section gives input size, mean, std")
+                        "(mIoU; split val by default), with the dataset root; LABEL@ renames the table "
+                        "column (e.g. synthetic@fs_static=...); repeat for several")
+    from pebal_ros.train.common import add_config_arguments
+    add_config_arguments(p)   # --preset/--config/--set: the inference section gives input size, mean, std
     p.add_argument("--input-size", nargs="+", default=None, metavar="H W",
                    help="network input size (height width), or 'native' to feed images unresized "
                         "(default: the config's inference.input_size)")
@@ -281,8 +300,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="write results.md + results.json into this directory (or DIR/NAME.md + NAME.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from pebal_ros.train.common import add_threads_argument
-    add_threads_argument(p)
 
 
 def _input_size(values: list[str] | None, cfg: Config) -> tuple[int, int] | None:
@@ -297,11 +314,11 @@ def _input_size(values: list[str] | None, cfg: Config) -> tuple[int, int] | None
 
 def main(args: argparse.Namespace) -> int:
     from pebal_ros.models import load_model
-    from pebal_ros.train.common import apply_threads
+    from pebal_ros.train.common import apply_threads, resolve_config
     from pebal_ros.train.distributed import resolve_device
 
     apply_threads(args.threads)
-    cfg = load_config(args.config)
+    cfg = resolve_config(args)
     input_size = _input_size(args.input_size, cfg)
     scorers = [s.strip().lower() for s in args.methods.split(",") if s.strip()]
     for s in scorers:

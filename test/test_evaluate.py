@@ -119,7 +119,8 @@ def _reference(model_path: Path, data: Path, scorer: str, network_res: bool = Fa
         all_s.append(score.numpy()[keep])
         all_y.append(lab[keep])
     s, y = np.concatenate(all_s).astype(np.float64), np.concatenate(all_y)
-    return {"auroc": roc_auc_score(y, s), "ap": average_precision_score(y, s), "fpr95": fpr_at_95_tpr(s, y)}
+    return {"auroc": roc_auc_score(y, s), "ap": average_precision_score(y, s), "fpr95": fpr_at_95_tpr(s, y),
+            "anomaly_scores": s[y == 1]}
 
 
 def _reference_miou(model_path: Path, data: Path) -> float:
@@ -153,6 +154,7 @@ def evaluated(eval_data, tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("evalout") / "table"
     argv = ["evaluate", "--model", f"inlier={eval_data['inlier']}", "--model", f"pebal={eval_data['pebal']}",
             "--dataset", f"fs_static={eval_data['fs']}", "--dataset", f"cityscapes={eval_data['cityscapes']}",
+            "--dataset", f"copy@fs_static={eval_data['fs']}",
             "--input-size", str(NET[0]), str(NET[1]), "--fast", "--num-workers", "0", "--no-progress",
             "--out", str(out)]
     assert cli_main(argv) == 0
@@ -165,6 +167,7 @@ def test_table_has_every_row_and_column(evaluated):
     assert header[:2] == ["Model", "Method"]
     assert [h for h in header if "fs_static" in h] == ["fs_static AUROC ↑", "fs_static AP ↑", "fs_static FPR95 ↓"]
     assert header[-1] == "cityscapes mIoU ↑"
+    assert "copy AP ↑" in header     # LABEL@KIND renames a dataset's columns
     assert len(rows) == 2 * 5 * 2        # models x scorers x score resolutions
     for model in ("inlier", "pebal"):
         methods = [r[1] for r in rows if r[0] == model]
@@ -186,6 +189,10 @@ def test_metrics_match_a_direct_computation(evaluated, eval_data, model, scorer)
     assert got["ap"] == pytest.approx(ref["ap"], abs=2e-3)
     assert got["fpr95"] == pytest.approx(ref["fpr95"], abs=2e-3)
     assert got["n_anomaly"] + got["n_inlier"] == 3 * (H - 3) * W
+    # The suggested threshold flags at least 95 % of the anomaly pixels, and is tight (within a bin).
+    thr, anom = got["threshold_tpr95"], ref["anomaly_scores"]
+    assert np.mean(anom >= thr) >= 0.95
+    assert np.mean(anom >= thr + 2 * got["bin_width"]) < 0.95 + 1.0 / anom.size
 
 
 def test_network_resolution_rows_match_a_direct_computation(evaluated, eval_data):
@@ -194,6 +201,12 @@ def test_network_resolution_rows_match_a_direct_computation(evaluated, eval_data
     ref = _reference(eval_data["pebal"], eval_data["fs"], "pebal", network_res=True)
     assert got["auroc"] == pytest.approx(ref["auroc"], abs=2e-4)
     assert got["ap"] == pytest.approx(ref["ap"], abs=2e-3)
+
+
+def test_a_relabelled_dataset_gives_the_same_numbers(evaluated):
+    result, _ = evaluated
+    for model in ("inlier", "pebal"):
+        assert result["anomaly"][model]["copy"] == result["anomaly"][model]["fs_static"]
 
 
 def test_miou_matches_a_confusion_matrix(evaluated, eval_data):
