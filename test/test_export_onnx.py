@@ -85,6 +85,7 @@ def test_static_export_checker_ops_metadata_and_parity(tmp_path):
     assert {"ArgMax", "Pad", "Resize", "ReduceMax"} <= set(info["ops"])
     back = read_spec(path)
     assert back.image_size == (64, 128) and back.channel_order == "bgr" and back.threshold == -7.5
+    _assert_uint8_only_meets_float_casts(path)
     r = parity_check(path, fused, (64, 128))
     assert r["score_max_abs_diff"] <= SCORE_TOL
     assert r["semantic_agreement"] >= SEM_AGREE and r["mask_agreement"] >= MASK_AGREE
@@ -96,11 +97,29 @@ def test_static_export_checker_ops_metadata_and_parity(tmp_path):
     assert (out.semantic == rsem).mean() >= SEM_AGREE and (out.mask == rmask).mean() >= MASK_AGREE
 
 
+def _assert_uint8_only_meets_float_casts(path):
+    """TensorRT uses UINT8 only at network I/O and converts it only to/from FP32/FP16: the image
+    must feed a Cast to float, and each uint8 output must be a Cast of a float tensor."""
+    import onnx
+    from onnx import TensorProto
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    cast_to = {n.output[0]: next(a.i for a in n.attribute if a.name == "to") for n in model.graph.node
+               if n.op_type == "Cast"}
+    consumers = [n for n in model.graph.node if "image" in n.input]
+    assert [n.op_type for n in consumers] == ["Cast"] and cast_to[consumers[0].output[0]] == TensorProto.FLOAT
+    for name in ("semantic", "mask"):
+        producer = next(n for n in model.graph.node if name in n.output)
+        assert producer.op_type == "Cast" and types[producer.input[0]] == TensorProto.FLOAT, name
+
+
 def test_torchscript_exporter_opset17(tmp_path):
     fused = build_fused(TinySegNet().eval())
     path = tmp_path / "ts.onnx"
     export_fused(fused, path, (32, 64), exporter="torchscript")
     assert check_onnx(path)["opset"] == 17
+    _assert_uint8_only_meets_float_casts(path)
     r = parity_check(path, fused, (32, 64))
     assert r["score_max_abs_diff"] <= SCORE_TOL and r["semantic_agreement"] >= SEM_AGREE
 

@@ -22,8 +22,9 @@ Export notes (why the code looks the way it does):
   overflows FP16 (max 65504). The max-subtracted form cannot overflow in any precision.
 - Post-processing runs in float32 (``logits.float()``) so an FP16 network still yields an FP32
   score; its ONNX nodes are named ``post/...`` so the TensorRT builder can pin them to FP32.
-- uint8 outputs go through a float cast (``int64 -> float -> uint8``, ``bool -> float -> uint8``)
-  because TensorRT 10's Cast layer converts UINT8 only to and from floating-point types.
+- UINT8 tensors touch only float casts: the input is cast before anything else, and the uint8
+  outputs go ``int64 -> float -> uint8`` / ``bool -> float -> uint8``, because TensorRT converts
+  UINT8 only to and from FP32/FP16 and uses it only at network inputs/outputs.
 """
 from __future__ import annotations
 
@@ -68,10 +69,11 @@ class Preprocess(nn.Module):
         self.register_buffer("bias", bias.view(3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        x = image.permute(2, 0, 1)
+        # cast first: TensorRT accepts a UINT8 network input only when a cast to float consumes it
+        x = image.to(torch.float32).permute(2, 0, 1)
         if self.channel_order == "bgr":
             x = x.flip(0)
-        x = x.to(torch.float32) * self.scale + self.bias
+        x = x * self.scale + self.bias
         x = x.unsqueeze(0)
         if self.net_size is not None:
             x = F.interpolate(x, size=self.net_size, mode="bilinear", align_corners=False)
