@@ -31,8 +31,8 @@ def _kaiming_row(like: torch.Tensor, generator: torch.Generator | None) -> torch
 def add_abstention(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Give the network PEBAL's abstention channel 19 (in place; returns the model).
 
-    No-op when ``model.has_abstention`` is already true. Call it before ``freeze_all_but_final``
-    (or re-freeze after), since a replaced conv is a new, trainable parameter.
+    No-op when ``model.has_abstention`` is already true. A grown (19 -> 20) conv is a new module that
+    keeps the old one's ``requires_grad``; ``generator`` makes the new row reproducible.
     """
     net = unwrap(model)
     if net.has_abstention:

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..labels import NUM_CLASSES, NUM_OUTPUTS
+from ..labels import NUM_OUTPUTS
 from .espnetv2 import ENCODER_CHANNELS, ESPNetv2Segmentation
 from .wrn38_deeplab import WRN38DeepLabV3Plus
 
@@ -131,7 +131,6 @@ ARCHITECTURES: dict[str, type[PebalModel]] = {
     ESPNetv2Model.arch: ESPNetv2Model,
 }
 ESPNETV2_WIDTHS = tuple(sorted(ENCODER_CHANNELS))
-INLIER_CLASSES = NUM_CLASSES
 
 
 def build_model(arch: str, **kwargs: Any) -> PebalModel:
