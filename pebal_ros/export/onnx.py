@@ -10,7 +10,8 @@ maintains (the TorchScript exporter is deprecated since 2.9). TensorRT 10 parses
 `--exporter torchscript` (opset 17) remains for TensorRT 8.6 (JetPack 6.0 and older).
 
 Examples:
-  pebal export --model models/pebal_synthetic_espnetv2.pt --output out/pebal_1024x512.onnx
+  pebal export --model models/pebal_synthetic_espnetv2.pt --preset synthetic --output out/pebal_synth.onnx
+  pebal export --model m.pt --output out/pebal_512x1024.onnx --size 512x1024
   pebal export --model m.pt --output m_bgr_fast.onnx --channel-order bgr --fast
   pebal export --model m.pt --output m_dyn.onnx --dynamic --min-hw 256x512 --max-hw 1024x2048
 """
@@ -24,13 +25,16 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .fused import FusedPebal, NetworkOnly, build_fused
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 INPUT_NAMES = ("image", "threshold")
 OUTPUT_NAMES = ("semantic", "score", "mask")
@@ -307,7 +311,7 @@ def _set_metadata(model, meta: dict[str, str]) -> None:
 
 
 def export_checkpoint(model_path: str | Path, output: str | Path, image_size: tuple[int, int] | None = None,
-                      config_path: str | Path | None = None, arch: str | None = None,
+                      config: "str | Path | Config | None" = None, arch: str | None = None,
                       channel_order: str = "rgb", net_size: tuple[int, int] | None = None,
                       fast: bool | None = None, dynamic: bool = False,
                       min_hw: tuple[int, int] = (256, 512), max_hw: tuple[int, int] = (1024, 2048),
@@ -316,7 +320,7 @@ def export_checkpoint(model_path: str | Path, output: str | Path, image_size: tu
     """Checkpoint (``pebal_ros.models.load_model``) -> fused ONNX file."""
     from ..config import Config, load_config
     from ..models import load_model
-    cfg: Config = load_config(config_path)
+    cfg: Config = config if isinstance(config, Config) else load_config(config)
     network = load_model(str(model_path), arch=arch or cfg.arch, map_location="cpu").eval()
     size = _hw2(image_size or cfg.inference.input_size)
     if network_only:
@@ -354,7 +358,8 @@ def parity_check(onnx_path: str | Path, fused: FusedPebal, image_size: tuple[int
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint (.pt/.pth) written by pebal train/finetune")
     p.add_argument("--output", "-o", required=True, help="the .onnx file to write")
-    p.add_argument("--config", help="YAML config (inference: input_size, mean, std, threshold, ...)")
+    from ..train.common import add_config_arguments
+    add_config_arguments(p)   # --preset/--config/--set: inference input_size, mean, std, threshold, blur
     p.add_argument("--arch", help="architecture, if the checkpoint does not record it")
     p.add_argument("--size", type=parse_hw, help="camera image HEIGHTxWIDTH (default: inference.input_size)")
     p.add_argument("--net-size", type=parse_hw, help="resize to this HEIGHTxWIDTH inside the graph before "
@@ -379,7 +384,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    spec = export_checkpoint(args.model, args.output, args.size, args.config, args.arch,
+    from ..config import Config
+    from ..train.common import apply_threads, resolve_config
+    apply_threads(args.threads)
+    cfg: Config = resolve_config(args)
+    spec = export_checkpoint(args.model, args.output, args.size, cfg, args.arch,
                              args.channel_order, args.net_size, args.fast, args.dynamic,
                              args.min_hw, args.max_hw, args.exporter, args.opset, args.network_only,
                              args.half)
@@ -392,9 +401,7 @@ def main(args: argparse.Namespace) -> int:
           f"{spec.net_dtype}; onnx.checker OK, "
           f"all operators parse in TensorRT 10")
     if not args.network_only and not args.no_parity:
-        from ..config import Config, load_config
         from ..models import load_model
-        cfg: Config = load_config(args.config)
         net = load_model(str(args.model), arch=args.arch or cfg.arch).eval()
         fused = build_fused(net, cfg.inference, args.channel_order, args.net_size, args.fast)
         if args.half:
