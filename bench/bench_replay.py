@@ -46,7 +46,7 @@ def main() -> int:
 
     frames = [f.image for f in drive_sequence(0, args.frames, (w, h))]
     kind = "onnxruntime" if args.model is None or args.model.endswith((".pt", ".pth", ".onnx")) else None
-    rt = open_runtime(args.model, kind=kind, device=args.device, threads=args.threads, image_size=(h, w))
+    rt = open_runtime(args.model, kind=kind, device=args.device, threads=args.threads)
     thr = default_threshold(rt) if args.threshold is None else args.threshold
     size = rt.input_size
     import cv2

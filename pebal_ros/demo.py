@@ -79,7 +79,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         # ONNX Runtime on the CPU is the point of the demo: a .pt model is exported (and cached) first.
         kind = None if args.model and Path(args.model).suffix.lower() in (".engine", ".plan") else "onnxruntime"
-        runtime = open_runtime(args.model, kind=kind, device="cpu", threads=args.threads, image_size=(h, w))
+        # The network runs at the input size the model was trained for; frames are resized to it.
+        runtime = open_runtime(args.model, kind=kind, device="cpu", threads=args.threads)
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         print(f"pebal demo: cannot load the model: {exc}", file=sys.stderr)
         return 2

@@ -33,12 +33,31 @@ def _cache_name(checkpoint: Path, size: tuple[int, int] | None) -> str:
     return f"{checkpoint.stem}_{tag}_{key}.onnx"
 
 
+def checkpoint_config(checkpoint: str | Path) -> Any:
+    """The Config a checkpoint was trained with (``pebal finetune`` stores it in its meta), so the
+    export uses the model's own input size, normalisation and threshold; defaults otherwise."""
+    from ..config import Config, from_dict
+    from ..models import read_checkpoint
+
+    meta = read_checkpoint(checkpoint).get("meta") or {}
+    cfg = meta.get("config")
+    if isinstance(cfg, dict):
+        try:
+            return from_dict(cfg)
+        except ValueError:
+            pass   # a config written by another version: fall back to the defaults
+    return Config()
+
+
 def cached_onnx(checkpoint: str | Path, image_size: tuple[int, int] | None = None,
                 quiet: bool = False) -> Path:
-    """The fused ONNX export of ``checkpoint`` for ``image_size`` (H, W), exporting it if needed."""
+    """The fused ONNX export of ``checkpoint`` for ``image_size`` (H, W; default: the input size the
+    checkpoint was trained for), exporting it if needed."""
     from ..export.onnx import export_checkpoint
 
     checkpoint = Path(checkpoint)
+    cfg = checkpoint_config(checkpoint)
+    image_size = tuple(image_size or cfg.inference.input_size)  # type: ignore[assignment]
     name = _cache_name(checkpoint, image_size)
     for folder in (checkpoint.parent, CACHE_DIR):
         if (folder / name).is_file():
@@ -48,7 +67,7 @@ def cached_onnx(checkpoint: str | Path, image_size: tuple[int, int] | None = Non
     if not quiet:
         print(f"exporting {checkpoint.name} to ONNX ({target}); done once, then cached", flush=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp.onnx")
-    export_checkpoint(checkpoint, tmp, image_size=image_size)
+    export_checkpoint(checkpoint, tmp, image_size=image_size, config=cfg)
     os.replace(tmp, target)    # atomic: parallel workers never load a half-written file
     return target
 
