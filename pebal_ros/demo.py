@@ -84,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         print(f"pebal demo: cannot load the model: {exc}", file=sys.stderr)
         return 2
+    t_model = time.perf_counter()
     out = args.out
     recording = out / "recording"
     if recording.exists():
@@ -104,5 +105,6 @@ def main(args: argparse.Namespace) -> int:
     if m:
         print(f"anomaly detection: AUROC {100 * m['auroc']:.1f} %  AP {100 * m['ap']:.1f} %  "
               f"FPR95 {100 * m['fpr95']:.1f} %  mIoU {100 * gt.get('miou', float('nan')):.1f} %")
-    print(f"done in {time.perf_counter() - t0:.0f} s (recording {t1 - t0:.0f} s)")
+    print(f"done in {time.perf_counter() - t0:.0f} s (model {t_model - t0:.0f} s, recording "
+          f"{t1 - t_model:.0f} s, replay and report {time.perf_counter() - t1:.0f} s)")
     return res.exit_code
