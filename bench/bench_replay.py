@@ -96,6 +96,17 @@ def main() -> int:
         print(f"  CPU time, replay incl. report vs inference: overhead {100 * overhead_cpu:+.1f} %")
         print(f"  ratio replay/inference throughput: {fl / fi:.3f}  (mean anomalous fraction "
               f"{100 * figures['anomaly_fraction_mean']:.1f} %)")
+        st = summary["timing"]["stages_ms_per_frame"]
+        inf_ms = st.get("pipeline_inference", 0.0)
+        bag_io = st.get("cdr_decode_input", 0) + st.get("cdr_encode_and_write", 0) + st.get("bag_read_labels_other", 0)
+        node_work = sum(st.get(f"pipeline_{k}", 0) for k in ("decode", "preprocess", "postprocess", "encode"))
+        figures["stages_ms_per_frame"] = st
+        figures["bag_io_cdr_over_inference"] = bag_io / inf_ms if inf_ms else None
+        figures["pipeline_non_inference_over_inference"] = node_work / inf_ms if inf_ms else None
+        print("  per frame (last replay): " + ", ".join(f"{k} {v:.2f} ms" for k, v in st.items()))
+        print(f"  bag I/O + CDR decode/encode + write: {100 * figures['bag_io_cdr_over_inference']:.1f} % of "
+              f"inference; the node's own pre/post-processing and message building: "
+              f"{100 * figures['pipeline_non_inference_over_inference']:.1f} %")
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
     finally:

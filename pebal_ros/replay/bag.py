@@ -407,10 +407,15 @@ class BagWriter:
 
     Every topic's full message definition goes into the file (MCAP schema / sqlite3 definitions
     table), so Foxglove and ``ros2 bag play`` can decode custom types without their package built.
+
+    ``threaded=True`` serialises and writes on a background thread (in call order, so the file is
+    the same): rosbags' MCAP writer copies each payload several times, which then overlaps with
+    inference (ONNX Runtime and TensorRT release the GIL) instead of adding to it. Messages handed
+    to :meth:`write` must not be modified afterwards.
     """
 
     def __init__(self, path: str | Path, typestore: Any, *, storage: str = "mcap", version: int = 9,
-                 compression: str | None = None) -> None:
+                 compression: str | None = None, threaded: bool = False, queue_size: int = 64) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
         from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 
@@ -425,23 +430,62 @@ class BagWriter:
         self._writer.open()
         self._conns: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
+        self._queue: Any = None
+        self._thread: Any = None
+        self._error: BaseException | None = None
+        if threaded:
+            import queue
+            import threading
+
+            self._queue = queue.Queue(maxsize=queue_size)
+            self._thread = threading.Thread(target=self._drain, name="bag-writer", daemon=True)
+            self._thread.start()
 
     def add_topic(self, topic: str, msgtype: str) -> None:
         if topic not in self._conns:
             self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
             self.counts[topic] = 0
 
-    def write(self, topic: str, timestamp: int, msg: Any) -> None:
-        """Serialise ``msg`` (a typestore message object) to CDR and append it."""
-        conn = self._conns[topic]
-        self.write_raw(topic, timestamp, self.typestore.serialize_cdr(msg, conn.msgtype))
+    def _write_now(self, conn: Any, timestamp: int, msg: Any, raw: bool) -> None:
+        data = msg if raw else self.typestore.serialize_cdr(msg, conn.msgtype)
+        self._writer.write(conn, timestamp, data)
 
-    def write_raw(self, topic: str, timestamp: int, data: bytes | memoryview) -> None:
-        self._writer.write(self._conns[topic], timestamp, data)
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._write_now(*item)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    self._error = exc
+
+    def _submit(self, topic: str, timestamp: int, msg: Any, raw: bool) -> None:
+        conn = self._conns[topic]
+        if self._error is not None:
+            raise BagError(f"writing {self.path} failed: {self._error}") from self._error
+        if self._queue is not None:
+            self._queue.put((conn, timestamp, msg, raw))
+        else:
+            self._write_now(conn, timestamp, msg, raw)
         self.counts[topic] += 1
 
+    def write(self, topic: str, timestamp: int, msg: Any) -> None:
+        """Serialise ``msg`` (a typestore message object) to CDR and append it."""
+        self._submit(topic, timestamp, msg, False)
+
+    def write_raw(self, topic: str, timestamp: int, data: bytes | memoryview) -> None:
+        self._submit(topic, timestamp, data, True)
+
     def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
         self._writer.close()
+        if self._error is not None:
+            raise BagError(f"writing {self.path} failed: {self._error}") from self._error
 
     def __enter__(self) -> BagWriter:
         return self

@@ -153,13 +153,14 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
         label_stats: Counter[str] = Counter()
         other: Counter[str] = Counter()
         records: list[rep.FrameRecord] = []
+        stages: Counter[str] = Counter()
         top = rep.TopK(opts.top_k)
         total = sum(t.declared or 0 for t in cams) or None
         if opts.max_frames and total:
             total = min(total, opts.max_frames * len(cams))
 
         t_start = time.perf_counter()
-        writer = BagWriter(result_bag, factory.typestore)
+        writer = BagWriter(result_bag, factory.typestore, threaded=True)
         try:
             for t in cams:
                 for name in opts.outputs:
@@ -174,7 +175,7 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
                     if opts.max_frames is not None and index >= opts.max_frames:
                         rec.status, rec.reason = "skipped", f"beyond --max-frames {opts.max_frames}"
                     else:
-                        _process(raw, rec, in_store, pipe, opts, writer, prefixes[raw.topic], top)
+                        _process(raw, rec, in_store, pipe, opts, writer, prefixes[raw.topic], top, stages)
                         bar.update(1)
                     records.append(rec)
                     if rec.status == "processed":
@@ -212,6 +213,8 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
         finally:
             writer.close()
         wall = time.perf_counter() - t_start
+        # Everything in the loop that is not per-frame processing: reading the bag, labels, metrics.
+        stages["bag_read_labels_other"] = wall * 1e3 - sum(r.latency_ms for r in records)
         issues = [str(i) for i in reader.issues]
         backends = dict(reader.backends)
         all_topics = dict(reader.topics)
@@ -222,7 +225,7 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
         label_stats["labels_without_frame"] += matcher.labels_without_frame
     summary = _summarise(bag, result_bag, runtime, float(threshold), opts, cams, summaries, all_topics,
                          other, records, issues, backends, wall, label_topic, labels_dir, accuracy,
-                         label_stats, top, report_dir)
+                         label_stats, top, report_dir, stages)
     rep.write_summary(report_dir, summary)
     with (report_dir / "frames.csv").open("w", newline="", encoding="utf-8") as fh:
         rows = rep.records_to_rows(records)
@@ -236,8 +239,9 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
 
 
 def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, opts: ReplayOptions,
-             writer: BagWriter, prefix: str, top: rep.TopK) -> None:
-    """Decode + pipeline + write one frame; fills ``rec`` (a skipped frame gets its reason)."""
+             writer: BagWriter, prefix: str, top: rep.TopK, stages: Counter[str]) -> None:
+    """Decode + pipeline + write one frame; fills ``rec`` (a skipped frame gets its reason) and adds
+    the time of each stage to ``stages`` (ms)."""
     from ..pipeline.convert import FrameError
 
     t0 = time.perf_counter()
@@ -246,6 +250,7 @@ def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, op
     except Exception as exc:  # noqa: BLE001 - corrupt CDR: this frame only
         rec.status, rec.reason = "skipped", f"undecodable message ({type(exc).__name__})"
         return
+    t1 = time.perf_counter()
     try:
         rec.stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
         result = pipe.process(msg, received_at=t0)
@@ -260,9 +265,15 @@ def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, op
     if opts.reproducible and "status" in msgs:
         msgs["status"] = pipe.factory.status(result.header, replace(st, inference_latency_ms=0.0,
                                                                     end_to_end_latency_ms=0.0))
+    t2 = time.perf_counter()
     for name, m in msgs.items():
         writer.write(f"{prefix}/{name}", raw.timestamp, m)
-    rec.latency_ms = (time.perf_counter() - t0) * 1e3
+    t3 = time.perf_counter()
+    rec.latency_ms = (t3 - t0) * 1e3
+    stages["cdr_decode_input"] += (t1 - t0) * 1e3
+    for key in ("decode", "preprocess", "inference", "postprocess", "encode"):
+        stages[f"pipeline_{key}"] += float(result.timings.get(key, 0.0))
+    stages["cdr_encode_and_write"] += (t3 - t2) * 1e3
     rec.inference_ms = float(result.timings.get("inference", 0.0))
     rec.anomaly_fraction, rec.max_score, rec.mean_score = st.anomaly_fraction, st.max_score, st.mean_score
     rec.regions = len(st.regions)
@@ -293,7 +304,8 @@ def _summarise(bag: Path, result_bag: Path, runtime: Any, threshold: float, opts
                cams: list[TopicInfo], summaries: dict[str, rep.TopicSummary], all_topics: dict[str, TopicInfo],
                other: Counter, records: list[rep.FrameRecord], issues: list[str], backends: dict[str, str],
                wall: float, label_topic: TopicInfo | None, labels_dir: LabelFolder | None,
-               accuracy: Accuracy | None, label_stats: Counter, top: rep.TopK, report_dir: Path) -> dict[str, Any]:
+               accuracy: Accuracy | None, label_stats: Counter, top: rep.TopK, report_dir: Path,
+               stages: Counter[str]) -> dict[str, Any]:
     processed = [r for r in records if r.status == "processed"]
     # Declared-but-unreadable messages: every message the metadata promises must show up somewhere.
     unread = {t.name: t.declared - t.read for t in all_topics.values()
@@ -342,5 +354,7 @@ def _summarise(bag: Path, result_bag: Path, runtime: Any, threshold: float, opts
         "wall_s": wall, "frames_per_s": n_proc / wall if wall > 0 else 0.0,
         "latency_ms": rep.latency_stats([r.latency_ms for r in processed]),
         "inference_ms": rep.latency_stats([r.inference_ms for r in processed]),
+        # Mean ms per processed frame spent in each stage of the loop (sums to wall / frames).
+        "stages_ms_per_frame": {k: v / n_proc for k, v in sorted(stages.items())} if n_proc else {},
     }
     return {"deterministic": det, "timing": timing}

@@ -232,6 +232,9 @@ def write_html(outdir: Path, summary: dict[str, Any]) -> Path:
                          ["inference only"] + [_fmt(inf.get(f"p{p}")) for p in PERCENTILES]
                          + [_fmt(inf.get("mean"))]],
                         ["[ms]"] + [f"p{p}" for p in PERCENTILES] + ["mean"]))
+    if t.get("stages_ms_per_frame"):
+        parts.append("<p>Where the time goes (mean ms per frame):</p>" + _table(
+            [[k.replace("_", " "), _fmt(v)] for k, v in t["stages_ms_per_frame"].items()], ["stage", "ms"]))
     parts.append(f"<p>Throughput {t['frames_per_s']:.2f} frames/s over {t['wall_s']:.2f} s wall time "
                  f"(reading, inference, encoding and writing included).</p>")
 
