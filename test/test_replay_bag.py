@@ -235,3 +235,22 @@ def test_deterministic_writer(tmp_path: Path) -> None:
     a = _write(tmp_path / "x" / "bag")
     b = _write(tmp_path / "y" / "bag")
     assert (a / "bag.mcap").read_bytes() == (b / "bag.mcap").read_bytes()
+
+
+def test_threaded_writer_same_file_and_errors_surface(tmp_path: Path) -> None:
+    from pebal_ros.replay.bag import BagWriter
+    from pebal_ros.replay.recording import image_message
+
+    store = make_typestore()
+    msgs = [image_message(store, f, 1000 + i, "cam") for i, (f, _) in enumerate(FRAMES)]
+    for sub, threaded in (("a", False), ("b", True)):
+        with BagWriter(tmp_path / sub / "bag", store, threaded=threaded) as w:
+            w.add_topic("/img", "sensor_msgs/msg/Image")
+            for i, m in enumerate(msgs):
+                w.write("/img", 1000 + i, m)
+    assert (tmp_path / "a/bag/bag.mcap").read_bytes() == (tmp_path / "b/bag/bag.mcap").read_bytes()
+    w = BagWriter(tmp_path / "c", store, threaded=True)
+    w.add_topic("/img", "sensor_msgs/msg/Image")
+    w.write("/img", 1, "not a message")          # fails on the writer thread
+    with pytest.raises(BagError, match="writing .* failed"):
+        w.close()
