@@ -148,3 +148,17 @@ def test_torch_runtime_from_checkpoint(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.pt"):
         load_runtime(bad)
+
+
+def test_cuda_requests_without_cuda_are_clear(onnx_path, net):
+    import onnxruntime as ort
+    from pebal_ros.runtime import RuntimeUnavailable
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(RuntimeUnavailable, match="no CUDA execution provider"):
+            load_runtime(onnx_path, device="cuda")
+    assert load_runtime(onnx_path, device="auto").describe()["providers"][-1] == "CPUExecutionProvider"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeUnavailable, match="device='cpu'"):
+            TorchRuntime(net, device="cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        load_runtime(onnx_path, device="tpu")
