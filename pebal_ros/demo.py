@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="which drive (scene, anomalies)")
     p.add_argument("--model", default=None, help="model file instead of the bundled default (.pt/.onnx)")
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
+    from .replay.model import add_config_arguments
+    add_config_arguments(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -64,7 +66,7 @@ def write_sample_recording(path: Path, n_frames: int, size: tuple[int, int], fmt
 
 def main(args: argparse.Namespace) -> int:
     from .export.onnx import parse_hw
-    from .replay.model import open_runtime
+    from .replay.model import config_from_args, open_runtime, resolve_threshold
     from .replay.replay import ReplayOptions, replay_bag
 
     try:
@@ -77,10 +79,15 @@ def main(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     try:
+        cfg = config_from_args(args)
+    except SystemExit as exc:
+        print(f"pebal demo: {exc}", file=sys.stderr)
+        return 2
+    try:
         # ONNX Runtime on the CPU is the point of the demo: a .pt model is exported (and cached) first.
         kind = None if args.model and Path(args.model).suffix.lower() in (".engine", ".plan") else "onnxruntime"
         # The network runs at the input size the model was trained for; frames are resized to it.
-        runtime = open_runtime(args.model, kind=kind, device="cpu", threads=args.threads)
+        runtime = open_runtime(args.model, kind=kind, device="cpu", threads=args.threads, config=cfg)
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         print(f"pebal demo: cannot load the model: {exc}", file=sys.stderr)
         return 2
@@ -93,7 +100,8 @@ def main(args: argparse.Namespace) -> int:
     n = write_sample_recording(recording, args.frames, (w, h), args.format, args.seed, not args.no_progress)
     t1 = time.perf_counter()
     res = replay_bag(recording, runtime, out, ReplayOptions(
-        threshold=args.threshold, label_topic=LABELS, progress=not args.no_progress, overwrite=True))
+        threshold=resolve_threshold(args.threshold, cfg, runtime), label_topic=LABELS,
+        progress=not args.no_progress, overwrite=True))
     det, timing = res.summary["deterministic"], res.summary["timing"]
     gt = det.get("ground_truth") or {}
     m = gt.get("metrics") or {}

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "model through ONNX Runtime")
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    from .replay.model import add_config_arguments
+    add_config_arguments(p)
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
     p.add_argument("--recursive", action="store_true", help="also look into sub-folders")
     p.add_argument("--mask", action="store_true", help="also write the binary anomaly mask")
@@ -86,7 +88,7 @@ def run_on_image(runtime, rgb: np.ndarray, threshold: float):
 def main(args: argparse.Namespace) -> int:
     from .pipeline.regions import find_regions
     from .pipeline.visualize import colorize, overlay, score_heatmap
-    from .replay.model import default_threshold, open_runtime
+    from .replay.model import config_from_args, open_runtime, resolve_threshold
 
     files, problems = collect_images(args.inputs, args.recursive)
     for p in problems:
@@ -95,11 +97,15 @@ def main(args: argparse.Namespace) -> int:
         print("pebal infer: nothing to do (no input images)", file=sys.stderr)
         return 2
     try:
-        runtime = open_runtime(args.model, kind=args.runtime, device=args.device)
+        cfg = config_from_args(args)
+        runtime = open_runtime(args.model, kind=args.runtime, device=args.device, config=cfg)
+    except SystemExit as exc:
+        print(f"pebal infer: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"pebal infer: cannot load the model: {exc}", file=sys.stderr)
         return 2
-    threshold = default_threshold(runtime) if args.threshold is None else args.threshold
+    threshold = resolve_threshold(args.threshold, cfg, runtime)
     args.out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 

@@ -58,3 +58,17 @@ def test_infer_bad_input(model: Path, tmp_path: Path, capsys) -> None:
     assert main(["infer", str(tmp_path / "broken.png"), "--out", str(tmp_path / "o"),
                  "--model", str(tmp_path / "missing.onnx")]) == 2
     assert "cannot load the model" in capsys.readouterr().err
+
+
+def test_infer_threshold_from_config_layers(model: Path, tmp_path: Path) -> None:
+    """--set inference.threshold (or a --preset/--config holding it) decides the mask like --threshold."""
+    from pebal_ros.runtime import load_runtime
+
+    img = frames(1)[0][0]
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    assert main(["infer", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--model", str(model),
+                 "--set", "inference.threshold=-4.0", "--mask"]) == 0
+    mask = cv2.imread(str(tmp_path / "o" / "a_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(mask, load_runtime(model).infer(img, -4.0).mask * 255)
+    assert main(["infer", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--model", str(model),
+                 "--set", "inference.nope=1"]) == 2

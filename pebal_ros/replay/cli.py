@@ -32,6 +32,7 @@ from typing import Any
 
 from ..pipeline.messages import OUTPUT_NAMES
 from .bag import STORAGE_SUFFIXES, BagError, _storage_kind
+from .model import add_config_arguments
 from .replay import ReplayError, ReplayOptions, replay_bag
 
 
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model (.onnx/.pt/.engine); default: the bundled model "
                    "through ONNX Runtime")
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
+    add_config_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help="export size when a .pt model is run with ONNX Runtime (default: the config's)")
@@ -128,10 +130,10 @@ def _run_one(bag: Path, out_dir: Path, opts: ReplayOptions, runtime: Any) -> dic
 _WORKER_RUNTIME: Any = None
 
 
-def _worker_init(model: str, kind: str | None, device: str, threads: int | None) -> None:
+def _worker_init(model: str, kind: str | None, device: str, threads: int | None, config: Any) -> None:
     global _WORKER_RUNTIME
     from .model import open_runtime
-    _WORKER_RUNTIME = open_runtime(model, kind=kind, device=device, threads=threads, quiet=True)
+    _WORKER_RUNTIME = open_runtime(model, kind=kind, device=device, threads=threads, quiet=True, config=config)
 
 
 def _worker(bag: str, out_dir: str, opts: ReplayOptions) -> dict[str, Any]:
@@ -173,7 +175,7 @@ def _write_index(out: Path, results: list[dict[str, Any]]) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .model import cached_onnx, default_model, open_runtime
+    from .model import cached_onnx, config_from_args, default_model, open_runtime
 
     bags, problems = expand_bags(args.bags)
     for p in problems:
@@ -188,16 +190,24 @@ def main(args: argparse.Namespace) -> int:
     if args.input_size:
         from ..export.onnx import parse_hw
         size = parse_hw(args.input_size)
+    try:
+        cfg = config_from_args(args)
+    except SystemExit as exc:
+        print(f"pebal replay: {exc}", file=sys.stderr)
+        return 2
     opts = _options(args)
+    if opts.threshold is None and cfg is not None:
+        opts.threshold = float(cfg.inference.threshold)
     jobs = max(1, min(args.jobs, len(bags)))
     threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
     try:
         model = Path(args.model) if args.model else default_model()
         kind = args.runtime or ("onnxruntime" if args.model is None else None)
         if kind in ("onnxruntime", "onnx", "ort") and model.suffix.lower() in (".pt", ".pth"):
-            model = cached_onnx(model, size)     # once, here: workers must not race to export
+            model = cached_onnx(model, size, config=cfg)   # once, here: workers must not race to export
             kind = "onnxruntime"
-        runtime = None if jobs > 1 else open_runtime(model, kind=kind, device=args.device, threads=threads)
+        runtime = None if jobs > 1 else open_runtime(model, kind=kind, device=args.device, threads=threads,
+                                                     config=cfg)
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         print(f"pebal replay: cannot load the model: {exc}", file=sys.stderr)
         return 2
@@ -215,7 +225,7 @@ def main(args: argparse.Namespace) -> int:
         # spawn: ONNX Runtime / torch thread pools do not survive fork reliably.
         opts.progress = False
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(str(model), kind, args.device, threads)) as pool:
+                                 initargs=(str(model), kind, args.device, threads, cfg)) as pool:
             futures = {pool.submit(_worker, str(b), str(o), opts): b for b, o in zip(bags, outs)}
             from tqdm import tqdm
             for fut in tqdm(as_completed(futures), total=len(futures), desc="bags", unit="bag",

@@ -3,18 +3,26 @@
 The default model is a PyTorch checkpoint in ``models/``; replay, demo and infer run it with ONNX
 Runtime (no GPU, no torch at inference time). The fused ONNX graph is exported on first use and
 cached next to the checkpoint when that folder is writable, else under ``~/.cache/pebal_ros``;
-the cache key includes the input size and the checkpoint's modification time and size, so a
-retrained checkpoint is re-exported.
+the cache key covers the checkpoint (path, size, modification time), the input size and the
+inference settings, so a retrained checkpoint or a changed preset is re-exported.
+
+Inference settings (input size, normalisation, blur, threshold) come from, in order of priority:
+``--preset/--config/--set`` on the command line; for the bundled default model its preset
+(``synthetic``, which holds the calibrated threshold); the configuration a ``pebal finetune``
+checkpoint stores in its meta; the defaults.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "models" / "pebal_synthetic_espnetv2.pt"
+DEFAULT_PRESET = "synthetic"
 CACHE_DIR = Path(os.environ.get("PEBAL_CACHE", Path.home() / ".cache" / "pebal_ros"))
 
 
@@ -26,11 +34,26 @@ def default_model() -> Path:
     return DEFAULT_MODEL
 
 
-def _cache_name(checkpoint: Path, size: tuple[int, int] | None) -> str:
-    st = checkpoint.stat()
-    key = hashlib.sha256(f"{checkpoint.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:10]
-    tag = f"{size[0]}x{size[1]}" if size else "dynamic"
-    return f"{checkpoint.stem}_{tag}_{key}.onnx"
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """--preset/--config/--set, layered like `pebal train/finetune/export` do."""
+    p.add_argument("--preset", default=None, help="named config shipped with the package (e.g. synthetic): "
+                   "input size, normalisation and threshold of the model (default: the bundled model's)")
+    p.add_argument("--config", type=Path, default=None, help="YAML config file (applied after --preset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set inference.threshold=-8 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The Config the user asked for on the command line, or None when they asked for nothing."""
+    if not (getattr(args, "preset", None) or getattr(args, "config", None) or getattr(args, "overrides", None)):
+        return None
+    from ..train.common import resolve_config
+    return resolve_config(args)
+
+
+def preset_config(name: str) -> Any:
+    from ..train.common import resolve_config
+    return resolve_config(argparse.Namespace(preset=name, config=None, overrides=[]))
 
 
 def checkpoint_config(checkpoint: str | Path) -> Any:
@@ -44,21 +67,42 @@ def checkpoint_config(checkpoint: str | Path) -> Any:
     if isinstance(cfg, dict):
         try:
             return from_dict(cfg)
-        except ValueError:
+        except (ValueError, TypeError):
             pass   # a config written by another version: fall back to the defaults
     return Config()
 
 
+def model_config(path: Path, config: Any = None) -> Any:
+    """Explicit config > the default model's preset > the checkpoint's own > defaults."""
+    if config is not None:
+        return config
+    if path.resolve() == DEFAULT_MODEL.resolve():
+        return preset_config(DEFAULT_PRESET)
+    if path.suffix.lower() in (".pt", ".pth"):
+        return checkpoint_config(path)
+    return None
+
+
+def _cache_name(checkpoint: Path, size: tuple[int, int], cfg: Any) -> str:
+    from ..config import to_dict
+
+    st = checkpoint.stat()
+    settings = json.dumps(to_dict(cfg.inference), sort_keys=True)
+    key = hashlib.sha256(f"{checkpoint.resolve()}|{st.st_size}|{int(st.st_mtime)}|{settings}".encode()
+                         ).hexdigest()[:10]
+    return f"{checkpoint.stem}_{size[0]}x{size[1]}_{key}.onnx"
+
+
 def cached_onnx(checkpoint: str | Path, image_size: tuple[int, int] | None = None,
-                quiet: bool = False) -> Path:
-    """The fused ONNX export of ``checkpoint`` for ``image_size`` (H, W; default: the input size the
-    checkpoint was trained for), exporting it if needed."""
+                quiet: bool = False, config: Any = None) -> Path:
+    """The fused ONNX export of ``checkpoint`` for ``image_size`` (H, W; default: the config's input
+    size), exporting it if needed. ``config`` as resolved by :func:`model_config`."""
     from ..export.onnx import export_checkpoint
 
     checkpoint = Path(checkpoint)
-    cfg = checkpoint_config(checkpoint)
-    image_size = tuple(image_size or cfg.inference.input_size)  # type: ignore[assignment]
-    name = _cache_name(checkpoint, image_size)
+    cfg = model_config(checkpoint, config)
+    size: tuple[int, int] = tuple(image_size or cfg.inference.input_size)  # type: ignore[assignment]
+    name = _cache_name(checkpoint, size, cfg)
     for folder in (checkpoint.parent, CACHE_DIR):
         if (folder / name).is_file():
             return folder / name
@@ -67,14 +111,14 @@ def cached_onnx(checkpoint: str | Path, image_size: tuple[int, int] | None = Non
     if not quiet:
         print(f"exporting {checkpoint.name} to ONNX ({target}); done once, then cached", flush=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp.onnx")
-    export_checkpoint(checkpoint, tmp, image_size=image_size, config=cfg)
+    export_checkpoint(checkpoint, tmp, image_size=size, config=cfg)
     os.replace(tmp, target)    # atomic: parallel workers never load a half-written file
     return target
 
 
 def open_runtime(model: str | Path | None = None, *, kind: str | None = None, device: str = "cpu",
                  threads: int | None = None, image_size: tuple[int, int] | None = None,
-                 quiet: bool = False) -> Any:
+                 quiet: bool = False, config: Any = None) -> Any:
     """A Runtime for ``model`` (None: the default model through ONNX Runtime).
 
     A ``.pt`` checkpoint with ``kind`` "onnxruntime" (the default for the default model) is exported
@@ -90,7 +134,11 @@ def open_runtime(model: str | Path | None = None, *, kind: str | None = None, de
     opts: dict[str, Any] = {}
     resolved = runtime_kind(path, kind)
     if resolved == "onnxruntime" and path.suffix.lower() in (".pt", ".pth"):
-        path = cached_onnx(path, image_size, quiet=quiet)
+        path = cached_onnx(path, image_size, quiet=quiet, config=config)
+    elif resolved == "torch":
+        cfg = model_config(path, config)
+        if cfg is not None:
+            opts["config"] = cfg
     if resolved == "onnxruntime" and threads:
         opts["threads"] = threads
     return load_runtime(path, kind=resolved, device=device, **opts)
@@ -106,3 +154,12 @@ def default_threshold(runtime: Any) -> float:
         from ..config import InferenceConfig
         value = InferenceConfig().threshold
     return float(value)
+
+
+def resolve_threshold(explicit: float | None, config: Any, runtime: Any) -> float:
+    """--threshold, else the threshold of an explicitly given config, else the model's own."""
+    if explicit is not None:
+        return float(explicit)
+    if config is not None:
+        return float(config.inference.threshold)
+    return default_threshold(runtime)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import shutil
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -153,7 +153,7 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
         label_stats: Counter[str] = Counter()
         other: Counter[str] = Counter()
         records: list[rep.FrameRecord] = []
-        stages: Counter[str] = Counter()
+        stages: defaultdict[str, float] = defaultdict(float)
         top = rep.TopK(opts.top_k)
         total = sum(t.declared or 0 for t in cams) or None
         if opts.max_frames and total:
@@ -239,7 +239,7 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
 
 
 def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, opts: ReplayOptions,
-             writer: BagWriter, prefix: str, top: rep.TopK, stages: Counter[str]) -> None:
+             writer: BagWriter, prefix: str, top: rep.TopK, stages: defaultdict[str, float]) -> None:
     """Decode + pipeline + write one frame; fills ``rec`` (a skipped frame gets its reason) and adds
     the time of each stage to ``stages`` (ms)."""
     from ..pipeline.convert import FrameError
@@ -305,7 +305,7 @@ def _summarise(bag: Path, result_bag: Path, runtime: Any, threshold: float, opts
                other: Counter, records: list[rep.FrameRecord], issues: list[str], backends: dict[str, str],
                wall: float, label_topic: TopicInfo | None, labels_dir: LabelFolder | None,
                accuracy: Accuracy | None, label_stats: Counter, top: rep.TopK, report_dir: Path,
-               stages: Counter[str]) -> dict[str, Any]:
+               stages: defaultdict[str, float]) -> dict[str, Any]:
     processed = [r for r in records if r.status == "processed"]
     # Declared-but-unreadable messages: every message the metadata promises must show up somewhere.
     unread = {t.name: t.declared - t.read for t in all_topics.values()
