@@ -32,7 +32,7 @@ def test_layering_order(tmp_path):
     yaml_file.write_text("train: {lr: 0.5, epochs: 3}\nloss: {ebm_weight: 0.2}\n")
     cfg = resolve_config(_args(preset="synthetic", config=yaml_file, overrides=["train.epochs=7", "loss.m_in=-11"]),
                          {"train": {"epochs": 9, "lr": None}})
-    assert cfg.train.lr == 0.5            # --config over the preset (synthetic says 1e-3)
+    assert cfg.train.lr == 0.5            # --config over the preset (synthetic says 5e-3)
     assert cfg.loss.ebm_weight == 0.2
     assert cfg.loss.m_in == -11.0         # --set
     assert cfg.train.epochs == 9          # explicit flag over --set; None flags are ignored

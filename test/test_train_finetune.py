@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -180,18 +179,12 @@ def test_pretrain_from_scratch(tiny_data, tmp_path):
     assert 0.0 <= log["epochs"][-1]["pixel_acc"] <= 1.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_gloo_run_keeps_replicas_identical(tiny_data, tmp_path):
     """A real torchrun launch: 2 CPU processes, gloo, DistributedSampler, DDP gradient averaging."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+    # --standalone: torchrun picks a free port itself (no race with other tests for a fixed port).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pebal_ros.cli", "finetune", "--model", str(tiny_data["inlier"]),
            "--cityscapes", str(tiny_data["cityscapes"]), "--coco", str(tiny_data["coco"]), "--out", str(out),
            "--epochs", "1", "--batch-size", "2", "--steps-per-epoch", "2", "--crop-size", "32", "64",
