@@ -98,7 +98,7 @@ def main() -> int:
               f"{100 * figures['anomaly_fraction_mean']:.1f} %)")
         st = summary["timing"]["stages_ms_per_frame"]
         inf_ms = st.get("pipeline_inference", 0.0)
-        bag_io = st.get("cdr_decode_input", 0) + st.get("cdr_encode_and_write", 0) + st.get("bag_read_labels_other", 0)
+        bag_io = st.get("cdr_decode_input", 0) + st.get("cdr_encode_and_write", 0) + st.get("bag_read_and_other", 0)
         node_work = sum(st.get(f"pipeline_{k}", 0) for k in ("decode", "preprocess", "postprocess", "encode"))
         figures["stages_ms_per_frame"] = st
         figures["bag_io_cdr_over_inference"] = bag_io / inf_ms if inf_ms else None
