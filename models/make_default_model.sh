@@ -34,7 +34,7 @@ $PEBAL finetune --preset synthetic --model "$WORK/inlier/model.pt" --cityscapes 
 echo "   ($SECONDS s)"
 
 echo "== 4/4 evaluation (one forward pass per image; all scorers)"
-$PEBAL evaluate --preset synthetic --no-progress --fast \
+$PEBAL evaluate --preset synthetic --no-progress \
   --model inlier="$WORK/inlier/model.pt" --model pebal="$WORK/pebal/model.pt" \
   --dataset synthetic@fs_static="$WORK/data/anomaly_test" --dataset cityscapes="$WORK/data/cityscapes" \
   --out "$WORK/eval"
