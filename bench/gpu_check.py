@@ -142,7 +142,9 @@ def section_torch(args) -> None:
             continue
         try:
             net = network(arch, args.model if arch == "espnetv2" else None, args.s)
-            label = f"{arch}{f' s={args.s}' if arch == 'espnetv2' else ''}" + (" (checkpoint)" if args.model and arch == "espnetv2" else " (random init)")
+            kw = getattr(net, "arch_kwargs", {}) or {}
+            s_txt = f" s={kw.get('s', args.s)}" if arch == "espnetv2" else ""
+            label = f"{arch}{s_txt}" + (" (checkpoint)" if args.model and arch == "espnetv2" else " (random init)")
             fp32 = TorchRuntime(net, device=dev, half=False)
             fp16 = TorchRuntime(net, device=dev, half=not args.dry_run) if not args.dry_run else fp32
             sync = torch.cuda.synchronize if dev == "cuda" else None
