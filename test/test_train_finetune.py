@@ -203,3 +203,19 @@ def test_two_process_gloo_run_keeps_replicas_identical(tiny_data, tmp_path):
     before, after = load_model(tiny_data["inlier"]).state_dict(), load_model(out / "model.pt").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("bu_dec_l4") and
                k.endswith("weight"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_finetune_on_cuda_trains_only_the_final_block(tiny_data, tmp_path):
+    cfg = tiny_config()
+    cfg.train.device = "cuda"
+    final = finetune(cfg, model_path=str(tiny_data["inlier"]), cityscapes=tiny_data["cityscapes"],
+                     coco=tiny_data["coco"], out=tmp_path / "cuda", progress=False)
+    before, after = load_model(tiny_data["inlier"]), load_model(final)
+    final_keys = _final_keys(after)
+    sb, sa = before.state_dict(), after.state_dict()
+    assert [k for k in sa if k not in final_keys and not torch.equal(sa[k], sb[k])] == []
+    assert any(not torch.equal(sa[k], sb[k]) for k in final_keys if k.endswith("weight"))
+    log = json.loads((tmp_path / "cuda" / "finetune_log.json").read_text())
+    assert log["info"]["device"].startswith("cuda") and all(math.isfinite(r["total"]) for r in log["steps"])
