@@ -222,3 +222,17 @@ def test_bad_arguments_fail_clearly(eval_data, capsys):
     assert "unknown dataset" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="not found"):
         cli_main(["evaluate", "--model", "/nonexistent/model.pt", "--dataset", f"fs_static={eval_data['fs']}"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_evaluation_matches_cpu(evaluated, eval_data):
+    from pebal_ros.evaluate import evaluate_model, parse_dataset
+    result, _ = evaluated
+    got = evaluate_model(load_model(eval_data["pebal"]), "pebal", str(eval_data["pebal"]),
+                         [parse_dataset(f"fs_static={eval_data['fs']}")], input_size=NET, mean=MEAN, std=STD,
+                         scorers=["pebal", "energy"], resolutions=["input"], device=torch.device("cuda"),
+                         progress=False)
+    for s in ("pebal", "energy"):
+        for k in ("auroc", "ap", "fpr95"):
+            assert got.ood["fs_static"][s][k] == pytest.approx(result["anomaly"]["pebal"]["fs_static"][s][k], abs=2e-3)
