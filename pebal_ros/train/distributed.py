@@ -59,7 +59,9 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     dev = resolve_device(device, local_rank)
     if world_size <= 1:
         return DistInfo(0, 1, 0, dev, None)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    # NCCL needs one GPU per rank; with more ranks than GPUs on a node, share them over gloo.
+    backend = "nccl" if dev.type == "cuda" and local_world <= torch.cuda.device_count() else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
