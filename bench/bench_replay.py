@@ -38,6 +38,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (GPU: ONNX Runtime CUDA EP or a .engine)")
     ap.add_argument("--threshold", type=float, default=None, help="default: the model's")
+    ap.add_argument("--no-writer-thread", action="store_true", help="write the result bag inline")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -66,7 +67,8 @@ def main() -> int:
             infer_cpu.append(time.process_time() - c)
             out = tmp / f"out{r}"
             t, c = time.perf_counter(), time.process_time()
-            res = replay_bag(tmp / "bag", rt, out, ReplayOptions(threshold=thr, progress=False))
+            res = replay_bag(tmp / "bag", rt, out, ReplayOptions(threshold=thr, progress=False,
+                                                                   writer_thread=not args.no_writer_thread))
             replay_s.append(time.perf_counter() - t)
             replay_cpu.append(time.process_time() - c)
             loop_s.append(res.summary["timing"]["wall_s"])

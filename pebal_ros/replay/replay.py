@@ -53,6 +53,7 @@ class ReplayOptions:
     max_frames: int | None = None                # per topic
     progress: bool = True
     overwrite: bool = False
+    writer_thread: bool = True                   # serialise + write on a background thread
 
 
 @dataclass
@@ -160,7 +161,7 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
             total = min(total, opts.max_frames * len(cams))
 
         t_start = time.perf_counter()
-        writer = BagWriter(result_bag, factory.typestore, threaded=True)
+        writer = BagWriter(result_bag, factory.typestore, threaded=opts.writer_thread)
         try:
             for t in cams:
                 for name in opts.outputs:
