@@ -56,8 +56,18 @@ def run(weights: Path | None, repeats: int, device: str = "cuda", scale: int = 1
         cpu = load_model(weights).eval()
         with torch.no_grad():
             ref = cpu(x.cpu())
-        res["espnetv2_cpu_gpu_max_abs_diff"] = float((ref - y.float().cpu()).abs().max())
-        res["espnetv2_cpu_gpu_argmax_agree"] = float((ref.argmax(1) == y.cpu().argmax(1)).float().mean())
+            # Ampere+ GPUs run FP32 convolutions in TF32 by default (10-bit mantissa): measured on an
+            # H200, that alone moves 0.2 % of argmax decisions. Parity is judged in true FP32; the
+            # TF32 figure is reported beside it because it is what a default PyTorch deployment gets.
+            res["espnetv2_cpu_gpu_tf32_argmax_agree"] = float((ref.argmax(1) == y.cpu().argmax(1)).float().mean())
+            tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                y32 = esp(x)
+            finally:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        res["espnetv2_cpu_gpu_max_abs_diff"] = float((ref - y32.float().cpu()).abs().max())
+        res["espnetv2_cpu_gpu_argmax_agree"] = float((ref.argmax(1) == y32.cpu().argmax(1)).float().mean())
 
     gen = torch.Generator().manual_seed(0)
     add_abstention(esp, generator=gen)
