@@ -68,6 +68,8 @@ class TrainConfig:
     keep_checkpoints: int = 3         # epoch_NNN.pt files kept (0 = all); last.pt is always written
     steps_per_epoch: int = 0          # 0 = one pass over the data; > 0 caps an epoch (smoke runs)
     device: str = "auto"
+    # Module-name globs to train instead of the final block (empty = the architecture's final block).
+    trainable: tuple[str, ...] = ()
 
 
 @dataclass

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pebal_ros.config import Config
-from pebal_ros.models import build_model, load_model, save_checkpoint
+from pebal_ros.models import build_model, freeze_all_but_final, load_model, save_checkpoint
 from pebal_ros.train.finetune import finetune
 from pebal_ros.train.pretrain import pretrain
 
@@ -133,6 +133,23 @@ def test_finetune_trains_only_the_final_block(tiny_data, tmp_path):
         assert (out / name).is_file(), name
     # The poly schedule ran to zero over the 4 steps of the run.
     assert log["epochs"][-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_finetune_trainable_patterns_train_exactly_those_modules(tiny_data, tmp_path):
+    cfg = tiny_config(epochs=1, steps=2)
+    cfg.train.trainable = ("bu_dec_l3", "bu_dec_l4", "bu_br_*")
+    final = finetune(cfg, model_path=str(tiny_data["inlier"]), cityscapes=tiny_data["cityscapes"],
+                     coco=tiny_data["coco"], out=tmp_path / "ft", progress=False)
+    sb, sa = load_model(tiny_data["inlier"]).state_dict(), load_model(final).state_dict()
+    chosen = ("bu_dec_l3.", "bu_dec_l4.", "bu_br_l2.", "bu_br_l3.", "bu_br_l4.")
+    changed = {k for k in sa if not torch.equal(sa[k], sb[k])}
+    assert not {k for k in changed if not k.startswith(chosen)}, "a module outside the patterns changed"
+    for block in ("bu_dec_l3.", "bu_br_l3."):
+        assert any(k.startswith(block) and k.endswith("weight") for k in changed), f"{block} did not train"
+    # The chosen blocks' own BatchNorm trains (running stats move); the frozen ones' stay put.
+    assert any(k.startswith("bu_dec_l3.") and k.endswith("running_mean") for k in changed)
+    with pytest.raises(ValueError, match="matches no module"):
+        freeze_all_but_final(build_model("espnetv2", s=0.5), ["decoder_*"])
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path):

@@ -51,7 +51,8 @@ class PebalModel(nn.Module):
             # Frozen parts must not update BatchNorm running stats or apply dropout while the
             # final block trains: they stay exactly the pre-trained network.
             super().train(False)
-            self.final_block.train(True)
+            for block in self.__dict__.get("trainable_blocks") or [self.final_block]:
+                block.train(True)
             self.training = True
         return self
 

@@ -117,7 +117,7 @@ def finetune(cfg: Config, *, model_path: str | None, cityscapes: Path, coco: Pat
             model = load_model(model_path, arch=cfg.arch)
             init_from = str(model_path)
         add_abstention(model)
-        freeze_all_but_final(model)
+        freeze_all_but_final(model, tc.trainable)
         model.to(info.device)
         log(f"model {model.arch}({model.arch_kwargs}) from {init_from}: {describe_params(model)}")
 
