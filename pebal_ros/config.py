@@ -133,8 +133,39 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
         elif isinstance(default, tuple) and isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, default, f"{where}.{name}".lstrip("."))
     return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check a scalar against its default's type; fix the one YAML trap that bites here.
+
+    PyYAML follows YAML 1.1, where ``1e-3`` (no dot) is a *string*; a learning rate written that
+    way must not reach Adam as text. Ints are accepted where floats are expected. Fields whose
+    default is None (optional) or a container are passed through unchecked.
+    """
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, str) and default and not isinstance(value, str):
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    return value
 
 
 def from_dict(data: dict[str, Any], cls: type[T] = Config) -> T:  # type: ignore[assignment]
