@@ -177,7 +177,8 @@ def evaluate_model(model: nn.Module, name: str, path: str, datasets: Sequence[Da
         if seg is not None:
             result.seg[spec.name] = _plain(seg.compute())
         else:
-            result.ood[spec.name] = {k: {**_plain(m.compute()), "threshold_tpr95": threshold_at_tpr(m)}
+            result.ood[spec.name] = {k: {**_plain(m.compute()), "threshold_tpr95": threshold_at_tpr(m),
+                                            "threshold_fpr05": threshold_at_fpr(m)}
                                      for k, m in ood.items()}
     return result
 
@@ -194,6 +195,21 @@ def threshold_at_tpr(metrics: Any, tpr: float = 0.95) -> float:
     first = int(np.searchsorted(pos, tpr * pos[-1]))      # first (highest) bin reaching the target recall
     bin_index = metrics.num_bins - 1 - first
     return float(metrics.lo + bin_index * metrics.width)
+
+
+def threshold_at_fpr(metrics: Any, fpr: float = 0.05) -> float:
+    """Lowest score threshold (a histogram bin edge) that flags at most ``fpr`` of the inlier pixels.
+
+    The operating point for a vehicle, where false alarms are what the planner pays for; where a
+    model's FPR95 is high, the TPR-95 threshold of :func:`threshold_at_tpr` flags a large part of
+    every frame. Returns the top edge of the histogram (nothing flagged) if even the top bin holds
+    more inlier pixels than allowed.
+    """
+    neg = metrics.counts[:, 0][::-1].cumsum()          # inlier pixels at or above each bin, descending
+    if neg[-1] == 0:
+        return float("nan")
+    k = int(np.searchsorted(neg, fpr * neg[-1], side="right")) - 1   # last bin within the budget
+    return float(metrics.lo + (metrics.num_bins - 1 - k) * metrics.width)
 
 
 def _plain(obj: Any) -> Any:

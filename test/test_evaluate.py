@@ -120,7 +120,7 @@ def _reference(model_path: Path, data: Path, scorer: str, network_res: bool = Fa
         all_y.append(lab[keep])
     s, y = np.concatenate(all_s).astype(np.float64), np.concatenate(all_y)
     return {"auroc": roc_auc_score(y, s), "ap": average_precision_score(y, s), "fpr95": fpr_at_95_tpr(s, y),
-            "anomaly_scores": s[y == 1]}
+            "anomaly_scores": s[y == 1], "inlier_scores": s[y == 0]}
 
 
 def _reference_miou(model_path: Path, data: Path) -> float:
@@ -193,6 +193,10 @@ def test_metrics_match_a_direct_computation(evaluated, eval_data, model, scorer)
     thr, anom = got["threshold_tpr95"], ref["anomaly_scores"]
     assert np.mean(anom >= thr) >= 0.95
     assert np.mean(anom >= thr + 2 * got["bin_width"]) < 0.95 + 1.0 / anom.size
+    # The vehicle operating point flags at most 5 % of the inlier pixels, and is tight too.
+    thr, inl = got["threshold_fpr05"], ref["inlier_scores"]
+    assert np.mean(inl >= thr) <= 0.05
+    assert np.mean(inl >= thr - 2 * got["bin_width"]) > 0.05 - 1.0 / inl.size
 
 
 def test_network_resolution_rows_match_a_direct_computation(evaluated, eval_data):
