@@ -76,6 +76,20 @@ def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
     return atomic_save(payload, path)
 
 
+def restore_training_state(state: dict[str, Any], optimizer: torch.optim.Optimizer,
+                           scheduler: Any) -> tuple[dict[str, Any], int]:
+    """Put optimiser, schedule and RNG back where an interrupted run left them.
+
+    Returns the run's log (a ``History`` state dict) and the epoch to continue with.
+    """
+    ts = state["train_state"]
+    optimizer.load_state_dict(ts["optimizer"])
+    if scheduler is not None and ts["scheduler"] is not None:
+        scheduler.load_state_dict(ts["scheduler"])
+    set_rng_state(ts["rng"])
+    return ts["history"], int(ts["next_epoch"])
+
+
 def load_training_state(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint (CPU tensors); raises a clear error for a model-only file."""
     path = Path(path)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from pebal_ros.config import Config, save_config, to_dict
 
 from . import distributed as D
-from .checkpoint import copy_checkpoint, load_training_state, save_training_state, set_rng_state
+from .checkpoint import copy_checkpoint, load_training_state, restore_training_state, save_training_state
 from .common import (EpochLoader, add_config_arguments, apply_threads, describe_params, format_terms,
                      resolve_config, rotate_checkpoints, seed_everything)
 from .history import History
@@ -135,12 +135,8 @@ def finetune(cfg: Config, *, model_path: str | None, cityscapes: Path, coco: Pat
         history = History(info={"world_size": info.world_size, "device": str(info.device)})
         start_epoch = 0
         if state is not None:
-            ts = state["train_state"]
-            optimizer.load_state_dict(ts["optimizer"])
-            scheduler.load_state_dict(ts["scheduler"])
-            set_rng_state(ts["rng"])
-            history = History.from_state_dict(ts["history"])
-            start_epoch = int(ts["next_epoch"])
+            saved_history, start_epoch = restore_training_state(state, optimizer, scheduler)
+            history = History.from_state_dict(saved_history)
             log(f"resumed from {resume_path} at epoch {start_epoch + 1}/{tc.epochs}")
         ddp = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
             if info.distributed else model
