@@ -30,15 +30,15 @@ class PebalModel(nn.Module):
 
     @property
     def final_block(self) -> nn.Module:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define final_block (abstract in PebalModel)")
 
     @property
     def classifier(self) -> nn.Conv2d:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define classifier (abstract in PebalModel)")
 
     @property
     def has_abstention(self) -> bool:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define has_abstention (abstract in PebalModel)")
 
     def mark_abstention(self) -> None:
         """Record that channel 19 is now the abstention class (after ``add_abstention``)."""
