@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="which drive (scene, anomalies)")
     p.add_argument("--model", default=None, help="model file instead of the bundled default (.pt/.onnx)")
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
-    from .replay.model import add_config_arguments
-    add_config_arguments(p)
+    from .config import add_config_arguments
+    from .replay.model import MODEL_PRESET_HELP
+    add_config_arguments(p, MODEL_PRESET_HELP)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
 

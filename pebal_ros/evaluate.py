@@ -330,7 +330,8 @@ def _input_size(values: list[str] | None, cfg: Config) -> tuple[int, int] | None
 
 def main(args: argparse.Namespace) -> int:
     from pebal_ros.models import load_model
-    from pebal_ros.train.common import apply_threads, resolve_config
+    from pebal_ros.config import resolve_config
+    from pebal_ros.train.common import apply_threads
     from pebal_ros.train.distributed import resolve_device
 
     apply_threads(args.threads)

@@ -30,8 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "model through ONNX Runtime")
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
-    from .replay.model import add_config_arguments
-    add_config_arguments(p)
+    from .config import add_config_arguments
+    from .replay.model import MODEL_PRESET_HELP
+    add_config_arguments(p, MODEL_PRESET_HELP)
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
     p.add_argument("--recursive", action="store_true", help="also look into sub-folders")
     p.add_argument("--mask", action="store_true", help="also write the binary anomaly mask")

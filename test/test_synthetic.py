@@ -13,7 +13,6 @@ import pytest
 from pebal_ros.cli import build_parser
 from pebal_ros.data import synthetic as syn
 from pebal_ros.data import synthetic_scene
-from pebal_ros.data.synthetic_objects import ANOMALY_ID
 from pebal_ros.data.synthetic_outliers import TEST_FAMILIES, TRAIN_FAMILIES, render_outlier
 from pebal_ros.data.synthetic_scene import (
     add_anomalies, anomaly_label, drive_sequence, render, render_anomaly_frame, render_scene, render_scene_ids,

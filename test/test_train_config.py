@@ -8,7 +8,8 @@ import torch
 
 from pebal_ros.cli import build_parser
 from pebal_ros.config import Config
-from pebal_ros.train.common import EpochLoader, list_presets, parse_override, resolve_config
+from pebal_ros.config import list_presets, parse_override, resolve_config
+from pebal_ros.train.common import EpochLoader
 from pebal_ros.train.distributed import DistInfo
 from pebal_ros.train.finetune import config_from_args
 from pebal_ros.train.schedule import poly_factor, poly_scheduler

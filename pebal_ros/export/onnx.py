@@ -384,8 +384,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    from ..config import Config
-    from ..train.common import apply_threads, resolve_config
+    from ..config import resolve_config
+    from ..train.common import apply_threads
     apply_threads(args.threads)
     cfg: Config = resolve_config(args)
     spec = export_checkpoint(args.model, args.output, args.size, cfg, args.arch,

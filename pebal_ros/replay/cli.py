@@ -30,9 +30,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from ..config import add_config_arguments
+from .model import MODEL_PRESET_HELP
 from ..pipeline.messages import OUTPUT_NAMES
 from .bag import STORAGE_SUFFIXES, BagError, _storage_kind
-from .model import add_config_arguments
 from .replay import ReplayError, ReplayOptions, replay_bag
 
 
@@ -42,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model (.onnx/.pt/.engine); default: the bundled model "
                    "through ONNX Runtime")
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
-    add_config_arguments(p)
+    add_config_arguments(p, MODEL_PRESET_HELP)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help="export size when a .pt model is run with ONNX Runtime (default: the config's)")

@@ -34,25 +34,19 @@ def default_model() -> Path:
     return DEFAULT_MODEL
 
 
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    """--preset/--config/--set, layered like `pebal train/finetune/export` do."""
-    p.add_argument("--preset", default=None, help="named config shipped with the package (e.g. synthetic): "
-                   "input size, normalisation and threshold of the model (default: the bundled model's)")
-    p.add_argument("--config", type=Path, default=None, help="YAML config file (applied after --preset)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set inference.threshold=-8 (repeatable)")
+MODEL_PRESET_HELP = "input size, normalisation and threshold of the model (default: the bundled model's)"
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The Config the user asked for on the command line, or None when they asked for nothing."""
     if not (getattr(args, "preset", None) or getattr(args, "config", None) or getattr(args, "overrides", None)):
         return None
-    from ..train.common import resolve_config
+    from ..config import resolve_config
     return resolve_config(args)
 
 
 def preset_config(name: str) -> Any:
-    from ..train.common import resolve_config
+    from ..config import resolve_config
     return resolve_config(argparse.Namespace(preset=name, config=None, overrides=[]))
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..pipeline.frame import FramePipeline, PipelineConfig
 from ..pipeline.messages import OUTPUT_NAMES, OUTPUT_TYPES, MessageFactory
 from . import report as rep
-from .bag import IMAGE_TYPES, BagError, BagReader, BagWriter, TopicInfo, make_typestore
+from .bag import IMAGE_TYPES, BagReader, BagWriter, TopicInfo, make_typestore
 from .groundtruth import Accuracy, LabelFolder, LabelTopicMatcher, label_from_message
 
 IMAGE = "sensor_msgs/msg/Image"

@@ -1,47 +1,29 @@
-"""Plumbing shared by ``pebal train`` and ``pebal finetune``: config layering, loaders, seeding, files.
+"""Plumbing shared by ``pebal train`` and ``pebal finetune``: loaders, seeding, threads, files.
 
-Config layering, lowest to highest priority: the dataclass defaults, ``--preset NAME``
-(``pebal_ros/configs/NAME.yaml``), ``--config FILE.yaml``, ``--set section.key=value`` (YAML values,
-repeatable), then the dedicated flags (``--epochs``, ``--lr``, ...). The merged result is validated
-by ``config.from_dict`` (unknown keys are errors) and saved beside the outputs as ``config.yaml``.
+Config layering (defaults < ``--preset`` < ``--config`` < ``--set`` < dedicated flags) lives in
+``pebal_ros.config``; the merged result is saved beside the outputs as ``config.yaml``.
 """
 from __future__ import annotations
 
 import argparse
 import random
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from pebal_ros.config import Config, from_dict, to_dict
+from pebal_ros.config import Config, to_dict
+from pebal_ros.config import add_config_arguments as config_arguments
 
 from .distributed import DistInfo
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def preset_path(name: str) -> Path:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise SystemExit(f"unknown preset {name!r}; available: {', '.join(list_presets()) or 'none'}")
-    return path
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None,
-                   help=f"named config shipped with the package ({', '.join(list_presets()) or 'none'})")
-    p.add_argument("--config", type=Path, default=None, help="YAML config file (applied after --preset)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set loss.ebm_weight=0.01 (repeatable)")
+    """The config layering flags plus ``--threads`` (every torch-running command wants both)."""
+    config_arguments(p)
     add_threads_argument(p)
 
 
@@ -56,55 +38,6 @@ def apply_threads(n: int | None) -> None:
         if n < 1:
             raise SystemExit(f"--threads must be >= 1, got {n}")
         torch.set_num_threads(n)
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any], where: str = "") -> dict[str, Any]:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "arch_kwargs":
-            _deep_merge(base[key], value, f"{where}{key}.")
-        else:
-            base[key] = value
-    return base
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise SystemExit(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
-    return data
-
-
-def parse_override(text: str) -> dict[str, Any]:
-    """``a.b.c=value`` -> {"a": {"b": {"c": value}}} with the value parsed as YAML."""
-    m = re.fullmatch(r"([A-Za-z_][\w.]*)=(.*)", text.strip(), flags=re.S)
-    if not m:
-        raise SystemExit(f"--set expects SECTION.KEY=VALUE, got {text!r}")
-    keys, value = m.group(1).split("."), yaml.safe_load(m.group(2))
-    out: dict[str, Any] = {}
-    node = out
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
-    return out
-
-
-def resolve_config(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Config:
-    """Defaults < preset < --config < --set < ``flags`` (a nested dict of values given on the command line)."""
-    data = to_dict(Config())
-    if getattr(args, "preset", None):
-        _deep_merge(data, _read_yaml(preset_path(args.preset)))
-    if getattr(args, "config", None):
-        _deep_merge(data, _read_yaml(Path(args.config)))
-    for text in getattr(args, "overrides", []) or []:
-        _deep_merge(data, parse_override(text))
-    if flags:
-        _deep_merge(data, {sec: {k: v for k, v in vals.items() if v is not None} if isinstance(vals, dict) else vals
-                           for sec, vals in flags.items() if vals is not None})
-    try:
-        return from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise SystemExit(f"invalid configuration: {exc}") from None
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:

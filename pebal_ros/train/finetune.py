@@ -32,12 +32,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from pebal_ros.config import Config, save_config, to_dict
+from pebal_ros.config import Config, resolve_config, save_config, to_dict
 
 from . import distributed as D
 from .checkpoint import copy_checkpoint, load_training_state, restore_training_state, save_training_state
 from .common import (EpochLoader, add_config_arguments, apply_threads, describe_params, format_terms,
-                     resolve_config, rotate_checkpoints, seed_everything)
+                     rotate_checkpoints, seed_everything)
 from .history import History
 from .schedule import poly_scheduler
 
