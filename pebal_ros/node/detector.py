@@ -32,6 +32,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from ..pipeline.convert import FrameError
 from ..pipeline.frame import FramePipeline, RuntimeOutputError
 from ..pipeline.messages import OUTPUT_NAMES, MessageFactory
+from ..paths import bundled_model
 from ..runtime.base import Runtime
 from .camera_info import CameraInfoScaleError, camera_info_for_output
 from .params import PARAMS, ParamSpec, pipeline_config, validate
@@ -65,17 +66,11 @@ def _descriptor(name: str, spec: ParamSpec) -> ParameterDescriptor:
 
 
 def default_model_path() -> str:
-    """The bundled model in the package's share directory ('' when there is none)."""
+    """The bundled default model ('' when it is not installed)."""
     try:
-        from ament_index_python.packages import get_package_share_directory  # type: ignore[import-not-found]
-        share = Path(get_package_share_directory(PACKAGE)) / "models"
-    except Exception:   # not installed through colcon: the source tree's models/
-        share = Path(__file__).resolve().parents[2] / "models"
-    for pattern in ("*.onnx", "*.engine", "*.pt"):
-        found = sorted(share.glob(pattern))
-        if found:
-            return str(found[0])
-    return ""
+        return str(bundled_model())
+    except FileNotFoundError:
+        return ""
 
 
 class PebalDetector(Node):

@@ -2,7 +2,7 @@
 
 The default model is a PyTorch checkpoint in ``models/``; replay, demo and infer run it with ONNX
 Runtime (no GPU, no torch at inference time). The fused ONNX graph is exported on first use and
-cached next to the checkpoint when that folder is writable, else under ``~/.cache/pebal_ros``;
+cached in the user cache folder (:func:`pebal_ros.paths.cache_dir`, ``$PEBAL_CACHE``);
 the cache key covers the checkpoint (path, size, modification time), the input size and the
 inference settings, so a retrained checkpoint or a changed preset is re-exported.
 
@@ -20,18 +20,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO_ROOT / "models" / "pebal_synthetic_espnetv2.pt"
+from ..paths import DEFAULT_MODEL_NAME, bundled_model, cache_dir
+
 DEFAULT_PRESET = "synthetic"
-CACHE_DIR = Path(os.environ.get("PEBAL_CACHE", Path.home() / ".cache" / "pebal_ros"))
 
 
 def default_model() -> Path:
-    if not DEFAULT_MODEL.is_file():
-        raise FileNotFoundError(
-            f"the default model {DEFAULT_MODEL} is missing: run from a clone of the repository "
-            "(pip install -e .), or pass --model PATH (.onnx / .pt / .engine)")
-    return DEFAULT_MODEL
+    return bundled_model()
+
+
+def _is_default_model(path: Path) -> bool:
+    try:
+        return path.name == DEFAULT_MODEL_NAME and path.resolve() == bundled_model().resolve()
+    except FileNotFoundError:
+        return False
 
 
 MODEL_PRESET_HELP = "input size, normalisation and threshold of the model (default: the bundled model's)"
@@ -70,7 +72,7 @@ def model_config(path: Path, config: Any = None) -> Any:
     """Explicit config > the default model's preset > the checkpoint's own > defaults."""
     if config is not None:
         return config
-    if path.resolve() == DEFAULT_MODEL.resolve():
+    if _is_default_model(path):
         return preset_config(DEFAULT_PRESET)
     if path.suffix.lower() in (".pt", ".pth"):
         return checkpoint_config(path)
@@ -97,10 +99,10 @@ def cached_onnx(checkpoint: str | Path, image_size: tuple[int, int] | None = Non
     cfg = model_config(checkpoint, config)
     size: tuple[int, int] = tuple(image_size or cfg.inference.input_size)  # type: ignore[assignment]
     name = _cache_name(checkpoint, size, cfg)
-    for folder in (checkpoint.parent, CACHE_DIR):
-        if (folder / name).is_file():
-            return folder / name
-    target = checkpoint.parent / name if os.access(checkpoint.parent, os.W_OK) else CACHE_DIR / name
+    # One user cache, never the model's own folder: that may be a package's share/ or install tree.
+    target = cache_dir() / "onnx" / name
+    if target.is_file():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if not quiet:
         print(f"exporting {checkpoint.name} to ONNX ({target}); done once, then cached", flush=True)
