@@ -174,7 +174,7 @@ def test_setup_installs_ros_files():
     cwd = os.getcwd()
     try:
         os.chdir(REPO)
-        dist = run_setup(str(REPO / "setup.py"), stop_after="init")
+        dist = run_setup(str(REPO / "setup.py"), stop_after="config")   # config: pyproject.toml applied
     finally:
         os.chdir(cwd)
     data = {d: set(f) for d, f in dist.data_files}
