@@ -162,3 +162,27 @@ def test_cuda_requests_without_cuda_are_clear(onnx_path, net):
             TorchRuntime(net, device="cuda")
     with pytest.raises(ValueError, match="device must be"):
         load_runtime(onnx_path, device="tpu")
+
+
+def test_onnx_cuda_graph_needs_cuda(onnx_path):
+    import onnxruntime as ort
+    from pebal_ros.runtime import RuntimeUnavailable
+    with pytest.raises(ValueError, match="cuda_graph=True needs device='cuda'"):
+        load_runtime(onnx_path, device="cpu", cuda_graph=True)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(RuntimeUnavailable, match="onnxruntime-gpu"):
+            load_runtime(onnx_path, device="cuda", cuda_graph=True)
+
+
+@pytest.mark.gpu
+def test_onnx_cuda_graph_matches_cpu(onnx_path):
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu and a CUDA GPU")
+    cpu = load_runtime(onnx_path, device="cpu")
+    gpu = load_runtime(onnx_path, device="cuda", cuda_graph=True)
+    for seed in range(4):                 # the first run captures, the rest replay
+        image = _image(seed)
+        a, b = cpu.infer(image, -5.0), gpu.infer(image, -5.0)
+        assert np.abs(a.score - b.score).max() <= 1e-3
+        assert (a.semantic == b.semantic).mean() >= 0.999 and (a.mask == b.mask).mean() >= 0.999

@@ -15,9 +15,18 @@ from .base import FrameOutputs
 from .common import RuntimeUnavailable, check_file, check_image
 
 
-def _providers(device: str) -> list[str]:
+def _providers(device: str, cuda_graph: bool = False) -> list:
     import onnxruntime as ort
     available = ort.get_available_providers()
+    if cuda_graph:
+        if device not in ("cuda", "gpu"):
+            raise ValueError("cuda_graph=True needs device='cuda'")
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeUnavailable(
+                f"ONNX Runtime here has no CUDA execution provider (available: {available}); "
+                "install onnxruntime-gpu, or use device='cpu'")
+        # the whole graph is captured once and replayed per frame (all I/O at fixed device addresses)
+        return [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device in ("cuda", "gpu"):
@@ -36,7 +45,8 @@ class OnnxRuntime:
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
-                 reuse_outputs: bool = False, optimized_model_path: str | None = None):
+                 reuse_outputs: bool = False, optimized_model_path: str | None = None,
+                 cuda_graph: bool = False):
         import onnxruntime as ort
 
         from ..export.onnx import INPUT_NAMES, OUTPUT_NAMES, read_spec
@@ -57,7 +67,9 @@ class OnnxRuntime:
             so.intra_op_num_threads = int(threads)
         if optimized_model_path:
             so.optimized_model_filepath = optimized_model_path
-        self.providers = _providers(device)
+        self.providers = _providers(device, cuda_graph)
+        if cuda_graph and self.spec.image_size is None:
+            raise ValueError(f"{self.path}: cuda_graph needs a static-size export (this one has dynamic H/W)")
         self.session = ort.InferenceSession(str(self.path), so, providers=self.providers)
         names_in = tuple(i.name for i in self.session.get_inputs())
         names_out = tuple(o.name for o in self.session.get_outputs())
@@ -70,6 +82,8 @@ class OnnxRuntime:
         self._io = self.session.io_binding()
         self._threshold = np.zeros(1, dtype=np.float32)
         self._outputs: FrameOutputs | None = None
+        self.cuda_graph = cuda_graph
+        self._device_io = self._bind_device_io() if cuda_graph else None
 
     def _output_arrays(self, hw: tuple[int, int]) -> FrameOutputs:
         out = self._outputs
@@ -79,7 +93,34 @@ class OnnxRuntime:
                 self._outputs = out
         return out
 
+    def _bind_device_io(self) -> dict:
+        """Inputs and outputs as CUDA OrtValues bound once: a captured CUDA graph replays against
+        fixed device addresses, so each frame is copied into the same input buffer."""
+        import onnxruntime as ort
+        h, w = self.spec.image_size
+        values = {"image": ort.OrtValue.ortvalue_from_shape_and_type((h, w, 3), np.uint8, "cuda", 0),
+                  "threshold": ort.OrtValue.ortvalue_from_shape_and_type((1,), np.float32, "cuda", 0),
+                  "semantic": ort.OrtValue.ortvalue_from_shape_and_type((h, w), np.uint8, "cuda", 0),
+                  "score": ort.OrtValue.ortvalue_from_shape_and_type((h, w), np.float32, "cuda", 0),
+                  "mask": ort.OrtValue.ortvalue_from_shape_and_type((h, w), np.uint8, "cuda", 0)}
+        for name in ("image", "threshold"):
+            self._io.bind_ortvalue_input(name, values[name])
+        for name in ("semantic", "score", "mask"):
+            self._io.bind_ortvalue_output(name, values[name])
+        return values
+
+    def _infer_graph(self, image: np.ndarray, threshold: float) -> FrameOutputs:
+        v = self._device_io
+        assert v is not None
+        self._threshold[0] = threshold
+        v["image"].update_inplace(np.ascontiguousarray(image))
+        v["threshold"].update_inplace(self._threshold)
+        self.session.run_with_iobinding(self._io)
+        return FrameOutputs(v["semantic"].numpy(), v["score"].numpy(), v["mask"].numpy())
+
     def infer(self, image: np.ndarray, threshold: float) -> FrameOutputs:
+        if self.cuda_graph:
+            return self._infer_graph(check_image(image, self.input_size), threshold)
         image = check_image(image, self.input_size, self.spec.min_hw, self.spec.max_hw)
         hw = image.shape[:2]
         self._threshold[0] = threshold
@@ -95,6 +136,7 @@ class OnnxRuntime:
     def describe(self) -> dict:
         s = self.spec
         return {"runtime": self.name, "model": str(self.path), "providers": self.session.get_providers(),
+                "cuda_graph": self.cuda_graph,
                 "input_size": self.input_size, "dynamic_range": (s.min_hw, s.max_hw) if s.image_size is None else None,
                 "channel_order": self.channel_order, "fast": s.fast, "net_size": s.net_size,
                 "default_threshold": s.threshold, "opset": s.opset, "exporter": s.exporter, "arch": s.arch}

@@ -1,9 +1,22 @@
-"""PyTorch backend: a checkpoint (or a network) wrapped in the fused module, CUDA FP16 where available.
+"""PyTorch backend: a checkpoint (or a network) wrapped in the fused module, fast on CUDA.
 
-The same ``FusedPebal`` that is exported to ONNX runs here eagerly, so the three runtimes compute
-the same thing by construction. On CUDA the network runs in FP16 by default while the
-post-processing stays FP32 (``FusedPebal`` casts the logits), and the input frame goes through a
-pinned host tensor and a preallocated device tensor (no per-frame allocation for the copy-in).
+The same ``FusedPebal`` that is exported to ONNX runs here, so the three runtimes compute the same
+thing by construction. On CUDA, by default:
+
+- the network runs in FP16 while the post-processing stays FP32 (``FusedPebal`` casts the logits);
+- the network's weights and activations are ``channels_last`` (NHWC), the layout cuDNN's tensor-core
+  convolution kernels want, so no layout transposes run around every convolution;
+- the whole fused step (normalise → network → energy → blur → mask) is captured once per input size
+  in a **CUDA graph** and replayed per frame: a small real-time network such as ESPNetv2 is
+  launch-bound (hundreds of small kernels, each costing a few microseconds of CPU to launch), and a
+  graph replay launches all of them with one call;
+- frames go host → device through a pinned buffer with a non-blocking copy, and the outputs come
+  back into pinned buffers on the same stream, with one synchronisation per frame.
+
+``compile=True`` runs the fused module through ``torch.compile`` instead of the hand-made graph
+(mode ``max-autotune-no-cudagraphs`` + our graph on CUDA); it is off by default because compiling
+takes minutes and its speed-up depends on the network. On the CPU none of this applies except
+``channels_last`` (off by default there) and ``compile``.
 """
 from __future__ import annotations
 
@@ -27,16 +40,53 @@ def _pick_device(device: str) -> torch.device:
     return dev
 
 
+class _ChannelsLast(nn.Module):
+    """Hands the network its input in channels_last layout (the weights were converted once)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.inner = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.contiguous(memory_format=torch.channels_last))
+
+
+class _GraphedStep:
+    """The fused step captured in a CUDA graph for one input size, with its static buffers."""
+
+    def __init__(self, fused: nn.Module, shape: tuple[int, ...], device: torch.device, warmup: int = 3):
+        self.input = torch.zeros(shape, dtype=torch.uint8, device=device)
+        self.threshold = torch.zeros(1, dtype=torch.float32, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):       # warm-up off the capture stream: cuDNN picks its kernels
+            for _ in range(warmup):
+                fused(self.input, self.threshold)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = fused(self.input, self.threshold)
+
+    def __call__(self) -> tuple[torch.Tensor, ...]:
+        self.graph.replay()
+        return self.outputs
+
+
 class TorchRuntime:
     """``input_size``: "auto" = the config's ``inference.input_size`` for a checkpoint (what
-    ``pebal export`` would bake in), any size for an ``nn.Module``; ``None`` = any size."""
+    ``pebal export`` would bake in), any size for an ``nn.Module``; ``None`` = any size.
+
+    ``half``, ``channels_last``, ``cuda_graph``: None = on for CUDA, off for the CPU (see the module
+    doc). ``reuse_outputs``: return the same three arrays every frame (no per-frame allocation; a
+    caller that keeps a result copies it before the next ``infer``), as ONNX Runtime's option."""
 
     name = "torch"
 
     def __init__(self, model: str | Path | nn.Module, device: str = "auto", half: bool | None = None,
                  channel_order: str = "rgb", input_size: tuple[int, int] | None | str = "auto",
                  net_size: tuple[int, int] | None = None, fast: bool | None = None,
-                 config=None, arch: str | None = None):
+                 config=None, arch: str | None = None, channels_last: bool | None = None,
+                 cuda_graph: bool | None = None, compile: bool = False, reuse_outputs: bool = False):
         from ..config import Config, InferenceConfig
         from ..export.fused import build_fused
 
@@ -56,9 +106,23 @@ class TorchRuntime:
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         if self.half and self.device.type != "cuda":
             raise ValueError("half=True needs CUDA (FP16 convolutions are not supported on CPU)")
+        on_cuda = self.device.type == "cuda"
+        self.channels_last = on_cuda if channels_last is None else bool(channels_last)
+        self.cuda_graph = on_cuda if cuda_graph is None else bool(cuda_graph)
+        if self.cuda_graph and not on_cuda:
+            raise ValueError("cuda_graph=True needs CUDA")
+        self.compiled = bool(compile)
+        self.reuse_outputs = reuse_outputs
         self.fused = build_fused(network.eval(), inf, channel_order, net_size, fast).to(self.device)
         if self.half:
             self.fused.net.half()
+        if self.channels_last:
+            self.fused.net = _ChannelsLast(self.fused.net.to(memory_format=torch.channels_last))
+        self._step: nn.Module = self.fused
+        if self.compiled:
+            # our own CUDA graph wraps the compiled step; inductor's would capture it a second time
+            mode = "max-autotune-no-cudagraphs" if on_cuda else "default"
+            self._step = torch.compile(self.fused, mode=mode, dynamic=False, fullgraph=True)  # type: ignore[assignment]
         if input_size == "auto":
             # a checkpoint runs at the config's network size, like the graph exported from it;
             # a bare module (tests, benchmarks) takes any size
@@ -70,6 +134,8 @@ class TorchRuntime:
         self._thr = torch.zeros(1, dtype=torch.float32, device=self.device)
         self._host: torch.Tensor | None = None
         self._dev: torch.Tensor | None = None
+        self._graphs: dict[tuple[int, ...], _GraphedStep] = {}
+        self._host_out: tuple[torch.Tensor, ...] | None = None
 
     def _to_device(self, image: np.ndarray) -> torch.Tensor:
         src = torch.from_numpy(image)
@@ -83,17 +149,51 @@ class TorchRuntime:
         dev.copy_(host, non_blocking=True)
         return dev
 
+    def _graphed(self, shape: tuple[int, ...]) -> _GraphedStep:
+        step = self._graphs.get(shape)
+        if step is None:
+            # one graph per input size (a dynamic-size camera re-captures once per new size); a
+            # graph holds its own static buffers, so only the most recent few are kept
+            if len(self._graphs) >= 4:
+                self._graphs.pop(next(iter(self._graphs)))
+            with torch.inference_mode():
+                step = self._graphs[shape] = _GraphedStep(self._step, shape, self.device)
+        return step
+
+    def _to_host(self, outs: tuple[torch.Tensor, ...]) -> FrameOutputs:
+        host = self._host_out
+        if host is None or host[0].shape != outs[0].shape:
+            host = self._host_out = tuple(torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in outs)
+        for h, o in zip(host, outs):
+            h.copy_(o, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        arrays = [h.numpy() if self.reuse_outputs else h.numpy().copy() for h in host]
+        return FrameOutputs(arrays[0], arrays[1], arrays[2])
+
     @torch.inference_mode()
     def infer(self, image: np.ndarray, threshold: float) -> FrameOutputs:
         image = check_image(image, self.input_size)
+        if self.cuda_graph:
+            src = torch.from_numpy(image)
+            step = self._graphed(tuple(src.shape))
+            host = self._host
+            if host is None or host.shape != src.shape:
+                host = self._host = torch.empty(src.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(src)
+            step.input.copy_(host, non_blocking=True)
+            step.threshold.fill_(float(threshold))
+            return self._to_host(step())
         self._thr.fill_(float(threshold))
-        sem, score, mask = self.fused(self._to_device(image), self._thr)
-        return FrameOutputs(sem.cpu().numpy(), score.float().cpu().numpy(), mask.cpu().numpy())
+        sem, score, mask = self._step(self._to_device(image), self._thr)
+        if self.device.type == "cuda":
+            return self._to_host((sem, score, mask))
+        return FrameOutputs(sem.numpy(), score.float().numpy(), mask.numpy())
 
     def describe(self) -> dict:
-        net = self.fused.net
+        net = self.fused.net.inner if isinstance(self.fused.net, _ChannelsLast) else self.fused.net
         return {"runtime": self.name, "model": str(self.path) if self.path else type(net).__name__,
                 "device": str(self.device), "precision": "fp16" if self.half else "fp32",
+                "channels_last": self.channels_last, "cuda_graph": self.cuda_graph, "compiled": self.compiled,
                 "input_size": self.input_size, "channel_order": self.channel_order,
                 "fast": self.fused.fast, "net_size": self.fused.pre.net_size,
                 "default_threshold": self.default_threshold, "arch": getattr(net, "arch", "")}
