@@ -87,11 +87,11 @@ class NormalFrames:
         self.used_topics: set[str] = set()
 
     def describe(self) -> str:
-        parts = [str(b) for b in self.bags]
+        parts = [str(b.resolve()) for b in self.bags]
         if self.bags and self.used_topics:
             parts[-1] += f" [{', '.join(sorted(self.used_topics))}]"
         if self.images:
-            folders = sorted({str(p.parent) for p in self.images})
+            folders = sorted({str(p.parent.resolve()) for p in self.images})
             parts.append(f"{len(self.images)} image(s) in {', '.join(folders[:3])}"
                          + (" ..." if len(folders) > 3 else ""))
         return "; ".join(parts)
