@@ -7,7 +7,7 @@ the fused graph and the node):
   the metrics' bounded-memory score histogram (:class:`pebal_ros.metrics.OODMetrics`, 2^20 bins), so
   any number of frames costs the same memory; the rate at ``t`` is exact up to one bin width.
 * frame alarm rate: the fraction of normal frames that hold a connected anomalous region of at least
-  ``min_area`` pixels (:func:`pebal_ros.pipeline.regions.find_regions`, what the node reports in its
+  ``min_area`` pixels (the regions :func:`pebal_ros.pipeline.regions.find_regions` gives the node's
   status). Lowering ``t`` only grows the mask, and a region only grows or merges, so each frame alarms
   exactly for ``t`` below one value, its *alarm level*: the lowest score at which no region of
   ``min_area`` remains (the highest threshold at which the frame still alarms is just under it). One
@@ -19,16 +19,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from ..metrics import OODMetrics
-from ..pipeline.regions import find_regions
 
 TARGETS = ("pixel_fpr", "frame_alarm_rate", "tpr")
 
 
 class CalibrationTargetError(ValueError):
     """The target cannot be met or measured with the data given (the message says what is missing)."""
+
+
+def _has_region(mask: np.ndarray, min_area: int, connectivity: int) -> bool:
+    """Whether ``mask`` holds a component of >= ``min_area`` pixels: the components
+    :func:`find_regions` reports (same labelling), without its per-region score statistics, which
+    this search, run ~20 times per frame, does not need."""
+    # Areas are the only statistic needed: one bincount over the labels (~20 calls per frame, about
+    # 10 ms each at 512x1024 on one CPU core, so ~0.2 s per frame for the exact alarm level).
+    n, labels = cv2.connectedComponents(mask, connectivity=connectivity, ltype=cv2.CV_32S)
+    if n <= 1:
+        return False
+    return bool((np.bincount(labels.ravel(), minlength=n)[1:] >= min_area).any())
 
 
 def alarm_level(score: np.ndarray, min_area: int, connectivity: int = 8) -> float:
@@ -41,16 +53,18 @@ def alarm_level(score: np.ndarray, min_area: int, connectivity: int = 8) -> floa
     score = np.asarray(score, dtype=np.float32)
     if score.ndim != 2:
         raise ValueError(f"expected a 2-D score map, got shape {score.shape}")
-    if score.size < max(1, min_area):
+    min_area = max(1, int(min_area))
+    if score.size < min_area:
         return -math.inf
     values = np.unique(score)
     # Invariant: alarm at any t below values[lo + 1] (lo = -1: every pixel is above t, the whole
-    # frame is one region of size >= min_area); no alarm at t = values[hi] (the top value: empty mask).
-    lo, hi = -1, values.size - 1
+    # frame is one region of size >= min_area); no alarm at t = values[hi]. Start hi at the
+    # min_area-th largest score: above it fewer than min_area pixels remain, so no region can alarm.
+    kth = np.partition(score.ravel(), score.size - min_area)[score.size - min_area]
+    lo, hi = -1, int(np.searchsorted(values, kth))
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        mask = (score > values[mid]).view(np.uint8)
-        if find_regions(mask, score, min_area, max_regions=1, connectivity=connectivity):
+        if _has_region((score > values[mid]).view(np.uint8), min_area, connectivity):
             lo = mid
         else:
             hi = mid
