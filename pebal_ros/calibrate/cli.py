@@ -26,7 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cv2
+
 PROG = "pebal calibrate"
+MAX_REASONS = 10          # skip reasons printed; the rest are summed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,16 +113,56 @@ def format_table(stats: Any, thresholds: list[float], chosen: float) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
+def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress: bool = True) -> Any:
+    """Every frame through the runtime's per-frame pipeline into a :class:`CalibrationStats`; a frame
+    that fails is counted in its source's skips with the reason, and the others go on."""
     from tqdm import tqdm
 
-    from ..calibration import Calibration, file_sha256, sidecar_path, write_calibration
     from ..pipeline.convert import FrameError
     from ..pipeline.frame import FramePipeline, PipelineConfig
+    from .stats import CalibrationStats
+
+    # Network-resolution outputs for the normal frames: what the node's status and regions describe;
+    # camera resolution for labelled frames, whose labels are the truth at the image's size.
+    net_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="network", outputs=()))
+    cam_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="camera", outputs=()))
+
+    def run(pipe: FramePipeline, frame: Any) -> Any:
+        if frame.msg is not None:
+            return pipe.process(frame.msg, outputs=())
+        return pipe.process_image(frame.rgb, order="rgb", outputs=())
+
+    stats = CalibrationStats()
+    bar = tqdm(total=normal.estimate(), desc="normal frames", unit="frame", disable=not progress)
+    for frame in normal:
+        try:
+            res = run(net_pipe, frame)
+            score = res.outputs.score
+            stats.add_normal(score, network_min_area(min_area, res.camera_size, score.shape))
+        except (FrameError, ValueError, RuntimeError) as exc:
+            normal.skips.add(f"{type(exc).__name__}: {exc}")
+        bar.update(1)
+    bar.close()
+    if len(labelled):
+        for frame in tqdm(labelled, total=len(labelled), desc="anomaly frames", unit="frame",
+                          disable=not progress):
+            try:
+                res = run(cam_pipe, frame)
+                score = res.outputs.score
+                if score.shape != frame.label.shape:
+                    score = cv2.resize(score, frame.label.shape[::-1], interpolation=cv2.INTER_LINEAR)
+                stats.add_labelled(score, frame.label)
+            except (FrameError, ValueError, RuntimeError) as exc:
+                labelled.skips.add(f"{frame.name}: {type(exc).__name__}: {exc}")
+    return stats
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..calibration import Calibration, file_sha256, sidecar_path, write_calibration
     from ..replay.model import config_from_args, default_model, model_config, open_runtime
     from .plot import write_plot
     from .sources import LabelledFrames, NormalFrames, SourceError
-    from .stats import CalibrationStats, CalibrationTargetError
+    from .stats import CalibrationTargetError
 
     target, value = _target(args)
     if not 0.0 < value < 1.0:
@@ -157,45 +200,18 @@ def main(args: argparse.Namespace) -> int:
     if min_area < 1:
         return _fail(f"--min-region-area must be >= 1, got {min_area}")
 
-    # Network-resolution outputs for the normal frames: what the node's status and regions describe;
-    # camera resolution for labelled frames, whose labels are the truth at the image's size.
-    net_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="network", outputs=()))
-    cam_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="camera", outputs=()))
-
-    def run(pipe: FramePipeline, frame: Any) -> Any:
-        if frame.msg is not None:
-            return pipe.process(frame.msg, outputs=())
-        return pipe.process_image(frame.rgb, order="rgb", outputs=())
-
-    stats = CalibrationStats()
     try:
-        bar = tqdm(total=normal.estimate(), desc="normal frames", unit="frame", disable=args.no_progress)
-        for frame in normal:
-            try:
-                res = run(net_pipe, frame)
-                score = res.outputs.score
-                stats.add_normal(score, network_min_area(min_area, res.camera_size, score.shape))
-            except (FrameError, ValueError, RuntimeError) as exc:
-                normal.skips.add(f"{type(exc).__name__}: {exc}")
-            bar.update(1)
-        bar.close()
-        if len(labelled):
-            for frame in tqdm(labelled, total=len(labelled), desc="anomaly frames", unit="frame",
-                              disable=args.no_progress):
-                try:
-                    res = run(cam_pipe, frame)
-                    score = res.outputs.score
-                    if score.shape != frame.label.shape:
-                        import cv2
-                        score = cv2.resize(score, frame.label.shape[::-1], interpolation=cv2.INTER_LINEAR)
-                    stats.add_labelled(score, frame.label)
-                except (FrameError, ValueError, RuntimeError) as exc:
-                    labelled.skips.add(f"{frame.name}: {type(exc).__name__}: {exc}")
+        stats = accumulate(runtime, normal, labelled, min_area, progress=not args.no_progress)
     except SourceError as exc:
         return _fail(str(exc))
     for what, skips in (("normal", normal.skips), ("anomaly", labelled.skips)):
-        for reason, n in skips.reasons.most_common():
+        common = skips.reasons.most_common()
+        for reason, n in common[:MAX_REASONS]:
             print(f"{PROG}: {n} {what} frame(s) skipped: {reason}", file=sys.stderr)
+        if len(common) > MAX_REASONS:
+            rest = sum(n for _, n in common[MAX_REASONS:])
+            print(f"{PROG}: {rest} more {what} frame(s) skipped for {len(common) - MAX_REASONS} other reasons",
+                  file=sys.stderr)
     if stats.frames == 0:
         return _fail("no normal frame could be scored" + (f" ({normal.skips.total} skipped)"
                                                            if normal.skips.total else ""), 1)

@@ -12,7 +12,7 @@ from .stats import CalibrationStats
 def _rebinned(acc: OODMetrics, column: int, edges: np.ndarray) -> np.ndarray:
     counts = acc.counts[:, column]
     nz = np.flatnonzero(counts)
-    if nz.size == 0:
+    if nz.size == 0 or acc.lo is None or acc.width is None:
         return np.zeros(edges.size - 1)
     centres = acc.lo + (nz + 0.5) * acc.width
     hist, _ = np.histogram(centres, bins=edges, weights=counts[nz].astype(np.float64))
@@ -27,6 +27,7 @@ def write_plot(stats: CalibrationStats, threshold: float, path: str | Path, titl
     lo, hi = stats.score_min, stats.score_max
     if stats.anomaly_pixels:
         lab = stats.labelled
+        assert lab.lo is not None and lab.width is not None
         nz = np.flatnonzero(lab.counts.sum(1))
         lo = min(lo, lab.lo + nz[0] * lab.width)
         hi = max(hi, lab.lo + (nz[-1] + 1) * lab.width)

@@ -76,7 +76,7 @@ def _tail_fraction(acc: OODMetrics, column: int, thresholds: np.ndarray) -> np.n
     threshold: the bins starting at or above it (exact up to one bin width)."""
     counts = acc.counts[:, column]
     total = counts.sum()
-    if total == 0 or acc.lo is None:
+    if total == 0 or acc.lo is None or acc.width is None:
         return np.full(np.shape(thresholds), np.nan)
     tail = np.r_[np.cumsum(counts[::-1])[::-1], 0]            # tail[j] = pixels in bins >= j
     j = np.ceil((np.asarray(thresholds, np.float64) - acc.lo) / acc.width)
@@ -85,6 +85,7 @@ def _tail_fraction(acc: OODMetrics, column: int, thresholds: np.ndarray) -> np.n
 
 
 def _edges(acc: OODMetrics) -> np.ndarray:
+    assert acc.lo is not None and acc.width is not None, "edges of an empty histogram"
     return acc.lo + acc.width * np.arange(acc.num_bins + 1, dtype=np.float64)
 
 
