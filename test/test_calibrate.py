@@ -159,27 +159,31 @@ def test_pixel_fpr_on_held_out_frames(scenes: dict[str, Path], tmp_path: Path, c
 
 
 def test_frame_alarm_rate_from_a_bag(scenes: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """Camera frames twice the network's size in a bag: the alarm rate must be the one the node's own
+    per-frame pipeline reports (status regions >= min_region_area camera pixels)."""
+    from pebal_ros.pipeline.frame import FramePipeline, PipelineConfig
     from pebal_ros.replay.recording import write_recording
     from pebal_ros.runtime import load_runtime
 
-    rgbs = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(scenes["calib"].glob("*.png"))]
+    rgbs = [cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (2 * W, 2 * H))
+            for p in sorted(scenes["calib"].glob("*.png"))]
     bag = tmp_path / "drive"
     write_recording(bag, ((im, None) for im in rgbs), topic="/front/image_raw", compressed_topic="/front/jpeg",
                     label_topic=None, fmt="png")
     rc = main(["calibrate", str(bag), "--topic", "/front/jpeg", "--model", str(scenes["model"]),
-               "--frame-alarm-rate", "0.1", "--min-region-area", "20", "--output", str(tmp_path / "c.yaml"),
+               "--frame-alarm-rate", "0.1", "--min-region-area", "80", "--output", str(tmp_path / "c.yaml"),
                "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     cal = read_calibration(tmp_path / "c.yaml")
-    assert cal.frames == 40 and "/front/jpeg" in cal.data and cal.min_region_area == 20
+    assert cal.frames == 40 and "/front/jpeg" in cal.data and cal.min_region_area == 80
     rt = load_runtime(scenes["model"], device="cpu")
 
-    def rate(t: float) -> float:
-        outs = [rt.infer(im, t) for im in rgbs]
-        return float(np.mean([bool(find_regions(o.mask, o.score, 20)) for o in outs]))
+    def node_alarm_rate(t: float) -> float:
+        pipe = FramePipeline(rt, PipelineConfig(threshold=t, min_region_area=80, outputs=("status",)))
+        return float(np.mean([bool(pipe.process_image(im).status.regions) for im in rgbs]))
 
-    assert rate(cal.threshold) == cal.achieved["frame_alarm_rate"] <= 0.1
-    assert rate(cal.threshold - 1e-3) > 0.1              # the lowest threshold meeting the target
+    assert node_alarm_rate(cal.threshold) == cal.achieved["frame_alarm_rate"] <= 0.1
+    assert node_alarm_rate(cal.threshold - 1e-3) > 0.1          # the lowest threshold meeting the target
 
 
 def test_tpr_with_labelled_anomalies(scenes: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -196,6 +200,13 @@ def test_tpr_with_labelled_anomalies(scenes: dict[str, Path], tmp_path: Path, ca
     anom = np.concatenate([s[lab == 1] for s, lab in zip(scores, labels)])
     assert np.mean(anom > cal.threshold) >= 0.9
     assert cal.achieved["tpr"] == pytest.approx(np.mean(anom > cal.threshold), abs=1e-9)
+    # the same frames in the Fishyscapes layout (original/ + labels/) give the same threshold
+    fs = tmp_path / "fs"
+    shutil.copytree(scenes["anom_img"], fs / "original")
+    shutil.copytree(scenes["anom_lab"], fs / "labels")
+    assert main(["calibrate", str(scenes["calib"]), "--model", str(scenes["model"]), "--tpr", "0.9",
+                 "--anomalies", f"fs_static={fs}", "--max-frames", "5", "--output", str(tmp_path / "fs.yaml"), "--no-progress"]) == 0
+    assert read_calibration(tmp_path / "fs.yaml").threshold == cal.threshold
 
 
 def test_bad_input_gets_one_clear_line(scenes: dict[str, Path], tmp_path: Path, capsys) -> None:
