@@ -51,22 +51,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="target fraction of normal frames with an anomalous region >= --min-region-area")
     target.add_argument("--tpr", type=float, default=None, metavar="Q",
                         help="target true-positive rate on labelled anomalous pixels")
-    p.add_argument("--topic", dest="topics", action="append", default=None,
+    p.add_argument("--topic", dest="topics", action="append", default=None, metavar="TOPIC",
                    help="image topic to read from the bags (repeatable; default: every camera topic)")
     p.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th frame of each topic")
-    p.add_argument("--max-frames", type=int, default=None, help="use at most N normal frames")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="use at most N normal frames")
     p.add_argument("--recursive", action="store_true", help="look into sub-folders for images")
     p.add_argument("--anomalies", action="append", default=None, metavar="NAME=ROOT",
                    help="labelled anomaly frames in a benchmark layout: fs_lostandfound, fs_static, "
                    "lostandfound, road_anomaly (repeatable)")
-    p.add_argument("--anomaly-images", type=Path, default=None, help="folder of anomaly images")
-    p.add_argument("--anomaly-labels", type=Path, default=None, help="folder of their label PNGs, same "
+    p.add_argument("--anomaly-images", type=Path, default=None, metavar="DIR", help="folder of anomaly images")
+    p.add_argument("--anomaly-labels", type=Path, default=None, metavar="DIR", help="folder of their label PNGs, same "
                    "stems (0 inlier/1 anomaly/255 void, or train ids with 254 anomaly)")
-    p.add_argument("--min-region-area", type=int, default=None,
+    p.add_argument("--min-region-area", type=int, default=None, metavar="PX",
                    help="smallest alarming region in camera pixels (default: the config's, 50)")
-    p.add_argument("--output", type=Path, default=None, help="where to write the record "
+    p.add_argument("--output", type=Path, default=None, metavar="YAML", help="where to write the record "
                    "(default: <model>.calibration.yaml beside the model)")
-    p.add_argument("--plot", type=Path, default=None, help="plot PNG (default: beside the record)")
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="plot PNG (default: beside the record)")
     p.add_argument("--dry-run", action="store_true", help="print the table and plot, write no record")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
