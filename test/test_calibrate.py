@@ -222,6 +222,8 @@ def test_bad_input_gets_one_clear_line(scenes: dict[str, Path], tmp_path: Path, 
     assert "cannot be measured on 40 normal frame(s)" in capsys.readouterr().err
     assert main(["calibrate", str(scenes["calib"]), "--model", str(tmp_path / "none.onnx")]) == 2
     assert "cannot load the model" in capsys.readouterr().err
+    assert main(["calibrate", str(scenes["calib"]), "--model", m, "--input-size", "32x48"]) == 2
+    assert "--input-size applies to .pt/.pth checkpoints" in capsys.readouterr().err
     # a broken image is skipped with its reason, the rest calibrates
     mixed = tmp_path / "mixed"
     shutil.copytree(scenes["calib"], mixed)

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--input-size", default=None, metavar="HxW",
-                   help="network input size for a .pt/.pth model (default: the config's)")
+                   help="network input size of a .pt/.pth checkpoint (default: its config's); the "
+                   "threshold holds for this size only")
     add_config_arguments(p, MODEL_PRESET_HELP)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--pixel-fpr", type=float, default=None, metavar="P",
@@ -178,17 +179,21 @@ def main(args: argparse.Namespace) -> int:
         return _fail("--tpr needs labelled anomaly frames: --anomalies NAME=ROOT or "
                      "--anomaly-images DIR --anomaly-labels DIR")
 
-    size = None
-    if args.input_size:
-        from ..export.onnx import parse_hw
-        try:
-            size = parse_hw(args.input_size)
-        except (ValueError, SystemExit) as exc:
-            return _fail(f"--input-size: {exc}")
+    # The model file the record belongs to; None still goes to open_runtime so the bundled model
+    # runs exactly as infer/replay run it (its cached ONNX export through ONNX Runtime).
     model = Path(args.model) if args.model else default_model()
     try:
         cfg = config_from_args(args)
-        runtime = open_runtime(model, kind=args.runtime, device=args.device, image_size=size, config=cfg)
+        if args.input_size:
+            from ..export.onnx import parse_hw
+            cfg = cfg if cfg is not None else model_config(model)
+            if cfg is None:
+                return _fail(f"--input-size applies to .pt/.pth checkpoints; {model.name} has its size built in")
+            try:
+                cfg.inference.input_size = parse_hw(args.input_size)
+            except ValueError as exc:
+                return _fail(f"--input-size: {exc}")
+        runtime = open_runtime(args.model, kind=args.runtime, device=args.device, config=cfg)
     except SystemExit as exc:
         return _fail(str(exc))
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
