@@ -49,8 +49,12 @@ def test_pixel_fpr_threshold_matches_numpy_quantile() -> None:
     rng = np.random.default_rng(2)
     frames = [_smooth_scores(rng) + rng.normal() for _ in range(10)]
     stats = CalibrationStats()
-    for s in frames:
+    stats.add_normal(frames[0] * 0.2, 10)        # a narrow first frame: later ones force range doublings
+    size = stats.normal.counts.nbytes
+    for s in frames[1:]:
         stats.add_normal(s, 10)
+    assert stats.normal.counts.nbytes == size and stats.normal.doublings > 0   # memory does not grow
+    frames[0] = frames[0] * 0.2
     pooled = np.concatenate([s.ravel() for s in frames]).astype(np.float64)
     width = stats.normal.width
     for p in (0.001, 0.01, 0.2):
