@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "demo": "pebal_ros.demo",
     "infer": "pebal_ros.infer",
     "replay": "pebal_ros.replay.cli",
+    "calibrate": "pebal_ros.calibrate.cli",
     "evaluate": "pebal_ros.evaluate",
     "finetune": "pebal_ros.train.finetune",
     "train": "pebal_ros.train.pretrain",
