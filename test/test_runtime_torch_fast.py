@@ -96,3 +96,21 @@ def test_cuda_graph_fp32_and_fp16_match_eager(net):
             f16 = graph16.infer(image, -3.0)
             assert (f16.semantic == ref.semantic).mean() >= 0.999 and (f16.mask == ref.mask).mean() >= 0.999
     assert len(graph32._graphs) == 2
+    images = _images(4)
+    for one, got in zip([eager.infer(im, -3.0) for im in images], graph16.infer_batch(images, -3.0)):
+        assert (one.semantic == got.semantic).mean() >= 0.999 and (one.mask == got.mask).mean() >= 0.999
+
+
+def test_batch_equals_frame_by_frame(net):
+    """infer_batch (one call for several cameras) gives each camera exactly its own result."""
+    rt = TorchRuntime(net, device="cpu")
+    images = _images(3)
+    batch = rt.infer_batch(images, -3.0)
+    assert len(batch) == 3
+    for image, got in zip(images, batch):
+        one = rt.infer(image, -3.0)
+        _agree(one, got, 1e-6)
+        assert got.semantic.shape == (H, W) and got.score.dtype == np.float32
+    with pytest.raises(ValueError, match="one size"):
+        rt.infer_batch([images[0], _images(1, 32, 32)[0]], 0.0)
+    assert rt.infer_batch([], 0.0) == []

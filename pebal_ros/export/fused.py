@@ -48,7 +48,8 @@ def stable_free_energy(logits: torch.Tensor, num_classes: int = NUM_CLASSES) -> 
 
 
 class Preprocess(nn.Module):
-    """uint8 HxWx3 -> normalised float [1, 3, h, w] in the network's dtype."""
+    """uint8 [H, W, 3] (or a batch [N, H, W, 3]) -> normalised float [1 or N, 3, h, w] in the
+    network's dtype."""
 
     scale: torch.Tensor
     bias: torch.Tensor
@@ -70,18 +71,21 @@ class Preprocess(nn.Module):
 
     def forward(self, image: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         # cast first: TensorRT accepts a UINT8 network input only when a cast to float consumes it
-        x = image.to(torch.float32).permute(2, 0, 1)
+        x = image.to(torch.float32)
+        if x.dim() == 3:          # one frame (the exported graph's input); a batch is [N, H, W, 3]
+            x = x.unsqueeze(0)
+        x = x.permute(0, 3, 1, 2)
         if self.channel_order == "bgr":
-            x = x.flip(0)
+            x = x.flip(1)
         x = x * self.scale + self.bias
-        x = x.unsqueeze(0)
         if self.net_size is not None:
             x = F.interpolate(x, size=self.net_size, mode="bilinear", align_corners=False)
         return x.to(dtype)
 
 
 class Postprocess(nn.Module):
-    """logits [1, C>=19, h, w] -> (semantic uint8 [H, W], score float32 [H, W], mask uint8 [H, W])."""
+    """logits [N, C>=19, h, w] -> (semantic uint8, score float32, mask uint8), each [N, H, W]
+    (``batched=False``: [H, W] of the first frame, the exported graph's outputs)."""
 
     def __init__(self, kernel_size: int = 7, sigma: float = 1.0, fast: bool = False,
                  num_classes: int = NUM_CLASSES):
@@ -95,7 +99,7 @@ class Postprocess(nn.Module):
         energy = stable_free_energy(z, self.num_classes)
         return self.blur(energy) if self.blur is not None else energy
 
-    def forward(self, logits: torch.Tensor, out_hw: tuple, threshold: torch.Tensor):
+    def forward(self, logits: torch.Tensor, out_hw: tuple, threshold: torch.Tensor, batched: bool = False):
         z = logits[:, : self.num_classes].float()
         if self.fast:
             score = self._score(z)
@@ -104,13 +108,14 @@ class Postprocess(nn.Module):
                 score = F.interpolate(score.unsqueeze(1), size=out_hw, mode="bilinear",
                                       align_corners=False).squeeze(1)
                 sem = F.interpolate(sem, size=out_hw, mode="nearest")
-            sem = sem[0, 0]
+            sem = sem[:, 0]
         else:
             if tuple(z.shape[-2:]) != tuple(out_hw):
                 z = F.interpolate(z, size=out_hw, mode="bilinear", align_corners=False)
             score = self._score(z)
-            sem = z.argmax(dim=1)[0].to(torch.float32)
-        score = score[0]
+            sem = z.argmax(dim=1).to(torch.float32)
+        if not batched:
+            sem, score = sem[0], score[0]
         mask = (score > threshold).to(torch.float32).to(torch.uint8)
         return sem.to(torch.uint8), score, mask
 
@@ -118,7 +123,8 @@ class Postprocess(nn.Module):
 class FusedPebal(nn.Module):
     """Pre-processing + network + PEBAL post-processing as one module (see the module doc).
 
-    forward(image uint8 [H, W, 3], threshold float32 [1]) -> (semantic, score, mask).
+    forward(image uint8 [H, W, 3], threshold float32 [1]) -> (semantic, score, mask), each [H, W];
+    a batch of frames of one size, [N, H, W, 3], gives [N, H, W] each (several cameras, one call).
     ``net_size`` = the (h, w) the network runs at; ``None`` runs it at the image size.
     """
 
@@ -139,9 +145,9 @@ class FusedPebal(nn.Module):
         return p.dtype if p is not None else torch.float32
 
     def forward(self, image: torch.Tensor, threshold: torch.Tensor):
-        out_hw = image.shape[:2]
+        out_hw = image.shape[-3:-1]
         logits = self.net(self.pre(image, self.net_dtype))
-        return self.post(logits, out_hw, threshold)
+        return self.post(logits, out_hw, threshold, batched=image.dim() == 4)
 
 
 class NetworkOnly(nn.Module):

@@ -133,21 +133,15 @@ class TorchRuntime:
         self.default_threshold = inf.threshold
         self._thr = torch.zeros(1, dtype=torch.float32, device=self.device)
         self._host: torch.Tensor | None = None
-        self._dev: torch.Tensor | None = None
         self._graphs: dict[tuple[int, ...], _GraphedStep] = {}
         self._host_out: tuple[torch.Tensor, ...] | None = None
 
-    def _to_device(self, image: np.ndarray) -> torch.Tensor:
-        src = torch.from_numpy(image)
-        if self.device.type == "cpu":
-            return src
-        host, dev = self._host, self._dev
-        if host is None or dev is None or dev.shape != src.shape:
-            host = self._host = torch.empty(src.shape, dtype=torch.uint8, pin_memory=True)
-            dev = self._dev = torch.empty(src.shape, dtype=torch.uint8, device=self.device)
-        host.copy_(src)
-        dev.copy_(host, non_blocking=True)
-        return dev
+    def _host_input(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The (pinned, on CUDA) host buffer frames are gathered into; reallocated on a size change."""
+        host = self._host
+        if host is None or tuple(host.shape) != shape:
+            host = self._host = torch.empty(shape, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+        return host
 
     def _graphed(self, shape: tuple[int, ...]) -> _GraphedStep:
         step = self._graphs.get(shape)
@@ -160,34 +154,57 @@ class TorchRuntime:
                 step = self._graphs[shape] = _GraphedStep(self._step, shape, self.device)
         return step
 
-    def _to_host(self, outs: tuple[torch.Tensor, ...]) -> FrameOutputs:
+    def _to_host(self, outs: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, ...]:
+        """Device outputs -> host arrays: async copies into pinned buffers, one sync per frame."""
         host = self._host_out
         if host is None or host[0].shape != outs[0].shape:
             host = self._host_out = tuple(torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in outs)
         for h, o in zip(host, outs):
             h.copy_(o, non_blocking=True)
         torch.cuda.current_stream(self.device).synchronize()
-        arrays = [h.numpy() if self.reuse_outputs else h.numpy().copy() for h in host]
-        return FrameOutputs(arrays[0], arrays[1], arrays[2])
+        return tuple(h.numpy() if self.reuse_outputs else h.numpy().copy() for h in host)
 
     @torch.inference_mode()
     def infer(self, image: np.ndarray, threshold: float) -> FrameOutputs:
         image = check_image(image, self.input_size)
+        if self.device.type == "cpu":       # no copy at all: the network reads the caller's array
+            return self._run(torch.from_numpy(image), threshold)[0]
+        host = self._host_input(image.shape)
+        host.copy_(torch.from_numpy(image))
+        return self._run(host, threshold)[0]
+
+    @torch.inference_mode()
+    def infer_batch(self, images: list[np.ndarray], threshold: float) -> list[FrameOutputs]:
+        """Several frames of one size (one per camera) in one network call: on a GPU a batch of N
+        costs far less than N calls, because a real-time network alone leaves the GPU mostly idle."""
+        if not images:
+            return []
+        images = [check_image(im, self.input_size) for im in images]
+        if len({im.shape for im in images}) != 1:
+            raise ValueError(f"infer_batch needs frames of one size, got {sorted({im.shape for im in images})}")
+        host = self._host_input((len(images), *images[0].shape))
+        for slot, im in zip(host, images):
+            slot.copy_(torch.from_numpy(im))
+        return self._run(host, threshold)
+
+    def _run(self, src: torch.Tensor, threshold: float) -> list[FrameOutputs]:
+        """src: host uint8 [H, W, 3] or [N, H, W, 3] -> one FrameOutputs per frame."""
         if self.cuda_graph:
-            src = torch.from_numpy(image)
             step = self._graphed(tuple(src.shape))
-            host = self._host
-            if host is None or host.shape != src.shape:
-                host = self._host = torch.empty(src.shape, dtype=torch.uint8, pin_memory=True)
-            host.copy_(src)
-            step.input.copy_(host, non_blocking=True)
+            step.input.copy_(src, non_blocking=True)
             step.threshold.fill_(float(threshold))
-            return self._to_host(step())
-        self._thr.fill_(float(threshold))
-        sem, score, mask = self._step(self._to_device(image), self._thr)
+            outs = step()
+        else:
+            self._thr.fill_(float(threshold))
+            x = src.to(self.device, non_blocking=True) if self.device.type == "cuda" else src
+            outs = self._step(x, self._thr)
         if self.device.type == "cuda":
-            return self._to_host((sem, score, mask))
-        return FrameOutputs(sem.numpy(), score.float().numpy(), mask.numpy())
+            outs = self._to_host(outs)
+        else:
+            outs = tuple(o.numpy() for o in outs)
+        if src.dim() == 3:
+            return [FrameOutputs(outs[0], outs[1], outs[2])]
+        return [FrameOutputs(outs[0][i], outs[1][i], outs[2][i]) for i in range(src.shape[0])]
 
     def describe(self) -> dict:
         net = self.fused.net.inner if isinstance(self.fused.net, _ChannelsLast) else self.fused.net
