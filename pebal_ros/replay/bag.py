@@ -87,11 +87,74 @@ def _storage_kind(path: Path) -> str | None:
     return STORAGE_SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
+def _stream_break(exc: Exception) -> str:
+    """Why sequential MCAP reading stopped, in words (mcap's EndOfFile carries no message)."""
+    from mcap.exceptions import EndOfFile
+
+    if isinstance(exc, EndOfFile):
+        return "the file ends in the middle of a record (truncated, e.g. the recorder was killed)"
+    return f"hit {type(exc).__name__}: {str(exc) or 'no details given'}"
+
+
+# How deep `find_bags` looks below the folder it is given (fleet/day/vehicle/bag is 3).
+FIND_DEPTH = 4
+
+
+def _storage_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if _storage_kind(p) and p.is_file())
+
+
+def is_bag_folder(folder: Path) -> bool:
+    """A rosbag2 recording folder: metadata.yaml, or storage files named as rosbag2 names them.
+
+    rosbag2 writes metadata.yaml only when recording ends, so a recorder that crashed leaves just
+    ``<name>_0.mcap``, ``<name>_1.mcap``, ... (one prefix, indices from 0). Loose files with other
+    names (``a.mcap``, ``b.mcap``) are separate single-file bags, not one recording; a folder holding
+    a single storage file is that recording either way.
+    """
+    if (folder / "metadata.yaml").is_file():
+        return True
+    files = _storage_files(folder)
+    if len(files) < 2:
+        return bool(files)
+    stems = [f.name.split(".")[0] for f in files]
+    prefixes = {s.rpartition("_")[0] for s in stems}
+    indices = sorted(s.rpartition("_")[2] for s in stems)
+    return (len(prefixes) == 1 and "" not in prefixes and all(i.isdigit() for i in indices)
+            and sorted(map(int, indices)) == list(range(len(files))))
+
+
+def find_bags(root: Path, max_depth: int = FIND_DEPTH) -> tuple[list[Path], list[str]]:
+    """Bags in or below ``root``: bag folders and single storage files, at most ``max_depth`` levels
+    down (a bag folder is not searched further). Returns the bags and problems (unreadable folders)."""
+    bags: list[Path] = []
+    problems: list[str] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        try:
+            if is_bag_folder(folder):
+                bags.append(folder)
+                return
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            problems.append(f"{folder}: cannot look inside: {exc.strerror or exc}")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_file() and _storage_kind(entry):
+                bags.append(entry)
+            elif entry.is_dir() and depth < max_depth:
+                walk(entry, depth + 1)
+
+    walk(root, 0)
+    return bags, problems
+
+
 def is_bag(path: Path) -> bool:
-    """A rosbag2 directory (with metadata.yaml or storage files) or a single .mcap/.db3 file."""
+    """A rosbag2 recording folder (see :func:`is_bag_folder`) or a single .mcap/.db3 file."""
     if path.is_dir():
-        return (path / "metadata.yaml").is_file() or any(
-            _storage_kind(p) for p in path.iterdir() if p.is_file())
+        return is_bag_folder(path)
     return path.is_file() and _storage_kind(path) is not None
 
 
@@ -143,6 +206,8 @@ class BagReader:
         self.path = Path(path)
         self.issues: list[ReadIssue] = []
         self.backends: dict[str, str] = {}       # storage file -> "rosbags" | "mcap" | "sqlite3"
+        # Why a damaged file showed no topics while its topics were listed (for "no topics" errors).
+        self.scan_notes: list[str] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if not self.path.exists():
             raise BagError(f"{self.path} does not exist")
@@ -196,7 +261,13 @@ class BagReader:
         for file in self.meta.files:
             try:
                 storage = self._open_rosbags(file)
-            except Exception:   # noqa: BLE001 - unreadable here means: learn topics while streaming
+            except Exception:   # noqa: BLE001 - damaged file: the independent readers list its topics
+                # Without metadata.yaml (a crashed recorder writes it only at the end) this is the
+                # only way to know the topics before the messages are streamed.
+                if _storage_kind(file) == "mcap":
+                    self._scan_mcap_channels(file)
+                else:
+                    self._scan_sqlite_topics(file)
                 continue
             try:
                 for conn in storage.connections:
@@ -204,6 +275,44 @@ class BagReader:
                                       if conn.msgdef.format.name == "MSG" else "")
             finally:
                 storage.close()
+
+    def _scan_mcap_channels(self, file: Path) -> None:
+        """Topics and definitions of an MCAP file without footer/summary, read record by record."""
+        from mcap.records import Channel, Schema
+        from mcap.stream_reader import StreamReader
+
+        schemas: dict[int, tuple[str, str]] = {}
+        found = 0
+        try:
+            with self._storage_path(file).open("rb") as fh:
+                try:
+                    for rec in StreamReader(fh, record_size_limit=1 << 31).records:
+                        if isinstance(rec, Schema):
+                            text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
+                            schemas[rec.id] = (rec.name, text)
+                        elif isinstance(rec, Channel):
+                            name, text = schemas.get(rec.schema_id, ("", ""))
+                            self._learn_topic(rec.topic, name, text)
+                            found += 1
+                except Exception as exc:  # noqa: BLE001 - the message pass reports it as a ReadIssue
+                    if not found:
+                        self.scan_notes.append(f"{file.name} breaks at byte {fh.tell()}, before any "
+                                               f"topic is complete: {_stream_break(exc)}")
+        except OSError as exc:
+            self.scan_notes.append(f"{file.name}: {exc.strerror or exc}")
+
+    def _scan_sqlite_topics(self, file: Path) -> None:
+        try:
+            con = sqlite3.connect(f"file:{self._storage_path(file)}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return
+        try:
+            for name, typ in con.execute("SELECT name, type FROM topics"):
+                self._learn_topic(name, typ)
+        except sqlite3.Error:
+            pass      # reported when its messages are read
+        finally:
+            con.close()
 
     def _learn_topic(self, name: str, msgtype: str, msgdef: str = "") -> TopicInfo:
         msgtype = normalize_type(msgtype)
@@ -351,7 +460,7 @@ class BagReader:
             except Exception as exc:  # noqa: BLE001 - truncation/corruption ends the stream here
                 self.issues.append(ReadIssue(file.name, count, fh.tell(),
                                              f"{why}; read {count} messages sequentially, then "
-                                             f"hit {type(exc).__name__}: {exc or 'end of file'}"))
+                                             f"{_stream_break(exc)}"))
                 return
 
     def _sqlite_raw(self, file: Path, why: str) -> Iterator[RawMessage]:

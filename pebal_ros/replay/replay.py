@@ -82,6 +82,8 @@ def select_topics(reader: BagReader, opts: ReplayOptions) -> tuple[list[TopicInf
     """Image topics to process and the label topic, with clear errors for impossible choices."""
     topics = reader.topics
     listing = ", ".join(f"{t.name} [{t.msgtype}]" for t in topics.values()) or "no topics at all"
+    if not topics and reader.scan_notes:
+        listing += f" ({'; '.join(reader.scan_notes)})"
     label: TopicInfo | None = None
     if opts.label_topic and opts.label_topic != "auto":
         label = topics.get(opts.label_topic)
