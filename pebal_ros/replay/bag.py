@@ -96,6 +96,87 @@ def _stream_break(exc: Exception) -> str:
     return f"hit {type(exc).__name__}: {str(exc) or 'no details given'}"
 
 
+def _salvage_chunk(tail: bytes) -> list[Any]:
+    """Schema/Channel/Message records in the intact front of an MCAP chunk cut short.
+
+    A recorder that is killed leaves its last chunk half written (rosbag2 closes chunks every ~768 KiB,
+    so this is up to seconds of data). Uncompressed chunk data and zstd streams decode up to the cut,
+    so every inner record that lies completely before it is recovered. ``tail`` starts at the chunk's
+    opcode; anything that is not a chunk gives nothing.
+    """
+    import struct
+    from io import BytesIO
+
+    from mcap.data_stream import ReadDataStream
+    from mcap.opcode import Opcode
+    from mcap.records import Channel, Message, Schema
+
+    if len(tail) < 9 + 32 or tail[0] != Opcode.CHUNK:
+        return []
+    body = tail[9:]
+    (clen,) = struct.unpack_from("<I", body, 28)     # after start, end, uncompressed size, crc
+    pos = 32 + clen + 8                              # compression name, then the data length
+    compression, data = body[32:32 + clen].decode("utf-8", "replace"), body[pos:]
+    try:
+        if compression == "zstd":
+            raw = zstd.ZstdDecompressor().decompress(data)
+        elif compression == "lz4":
+            import lz4.frame  # type: ignore[import-not-found]
+            raw = lz4.frame.LZ4FrameDecompressor().decompress(data)
+        elif compression == "":
+            raw = data
+        else:
+            return []
+    except Exception:  # noqa: BLE001 - undecodable prefix (or no lz4 module): nothing to salvage
+        return []
+    readers = {Opcode.SCHEMA: Schema.read, Opcode.CHANNEL: Channel.read}
+    records: list[Any] = []
+    at = 0
+    while at + 9 <= len(raw):
+        op, length = raw[at], struct.unpack_from("<Q", raw, at + 1)[0]
+        if at + 9 + length > len(raw):
+            break                                       # the record the cut went through
+        stream = ReadDataStream(BytesIO(raw[at + 9: at + 9 + length]))
+        try:
+            if op == Opcode.MESSAGE:
+                records.append(Message.read(stream, length))
+            elif op in readers:
+                records.append(readers[op](stream))
+        except Exception:  # noqa: BLE001 - garbage where the cut left it: stop here
+            break
+        at += 9 + length
+    return records
+
+
+def _mcap_records(fh: Any, on_break: Any) -> Iterator[Any]:
+    """Schema, Channel and Message records of an MCAP file in file order, needing no footer or summary.
+
+    Reading stops at the first damage; when the file simply ends (truncated), the complete records of
+    the chunk it ends in are recovered first. ``on_break(offset, exception, salvaged)`` says where and
+    why reading stopped.
+    """
+    from mcap.exceptions import EndOfFile
+    from mcap.records import Channel, Chunk, Message, Schema
+    from mcap.stream_reader import StreamReader, breakup_chunk
+
+    last_end = fh.tell()
+    try:
+        for rec in StreamReader(fh, emit_chunks=True, record_size_limit=1 << 31).records:
+            if isinstance(rec, Chunk):
+                yield from breakup_chunk(rec)
+            elif isinstance(rec, (Schema, Channel, Message)):
+                yield rec
+            last_end = fh.tell()         # the generator has read exactly this record so far
+    except Exception as exc:  # noqa: BLE001 - truncation/corruption ends the stream here
+        offset = fh.tell()
+        salvaged: list[Any] = []
+        if isinstance(exc, EndOfFile):
+            fh.seek(last_end)
+            salvaged = _salvage_chunk(fh.read())
+        yield from salvaged
+        on_break(offset, exc, sum(isinstance(r, Message) for r in salvaged))
+
+
 # How deep `find_bags` looks below the folder it is given (fleet/day/vehicle/bag is 3).
 FIND_DEPTH = 4
 
@@ -279,25 +360,24 @@ class BagReader:
     def _scan_mcap_channels(self, file: Path) -> None:
         """Topics and definitions of an MCAP file without footer/summary, read record by record."""
         from mcap.records import Channel, Schema
-        from mcap.stream_reader import StreamReader
 
         schemas: dict[int, tuple[str, str]] = {}
         found = 0
+
+        def on_break(offset: int, exc: Exception, salvaged: int) -> None:
+            if not found:     # the message pass reports the break itself as a ReadIssue
+                self.scan_notes.append(f"{file.name} breaks at byte {offset}, before any topic is "
+                                       f"complete: {_stream_break(exc)}")
         try:
             with self._storage_path(file).open("rb") as fh:
-                try:
-                    for rec in StreamReader(fh, record_size_limit=1 << 31).records:
-                        if isinstance(rec, Schema):
-                            text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
-                            schemas[rec.id] = (rec.name, text)
-                        elif isinstance(rec, Channel):
-                            name, text = schemas.get(rec.schema_id, ("", ""))
-                            self._learn_topic(rec.topic, name, text)
-                            found += 1
-                except Exception as exc:  # noqa: BLE001 - the message pass reports it as a ReadIssue
-                    if not found:
-                        self.scan_notes.append(f"{file.name} breaks at byte {fh.tell()}, before any "
-                                               f"topic is complete: {_stream_break(exc)}")
+                for rec in _mcap_records(fh, on_break):
+                    if isinstance(rec, Schema):
+                        text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
+                        schemas[rec.id] = (rec.name, text)
+                    elif isinstance(rec, Channel):
+                        name, text = schemas.get(rec.schema_id, ("", ""))
+                        self._learn_topic(rec.topic, name, text)
+                        found += 1
         except OSError as exc:
             self.scan_notes.append(f"{file.name}: {exc.strerror or exc}")
 
@@ -436,32 +516,31 @@ class BagReader:
 
     def _mcap_stream(self, file: Path, why: str) -> Iterator[RawMessage]:
         from mcap.records import Channel, Message, Schema
-        from mcap.stream_reader import StreamReader
 
         path = self._storage_path(file)
         schemas: dict[int, tuple[str, str]] = {}
         channels: dict[int, TopicInfo] = {}
         count = 0
+
+        def on_break(offset: int, exc: Exception, salvaged: int) -> None:
+            saved = (f" ({salvaged} of them recovered from the intact part of the chunk it was cut in)"
+                     if salvaged else "")
+            self.issues.append(ReadIssue(file.name, count, offset, f"{why}; read {count} messages "
+                                         f"sequentially{saved}, then {_stream_break(exc)}"))
         with path.open("rb") as fh:
-            try:
-                for rec in StreamReader(fh, record_size_limit=1 << 31).records:
-                    if isinstance(rec, Schema):
-                        text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
-                        schemas[rec.id] = (rec.name, text)
-                    elif isinstance(rec, Channel):
-                        name, text = schemas.get(rec.schema_id, ("", ""))
-                        channels[rec.id] = self._learn_topic(rec.topic, name, text)
-                    elif isinstance(rec, Message):
-                        info = channels.get(rec.channel_id)
-                        if info is None:
-                            continue  # a message before its channel: invalid MCAP, nothing to decode
-                        yield RawMessage(info.name, info.msgtype, rec.log_time, bytes(rec.data))
-                        count += 1
-            except Exception as exc:  # noqa: BLE001 - truncation/corruption ends the stream here
-                self.issues.append(ReadIssue(file.name, count, fh.tell(),
-                                             f"{why}; read {count} messages sequentially, then "
-                                             f"{_stream_break(exc)}"))
-                return
+            for rec in _mcap_records(fh, on_break):
+                if isinstance(rec, Schema):
+                    text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
+                    schemas[rec.id] = (rec.name, text)
+                elif isinstance(rec, Channel):
+                    name, text = schemas.get(rec.schema_id, ("", ""))
+                    channels[rec.id] = self._learn_topic(rec.topic, name, text)
+                elif isinstance(rec, Message):
+                    info = channels.get(rec.channel_id)
+                    if info is None:
+                        continue  # a message before its channel: invalid MCAP, nothing to decode
+                    yield RawMessage(info.name, info.msgtype, rec.log_time, bytes(rec.data))
+                    count += 1
 
     def _sqlite_raw(self, file: Path, why: str) -> Iterator[RawMessage]:
         path = self._storage_path(file)
