@@ -1,7 +1,7 @@
 """Run the detector on image files or folders: overlay, semantic colour and anomaly heat-map PNGs.
 
 For every input image three PNGs go to --out: <name>_overlay.png (image + semantic colours,
-anomalous pixels in magenta, anomalous regions boxed), <name>_semantic.png (Cityscapes palette)
+anomalous pixels tinted green and outlined, anomalous regions boxed), <name>_semantic.png (Cityscapes palette)
 and <name>_anomaly.png (anomaly score heat map, blue = normal, red = anomalous); --mask also
 writes <name>_mask.png (0/255). Images of any size: a model with a fixed input size gets a
 resized copy and its outputs are scaled back to the image.
