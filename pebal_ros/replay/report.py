@@ -95,7 +95,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
+# Up to this many frames a topic's points get markers: a topic with one frame (or a few frames far
+# apart) is otherwise an invisible zero-length line.
+MARKERS_UP_TO = 200
+
+
+def anomaly_over_time_figure(records: Sequence[FrameRecord]) -> Any:
+    """The anomalous-pixel fraction of every processed frame over bag time, one line per topic;
+    skipped frames as red crosses on the time axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
     topics = sorted({r.topic for r in records})
@@ -103,7 +110,9 @@ def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
     for topic in topics:
         rs = [r for r in records if r.topic == topic and r.status == "processed"]
         t = [(r.bag_time_ns - t0) / 1e9 for r in rs]
-        ax.plot(t, [100 * r.anomaly_fraction for r in rs], lw=1.2, label=topic)
+        few = len(rs) <= MARKERS_UP_TO
+        ax.plot(t, [100 * r.anomaly_fraction for r in rs], lw=1.2, marker="o" if few else None,
+                ms=4 if len(rs) > 1 else 6, label=topic + (" (1 frame)" if len(rs) == 1 else ""))
         skipped = [(r.bag_time_ns - t0) / 1e9 for r in records if r.topic == topic and r.status != "processed"]
         if skipped:
             ax.plot(skipped, [0] * len(skipped), "x", color="red", label=f"{topic} (skipped)")
@@ -113,8 +122,13 @@ def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
     if topics:
         ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
+    return fig
+
+
+def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
+    fig = anomaly_over_time_figure(records)
     fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def plot_curves(scores: np.ndarray, labels: np.ndarray, metrics: dict[str, float], outdir: Path) -> None:
