@@ -373,3 +373,22 @@ def test_find_bags_recursive_and_without_metadata(tmp_path: Path) -> None:
     (tmp_path / "empty_tree" / "x").mkdir(parents=True)
     bags, problems = expand_bags([tmp_path / "empty_tree"])
     assert bags == [] and "holds no bags up to 4 folder levels below it" in problems[0]
+
+
+def test_sqlite3_without_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crashed sqlite3 recording (the database stays consistent, metadata.yaml is never written):
+    read like one with metadata; and where rosbags refuses the file, plain sqlite3 lists its topics
+    before any message is streamed (replay chooses its topics from that list)."""
+    bag = _write(tmp_path / "bag", storage="sqlite3")
+    with_meta = count_messages(bag)
+    (bag / "metadata.yaml").unlink()
+    assert count_messages(bag) == with_meta and with_meta[0] == TOPICS
+
+    def refuse(self, file):
+        raise RuntimeError("rosbags cannot open this")
+    monkeypatch.setattr(BagReader, "_open_rosbags", refuse)
+    with BagReader(bag) as reader:
+        assert {n: t.msgtype for n, t in reader.topics.items()} == {
+            "/camera/image_raw": "sensor_msgs/msg/Image", "/camera/image_raw/compressed":
+            "sensor_msgs/msg/CompressedImage", "/camera/labels": "sensor_msgs/msg/Image"}
+        assert sum(1 for _ in reader.messages()) == 18 and reader.backends == {"bag.db3": "sqlite3"}
