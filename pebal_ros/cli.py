@@ -93,6 +93,16 @@ def _yaml_problem(exc: Exception) -> str:
     return f"{mark.name} is not valid YAML: {what} (line {mark.line + 1}, column {mark.column + 1})"
 
 
+def _in_cache(path: Path) -> bool:
+    from .paths import cache_dir
+
+    try:
+        path.absolute().relative_to(cache_dir().absolute())
+        return True
+    except ValueError:
+        return False
+
+
 def error_message(exc: BaseException, args: argparse.Namespace | None = None) -> tuple[str, int] | None:
     """The one-line message and exit status for an error the user can fix; None for anything else
     (a bug: its traceback is more use than a sentence). Exit 2: a bad argument or configuration
@@ -110,6 +120,8 @@ def error_message(exc: BaseException, args: argparse.Namespace | None = None) ->
         if path is None:
             return reason, 1
         where = f"{path} -> {exc.filename2}" if exc.filename2 else str(path)
+        if _in_cache(Path(str(path))):
+            reason += " (this is the user cache folder for model exports; set PEBAL_CACHE to a writable one)"
         return f"{where}: {reason}", 1
     return None
 

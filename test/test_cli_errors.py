@@ -75,7 +75,7 @@ def test_config_not_yaml(command: str, tmp_path: Path, image: Path, bag: Path, c
 
 
 # -- the mapping itself -----------------------------------------------------------------------------
-def test_error_message_mapping() -> None:
+def test_error_message_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
     msg, code = error_message(PermissionError(errno.EACCES, "Permission denied", "/data/out"))
     assert code == 1 and msg.startswith("/data/out: permission denied")
     msg, code = error_message(OSError(errno.EROFS, "Read-only file system", "/mnt/ro/x"))
@@ -87,6 +87,11 @@ def test_error_message_mapping() -> None:
     except yaml.YAMLError as exc:
         msg, code = error_message(exc)
     assert code == 2 and "not valid YAML" in msg and "\n" not in msg
+    msg, _ = error_message(PermissionError(errno.EACCES, "Permission denied", "/ro/cache/onnx/x.onnx"))
+    assert "PEBAL_CACHE" not in msg
+    monkeypatch.setenv("PEBAL_CACHE", "/ro/cache")
+    msg, _ = error_message(PermissionError(errno.EACCES, "Permission denied", "/ro/cache/onnx/x.onnx"))
+    assert msg.startswith("/ro/cache/onnx/x.onnx: permission denied") and "set PEBAL_CACHE" in msg
     assert error_message(ZeroDivisionError("a bug")) is None      # bugs keep their traceback
     assert error_message(KeyError("x")) is None
 
