@@ -74,3 +74,20 @@ def test_outline_scales_with_the_image() -> None:
     green = (out == ANOMALY_COLOR).all(-1)
     assert green[250, 398] and green[250, 501] and not green[250, 397] and not green[250, 502]  # 2 px ring
     assert not overlay(image, None, np.zeros_like(mask)).any()                # no anomaly: no paint
+
+
+def test_outline_near_the_borders_matches_full_frame_dilation() -> None:
+    """The outline is computed in the anomalies' bounding box only; at the image borders and with
+    regions far apart it must equal the whole-frame morphological ring."""
+    import cv2
+
+    image = np.full((512, 1024, 3), 90, np.uint8)
+    mask = np.zeros((512, 1024), np.uint8)
+    mask[0:3, 0:5] = 1
+    mask[509:512, 1016:1024] = 1
+    mask[250, 500] = 1
+    r = outline_width(mask.shape)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    ring = (cv2.dilate(mask, kernel) > 0) & (mask == 0)
+    green = (overlay(image, None, mask) == ANOMALY_COLOR).all(-1)
+    np.testing.assert_array_equal(green & (mask == 0), ring)
