@@ -91,3 +91,13 @@ def test_one_frame_topic_is_visible_over_time() -> None:
     assert lines["/dense"].get_marker() in (None, "None", "", " ")        # a dense line needs none
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def test_contact_sheet_captions_fit_their_thumbnail() -> None:
+    import cv2
+
+    for title in ("/a #1", "/front_left/camera/image_raw/compressed #12345", "x" * 200):
+        text, scale = rep._fit_caption(title + "  3.80%", 312)
+        assert cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= 312
+        assert text.endswith("3.80%") and scale >= 0.32
+    assert rep._fit_caption("/a #1  3.80%", 312) == ("/a #1  3.80%", 0.45)      # short: unchanged

@@ -159,6 +159,18 @@ def plot_curves(scores: np.ndarray, labels: np.ndarray, metrics: dict[str, float
         plt.close(fig)
 
 
+def _fit_caption(text: str, width: int, scale: float = 0.45, smallest: float = 0.32) -> tuple[str, float]:
+    """``text`` and a font scale that fit ``width`` pixels: smaller type first, then the start of the
+    text (the topic prefix) cut, so long topic names never run into the next thumbnail's caption."""
+    def size(t: str, s: float) -> int:
+        return cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, s, 1)[0][0]
+    while scale - 0.03 >= smallest - 1e-9 and size(text, scale) > width:
+        scale = round(scale - 0.03, 2)
+    while len(text) > 4 and size(text, scale) > width:
+        text = ".." + text[3:]
+    return text, scale
+
+
 def contact_sheet(items: Sequence[tuple[float, str, np.ndarray]], path: Path, cols: int = 3) -> bool:
     """Thumbnails in a grid, each captioned with its frame and anomaly fraction."""
     if not items:
@@ -171,8 +183,8 @@ def contact_sheet(items: Sequence[tuple[float, str, np.ndarray]], path: Path, co
         r, c = divmod(i, cols)
         y, x = r * (th + cap), c * tw
         sheet[y + cap: y + cap + im.shape[0], x: x + im.shape[1]] = im
-        cv2.putText(sheet, f"{title}  {100 * frac:.2f}%", (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        text, scale = _fit_caption(f"{title}  {100 * frac:.2f}%", tw - 8)
+        cv2.putText(sheet, text, (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     return True
 
