@@ -7,8 +7,10 @@ when their command runs (or for ``--help``), so ``pebal replay`` never imports t
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+from pathlib import Path
 
 # name -> module; order is the order shown in --help.
 COMMANDS: dict[str, str] = {
@@ -63,6 +65,66 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - expected ones become one line, the rest keep the traceback
+        known = error_message(exc, args)
+        if known is None:
+            raise
+        message, code = known
+        print(f"pebal {args.command}: {message}", file=sys.stderr)
+        return code
+
+
+# Errors that say what to change, by errno; the path they concern is printed before them.
+_OS_HINTS = {
+    errno.EACCES: "permission denied (choose a folder you can read/write, or fix its permissions)",
+    errno.EPERM: "operation not permitted (choose a folder you can write to)",
+    errno.EROFS: "read-only file system (choose a writable folder, e.g. with --out)",
+    errno.ENOTDIR: "part of this path is a file, not a folder",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: what is wrong, in which file, where."""
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f"not valid YAML: {what}"
+    return f"{mark.name} is not valid YAML: {what} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def _in_cache(path: Path) -> bool:
+    from .paths import cache_dir
+
+    try:
+        path.absolute().relative_to(cache_dir().absolute())
+        return True
+    except ValueError:
+        return False
+
+
+def error_message(exc: BaseException, args: argparse.Namespace | None = None) -> tuple[str, int] | None:
+    """The one-line message and exit status for an error the user can fix; None for anything else
+    (a bug: its traceback is more use than a sentence). Exit 2: a bad argument or configuration
+    file; 1: the command could not read or write what it was given."""
+    import yaml
+
+    config = getattr(args, "config", None)
+    if isinstance(exc, yaml.YAMLError):
+        return f"--config: {_yaml_problem(exc)}" if config else _yaml_problem(exc), 2
+    if isinstance(exc, OSError):
+        path = exc.filename
+        reason = _OS_HINTS.get(exc.errno or -1) or exc.strerror or str(exc)
+        if config and path is not None and Path(str(path)) == Path(config):
+            return f"--config {config}: cannot read this configuration file: {exc.strerror or exc}", 2
+        if path is None:
+            return reason, 1
+        where = f"{path} -> {exc.filename2}" if exc.filename2 else str(path)
+        if _in_cache(Path(str(path))):
+            reason += " (this is the user cache folder for model exports; set PEBAL_CACHE to a writable one)"
+        return f"{where}: {reason}", 1
+    return None
 
 
 if __name__ == "__main__":

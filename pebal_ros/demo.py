@@ -67,6 +67,7 @@ def write_sample_recording(path: Path, n_frames: int, size: tuple[int, int], fmt
 
 def main(args: argparse.Namespace) -> int:
     from .export.onnx import parse_hw
+    from .outputs import writable_folder
     from .replay.model import config_from_args, open_runtime, resolve_threshold
     from .replay.replay import ReplayOptions, replay_bag
 
@@ -84,6 +85,7 @@ def main(args: argparse.Namespace) -> int:
     except SystemExit as exc:
         print(f"pebal demo: {exc}", file=sys.stderr)
         return 2
+    writable_folder(args.out)   # a read-only working folder fails here in a second, not after the model
     try:
         # ONNX Runtime on the CPU is the point of the demo: a .pt model is exported (and cached) first.
         kind = None if args.model and Path(args.model).suffix.lower() in (".engine", ".plan") else "onnxruntime"

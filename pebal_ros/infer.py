@@ -1,7 +1,7 @@
 """Run the detector on image files or folders: overlay, semantic colour and anomaly heat-map PNGs.
 
 For every input image three PNGs go to --out: <name>_overlay.png (image + semantic colours,
-anomalous pixels in magenta, anomalous regions boxed), <name>_semantic.png (Cityscapes palette)
+anomalous pixels tinted green and outlined, anomalous regions boxed), <name>_semantic.png (Cityscapes palette)
 and <name>_anomaly.png (anomaly score heat map, blue = normal, red = anomalous); --mask also
 writes <name>_mask.png (0/255). Images of any size: a model with a fixed input size gets a
 resized copy and its outputs are scaled back to the image.
@@ -44,16 +44,20 @@ def collect_images(inputs: Iterable[str | Path], recursive: bool = False) -> tup
     files: list[Path] = []
     problems: list[str] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found = sorted(p for p in item.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                problems.append(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            files.extend(found)
-        elif item.is_file():
-            files.append(item)
-        else:
-            problems.append(f"{item}: no such file or folder")
+        try:
+            if item.is_dir():
+                pattern = "**/*" if recursive else "*"
+                found = sorted(p for p in item.glob(pattern)
+                               if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                if not found:
+                    problems.append(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                files.extend(found)
+            elif item.is_file():
+                files.append(item)
+            else:
+                problems.append(f"{item}: no such file or folder")
+        except OSError as exc:   # e.g. under a folder the user may not enter: skip it, keep the rest
+            problems.append(f"{item}: cannot be read: {exc.strerror or exc}")
     return files, problems
 
 
@@ -87,6 +91,7 @@ def run_on_image(runtime, rgb: np.ndarray, threshold: float):
 
 
 def main(args: argparse.Namespace) -> int:
+    from .outputs import writable_folder, write_ok
     from .pipeline.regions import find_regions
     from .pipeline.visualize import colorize, overlay, score_heatmap
     from .replay.model import config_from_args, open_runtime, resolve_threshold
@@ -98,7 +103,14 @@ def main(args: argparse.Namespace) -> int:
         print("pebal infer: nothing to do (no input images)", file=sys.stderr)
         return 2
     try:
+        # Outside the model's error handling: a missing or broken --config is a config problem
+        # (pebal_ros.cli reports OSError/YAMLError as one line), not "cannot load the model".
         cfg = config_from_args(args)
+    except SystemExit as exc:
+        print(f"pebal infer: {exc}", file=sys.stderr)
+        return 2
+    writable_folder(args.out)      # before the model: an unwritable --out fails in a second, not after it
+    try:
         runtime = open_runtime(args.model, kind=args.runtime, device=args.device, config=cfg)
     except SystemExit as exc:
         print(f"pebal infer: {exc}", file=sys.stderr)
@@ -107,7 +119,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"pebal infer: cannot load the model: {exc}", file=sys.stderr)
         return 2
     threshold = resolve_threshold(args.threshold, cfg, runtime)
-    args.out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
     failed = 0
@@ -130,9 +141,11 @@ def main(args: argparse.Namespace) -> int:
         ov = overlay(rgb, sem, out.mask, boxes=[(r.x_offset, r.y_offset, r.width, r.height) for r in regions])
         images = {"overlay": ov, "semantic": sem, "anomaly": score_heatmap(out.score)}
         for kind, img in images.items():
-            cv2.imwrite(str(args.out / f"{name}_{kind}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            target = args.out / f"{name}_{kind}.png"
+            write_ok(cv2.imwrite(str(target), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)), target)
         if args.mask:
-            cv2.imwrite(str(args.out / f"{name}_mask.png"), out.mask * 255)
+            target = args.out / f"{name}_mask.png"
+            write_ok(cv2.imwrite(str(target), out.mask * 255), target)
         print(f"{path}: {100 * float(out.mask.mean()):.2f} % anomalous, {len(regions)} region(s)")
     done = len(files) - failed
     print(f"wrote {done * (4 if args.mask else 3)} PNGs for {done} image(s) to {args.out}")

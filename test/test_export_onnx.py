@@ -210,3 +210,33 @@ def test_half_export_is_strongly_typed_fp16_with_fp32_scoring(tmp_path):
     _, s32, _ = _run_fused(fused, image, 0.0)
     rel = np.abs(out.score - s32).max() / np.abs(s32).max()
     assert out.score.dtype == np.float32 and 0 < rel < 2e-3   # FP16 network: close, not identical
+
+
+def test_export_prints_no_torchvision_notices(tmp_path, capfd):
+    """torch's exporter logs four "torchvision is not installed" warnings per export; they are
+    filtered on their own logger during the export only, and other messages of it still pass."""
+    import importlib.util
+    import logging
+
+    from pebal_ros.export.onnx import _REGISTRY_LOGGER, _without_torchvision_notices
+
+    export_fused(build_fused(TinySegNet().eval()), tmp_path / "t.onnx", (32, 64),
+                 ExportSpec(image_size=(32, 64), arch="tiny"))
+    assert "torchvision is not installed" not in capfd.readouterr().err
+    # The filter itself, whether or not torchvision is installed here.
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(_REGISTRY_LOGGER)
+    logger.addHandler(handler)
+    try:
+        with _without_torchvision_notices():
+            logger.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+            logger.warning("some other registry problem")
+        logger.warning("torchvision is not installed. Skipping %s", "after the export")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["some other registry problem", "torchvision is not installed. Skipping after the export"]
+    if importlib.util.find_spec("torchvision") is None:
+        import torch.onnx._internal.exporter._registration as registration   # the source is still there
+        assert registration.logger.name == _REGISTRY_LOGGER

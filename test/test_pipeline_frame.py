@@ -32,7 +32,7 @@ from pebal_ros.pipeline.messages import (
     register_pebal_types,
 )
 from pebal_ros.pipeline.regions import Region, find_regions
-from pebal_ros.pipeline.visualize import colorize, overlay, score_heatmap
+from pebal_ros.pipeline.visualize import ANOMALY_COLOR, colorize, overlay, score_heatmap
 from pebal_ros.runtime.base import FrameOutputs
 from test_pipeline_runtime import ANOMALY_RGB, PaletteRuntime, make_scene, reference_semantic
 
@@ -135,10 +135,11 @@ def test_colorize_and_overlay():
     img = np.full((2, 2, 3), 100, np.uint8)
     mask = np.array([[0, 1], [0, 0]], np.uint8)
     ov = overlay(img, rgb, mask, alpha=0.5)
-    assert tuple(ov[0, 0]) == tuple(((img[0, 0].astype(int) + PALETTE[0]) / 2 + 1e-9).round().astype(np.uint8))
-    expect = np.array([0.35 * 100 + 0.65 * 255, 0.35 * 100, 0.35 * 100 + 0.65 * 255])
+    # (1, 0) touches the anomaly only diagonally: plain blend; (0, 0) and (1, 1) are its outline.
+    assert tuple(ov[1, 0]) == tuple(((img[1, 0].astype(int) + PALETTE[10]) / 2 + 1e-9).round().astype(np.uint8))
+    expect = 0.35 * 100 + 0.65 * np.array(ANOMALY_COLOR)
     assert np.abs(ov[0, 1] - expect).max() <= 1.0, ov[0, 1]
-    assert tuple(ov[1, 1]) == tuple(((img[1, 1].astype(int) + PALETTE[18]) / 2 + 1e-9).round().astype(np.uint8))
+    assert tuple(ov[0, 0]) == tuple(ov[1, 1]) == ANOMALY_COLOR
     heat = score_heatmap(np.array([[0.0, 1.0]], np.float32), 0.0, 1.0)
     assert heat.shape == (1, 2, 3) and heat[0, 0, 2] > heat[0, 0, 0] and heat[0, 1, 0] > heat[0, 1, 2]
 
@@ -181,7 +182,7 @@ def test_process_all_outputs_camera_resolution(factory):
     assert 0 < st.inference_latency_ms <= st.end_to_end_latency_ms
     assert {"decode", "preprocess", "inference", "postprocess", "encode", "total", "end_to_end"} <= set(res.timings)
     ov, _ = image_view(m["overlay"])
-    assert ov[25, 38, 1] < 150 and ov[25, 38, 0] > 150   # magenta tint over the cyan blob
+    assert ov[25, 38, 1] > 150 and ov[25, 38, 0] < 100   # green anomaly tint over the blob
 
 
 def res_net_max(rt, scene):

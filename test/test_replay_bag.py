@@ -165,24 +165,61 @@ def _write_big(path: Path) -> Path:
     return path
 
 
-def test_truncated_mcap_reads_intact_prefix(tmp_path: Path) -> None:
-    """A recorder that crashed leaves an MCAP without footer: read what is intact, say where it broke."""
+def _messages_before(data: bytes, cut: int) -> int:
+    """Messages whose record lies wholly before byte ``cut``, from the intact file's own chunk layout
+    (rosbags' summary-based reader + the MCAP record format; independent of the recovery code)."""
+    import struct
+    import tempfile
+
     from rosbags.rosbag2.storage_mcap import McapReader
 
+    with tempfile.TemporaryDirectory() as tmp:
+        full = Path(tmp) / "full.mcap"
+        full.write_bytes(data)
+        storage = McapReader(full)
+        storage.open()
+        chunks = [(c.chunk_start_offset, c.chunk_length) for c in storage.chunks]
+        storage.close()
+    n = 0
+    for start, _length in chunks:
+        clen = struct.unpack_from("<I", data, start + 9 + 28)[0]
+        assert clen == 0, "the generated bags have uncompressed chunks"
+        at = start + 9 + 32 + clen + 8
+        size = struct.unpack_from("<Q", data, at - 8)[0]
+        end = at + size
+        while at < end:
+            op, length = data[at], struct.unpack_from("<Q", data, at + 1)[0]
+            at += 9 + length
+            n += op == 0x05 and at <= cut
+    return n
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.75, 0.95])
+def test_truncated_mcap_reads_intact_prefix(tmp_path: Path, fraction: float) -> None:
+    """A recorder that crashed leaves an MCAP without footer: read every complete message, including
+    those in the front of the chunk it was cut in, and say where it broke."""
     bag = _write_big(tmp_path / "bag")
     data = (bag / "bag.mcap").read_bytes()
-    cut = int(len(data) * 0.75)
-    storage = McapReader(bag / "bag.mcap")
-    storage.open()
-    intact = sum(sum(c.channel_count.values()) for c in storage.chunks
-                 if c.chunk_start_offset + c.chunk_length <= cut)
-    storage.close()
+    cut = int(len(data) * fraction)
+    expected = _messages_before(data, cut)
     (bag / "bag.mcap").write_bytes(data[:cut])
     counts, issues = count_messages(bag)
     total = sum(counts.values())
-    assert total == intact and 0 < total < 80      # every complete chunk, nothing of the cut one
+    assert total == expected and 0 < total < 80
     assert len(issues) == 1 and issues[0].offset is not None and issues[0].messages_before == total
     assert "bag.mcap at byte" in str(issues[0]) and "could not open" in str(issues[0])
+    assert "recovered from the intact part of the chunk" in str(issues[0])
+    # Decoded, not just counted: the recovered images are the recorded ones, in order.
+    images = _decoded_big(bag)
+    assert len(images) == counts["/camera/image_raw"]
+    assert all(np.array_equal(a, b) for a, (b, _) in zip(images, BIG))
+
+
+def _decoded_big(path: Path) -> list[np.ndarray]:
+    with BagReader(path) as reader:
+        store = make_typestore(reader.topics.values())
+        return [store.deserialize_cdr(m.data, m.msgtype).data.reshape(96, 128, 3).copy()
+                for m in reader.messages(["/camera/image_raw"])]
 
 
 def test_corrupt_mcap_chunk(tmp_path: Path) -> None:
@@ -254,3 +291,104 @@ def test_threaded_writer_same_file_and_errors_surface(tmp_path: Path) -> None:
     w.write("/img", 1, "not a message")          # fails on the writer thread
     with pytest.raises(BagError, match="writing .* failed"):
         w.close()
+
+
+# -- what a crashed recorder leaves: a truncated MCAP and no metadata.yaml -----------------------
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.75, 0.9, 0.999])
+def test_truncated_mcap_without_metadata_recovered_like_with(tmp_path: Path, fraction: float) -> None:
+    bag = _write_big(tmp_path / "bag")
+    data = (bag / "bag.mcap").read_bytes()
+    (bag / "bag.mcap").write_bytes(data[: int(len(data) * fraction)])
+    with_meta = count_messages(bag)
+    with BagReader(bag) as reader:
+        topics_with = {n: t.msgtype for n, t in reader.topics.items()}
+    (bag / "metadata.yaml").unlink()
+    without = count_messages(bag)
+    with BagReader(bag) as reader:       # topics known before streaming: replay selects from them
+        topics_without = {n: t.msgtype for n, t in reader.topics.items()}
+        assert all(t.msgdef for t in reader.topics.values())
+    assert without[0] == with_meta[0] and [str(i) for i in without[1]] == [str(i) for i in with_meta[1]]
+    if sum(without[0].values()):
+        assert topics_without == topics_with
+    reason = without[1][0].reason
+    assert reason.endswith("the file ends in the middle of a record (truncated, e.g. the recorder was killed)")
+
+
+def test_truncated_real_bag_without_metadata(shared_data: Path, tmp_path: Path) -> None:
+    """ROS 2's own MCAP writer (talker bag): cut inside the summary, metadata.yaml gone."""
+    bag = tmp_path / "talker"
+    bag.mkdir()
+    data = (shared_data / "rosbag2" / "talker_mcap" / "talker.mcap").read_bytes()
+    (bag / "talker_0.mcap").write_bytes(data[: int(len(data) * 0.6)])
+    counts, issues = count_messages(bag)
+    assert counts == {"/topic": 10, "/rosout": 10, "/parameter_events": 0}
+    assert len(issues) == 1 and "truncated" in issues[0].reason
+
+
+def test_cut_before_first_chunk_says_so(tmp_path: Path) -> None:
+    """Nothing is complete yet: the 'no image topics' error must say why there are no topics."""
+    from pebal_ros.replay.replay import ReplayError, ReplayOptions, select_topics
+
+    bag = _write_big(tmp_path / "bag")
+    data = (bag / "bag.mcap").read_bytes()
+    (bag / "bag.mcap").write_bytes(data[:60])      # header record, then the cut
+    (bag / "metadata.yaml").unlink()
+    with BagReader(bag) as reader, pytest.raises(ReplayError) as info:
+        select_topics(reader, ReplayOptions())
+    assert "no topics at all (bag.mcap breaks at byte" in str(info.value)
+    assert "before any topic is complete" in str(info.value) and "truncated" in str(info.value)
+
+
+# -- finding bags in folders ---------------------------------------------------------------------
+def test_find_bags_recursive_and_without_metadata(tmp_path: Path) -> None:
+    from pebal_ros.replay.bag import FIND_DEPTH, find_bags, is_bag_folder
+    from pebal_ros.replay.cli import _names, expand_bags
+
+    root = tmp_path / "fleet"
+    deep = _write(root / "2024" / "car1" / "drive_a")                        # 3 levels down
+    crashed = _write(root / "2024" / "car2" / "rosbag2_2024_05_01-10_00_00")
+    (crashed / "metadata.yaml").unlink()
+    (crashed / "rosbag2_2024_05_01-10_00_00.mcap").rename(crashed / "rosbag2_2024_05_01-10_00_00_0.mcap")
+    shutil.copy(crashed / "rosbag2_2024_05_01-10_00_00_0.mcap", crashed / "rosbag2_2024_05_01-10_00_00_1.mcap")
+    loose = root / "loose"
+    loose.mkdir()
+    for name in ("a", "b"):                                  # two single-file bags side by side
+        shutil.copy(deep / "drive_a.mcap", loose / f"{name}.mcap")
+    lonely = root / "lonely"
+    lonely.mkdir()
+    shutil.copy(deep / "drive_a.mcap", lonely / "whatever.mcap")          # renamed single-file recording
+    too_deep = root.joinpath(*[f"l{i}" for i in range(FIND_DEPTH)], "bag")
+    _write(too_deep)
+    (root / "2024" / "notes.txt").write_text("not a bag")
+
+    assert is_bag_folder(crashed) and is_bag_folder(lonely) and not is_bag_folder(loose)
+    bags, problems = find_bags(root)
+    assert problems == []
+    assert bags == [deep, crashed, lonely, loose / "a.mcap", loose / "b.mcap"]
+    assert too_deep in find_bags(root, max_depth=FIND_DEPTH + 1)[0]          # the limit is what stopped it
+    assert _names(bags) == ["2024/car1/drive_a", "2024/car2/rosbag2_2024_05_01-10_00_00", "lonely",
+                            "loose/a", "loose/b"]
+    # The split crash recording reads as one bag: both files.
+    assert count_messages(crashed)[0] == {t: 2 * n for t, n in TOPICS.items()}
+    (tmp_path / "empty_tree" / "x").mkdir(parents=True)
+    bags, problems = expand_bags([tmp_path / "empty_tree"])
+    assert bags == [] and "holds no bags up to 4 folder levels below it" in problems[0]
+
+
+def test_sqlite3_without_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crashed sqlite3 recording (the database stays consistent, metadata.yaml is never written):
+    read like one with metadata; and where rosbags refuses the file, plain sqlite3 lists its topics
+    before any message is streamed (replay chooses its topics from that list)."""
+    bag = _write(tmp_path / "bag", storage="sqlite3")
+    with_meta = count_messages(bag)
+    (bag / "metadata.yaml").unlink()
+    assert count_messages(bag) == with_meta and with_meta[0] == TOPICS
+
+    def refuse(self, file):
+        raise RuntimeError("rosbags cannot open this")
+    monkeypatch.setattr(BagReader, "_open_rosbags", refuse)
+    with BagReader(bag) as reader:
+        assert {n: t.msgtype for n, t in reader.topics.items()} == {
+            "/camera/image_raw": "sensor_msgs/msg/Image", "/camera/image_raw/compressed":
+            "sensor_msgs/msg/CompressedImage", "/camera/labels": "sensor_msgs/msg/Image"}
+        assert sum(1 for _ in reader.messages()) == 18 and reader.backends == {"bag.db3": "sqlite3"}

@@ -74,3 +74,30 @@ def test_label_topic_matcher_either_order_and_window() -> None:
     m.finish()
     assert acc.frames == 3 and m.frames_without_label == 1 and m.labels_without_frame == 3
     assert acc.compute()["metrics"]["auroc"] == pytest.approx(1.0)
+
+
+def test_one_frame_topic_is_visible_over_time() -> None:
+    """A topic with a single processed frame is a zero-length line unless drawn with a marker."""
+    records = [rep.FrameRecord("/front", i, 1_000_000_000 + i * 100_000_000, anomaly_fraction=0.01 * (i % 3))
+               for i in range(20)]
+    records.append(rep.FrameRecord("/rear", 0, 1_500_000_000, anomaly_fraction=0.02))
+    records += [rep.FrameRecord("/dense", i, 1_000_000_000 + i * 1_000_000) for i in range(rep.MARKERS_UP_TO + 1)]
+    fig = rep.anomaly_over_time_figure(records)
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    rear = lines["/rear (1 frame)"]
+    assert list(rear.get_xdata()) == [0.5] and list(rear.get_ydata()) == [2.0]
+    assert rear.get_marker() not in (None, "None", "", " ") and rear.get_markersize() > 0
+    assert lines["/front"].get_marker() not in (None, "None", "", " ")
+    assert lines["/dense"].get_marker() in (None, "None", "", " ")        # a dense line needs none
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_contact_sheet_captions_fit_their_thumbnail() -> None:
+    import cv2
+
+    for title in ("/a #1", "/front_left/camera/image_raw/compressed #12345", "x" * 200):
+        text, scale = rep._fit_caption(title + "  3.80%", 312)
+        assert cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= 312
+        assert text.endswith("3.80%") and scale >= 0.32
+    assert rep._fit_caption("/a #1  3.80%", 312) == ("/a #1  3.80%", 0.45)      # short: unchanged

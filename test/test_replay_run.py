@@ -307,3 +307,15 @@ def test_replay_other_storage(runtime, tmp_path: Path, storage: str, compression
     det = res.summary["deterministic"]
     assert det["frames"] == {"read": 4, "processed": 4, "skipped": 0} and det["status"] == "ok"
     assert det["ground_truth"]["frames_with_labels"] == 4
+
+
+def test_report_without_labels_has_no_ground_truth_rows(drive: Path, runtime, tmp_path: Path) -> None:
+    """No labels given: no ground-truth timing stage, no accuracy section; with labels both appear."""
+    plain = replay_bag(drive, runtime, tmp_path / "plain", _opts(label_topic=None))
+    stages = plain.summary["timing"]["stages_ms_per_frame"]
+    assert "ground_truth_metrics" not in stages and "bag_read_and_other" in stages
+    page = (plain.report_dir / "report.html").read_text()
+    assert "ground truth" not in page.lower() and "Accuracy against" not in page
+    labelled = replay_bag(drive, runtime, tmp_path / "labelled", _opts())
+    assert "ground_truth_metrics" in labelled.summary["timing"]["stages_ms_per_frame"]
+    assert "Accuracy against ground truth" in (labelled.report_dir / "report.html").read_text()

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -171,6 +172,34 @@ def check_onnx(path: str | Path, allowed_ops: frozenset[str] = TENSORRT10_OPS) -
     return {"opset": domains.get("ai.onnx"), "ops": ops, "nodes": len(model.graph.node)}
 
 
+class _TorchvisionNotice(logging.Filter):
+    """Drops the "torchvision is not installed. Skipping torchvision::nms" notices.
+
+    torch's dynamo exporter builds its operator registry on every export and logs one warning per
+    torchvision detection op (nms, roi_align, roi_pool, deform_conv2d) when torchvision is absent.
+    No PEBAL graph uses them, and torchvision is not a dependency, so to a user they are four lines
+    of noise per export that read like a missing install.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+# The logger that emits them (torch/onnx/_internal/exporter/_registration.py, torch 2.5+).
+_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def _without_torchvision_notices() -> Any:
+    """Filter those notices on their own logger for the duration of one export (nothing global)."""
+    logger, notice = logging.getLogger(_REGISTRY_LOGGER), _TorchvisionNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def _export_dynamo(module: nn.Module, args: tuple, path: Path, opset: int, input_names, output_names,
                    dynamic: dict | None, verbose: bool) -> None:
     kwargs: dict[str, Any] = dict(dynamo=True, opset_version=opset, input_names=list(input_names),
@@ -179,7 +208,7 @@ def _export_dynamo(module: nn.Module, args: tuple, path: Path, opset: int, input
     if dynamic is not None:
         kwargs["dynamic_shapes"] = dynamic
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink, warnings.catch_warnings():
+    with sink, warnings.catch_warnings(), _without_torchvision_notices():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, args, **kwargs)
     if program is None:

@@ -4,6 +4,7 @@ All functions take an optional ``out`` buffer so the per-frame path can reuse it
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import cv2
@@ -11,7 +12,10 @@ import numpy as np
 
 from ..labels import PALETTE
 
-ANOMALY_COLOR: tuple[int, int, int] = (255, 0, 255)   # magenta: no Cityscapes class uses it
+# Pure green: of all RGB colours, the one farthest from every Cityscapes class colour in CIELAB
+# (>= 58 dE76 from all 19; vegetation/terrain are the nearest). The old magenta (255, 0, 255) was 13 dE
+# from sidewalk (244, 35, 232): a frame with 1 % anomalous pixels looked mostly "anomalous".
+ANOMALY_COLOR: tuple[int, int, int] = (0, 255, 0)
 
 
 _LUTS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -29,6 +33,16 @@ def _solid(shape: tuple[int, ...], color: Sequence[int]) -> np.ndarray:
         img = _SOLID[key] = np.empty(shape, np.uint8)
         img[:] = key[1]
     return img
+
+
+@functools.lru_cache(maxsize=8)
+def _ring_kernel(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def outline_width(shape: tuple[int, ...]) -> int:
+    """Outline width ~1/300 of the shorter side: 2 px at 512x1024, 1 px on small images."""
+    return max(1, round(min(shape[:2]) / 300))
 
 
 def _buffer(out: np.ndarray | None, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
@@ -59,9 +73,9 @@ def overlay(
     boxes: Sequence[tuple[int, int, int, int]] = (),
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Camera image blended with the semantic colours, anomalous pixels painted, regions boxed.
+    """Camera image blended with the semantic colours, anomalous pixels tinted and outlined, regions boxed.
 
-    ``semantic_rgb`` None gives the plain image with the anomalies; ``boxes`` are
+    ``mask`` is uint8 0/1 (or 0/255). ``semantic_rgb`` None gives the plain image with the anomalies; ``boxes`` are
     (x, y, width, height) rectangles drawn in the anomaly colour.
     """
     if image_rgb.shape[:2] != mask.shape:
@@ -74,8 +88,19 @@ def overlay(
     # Anomalies: a strong tint rather than a flat fill so the object stays recognisable. Whole-frame
     # cv2 ops plus a masked copy are ~10x faster than boolean fancy indexing on large masks.
     if cv2.countNonZero(mask):
-        tint = cv2.addWeighted(image_rgb, 1.0 - TINT, _solid(image_rgb.shape, anomaly_color), TINT, 0.0)
+        solid = _solid(image_rgb.shape, anomaly_color)
+        tint = cv2.addWeighted(image_rgb, 1.0 - TINT, solid, TINT, 0.0)
         cv2.copyTo(tint, mask, buf)
+        # Outline: the ring just outside each region in the full colour, so even a few pixels show and
+        # a region's edge stays visible where the tint is faint against a similar background.
+        # Only inside the anomalies' bounding box (grown by the width): typically a small part of the frame.
+        r = outline_width(mask.shape)
+        x, y, w, h = cv2.boundingRect(mask)
+        x0, y0 = max(0, x - r), max(0, y - r)
+        x1, y1 = min(mask.shape[1], x + w + r), min(mask.shape[0], y + h + r)
+        roi = mask[y0:y1, x0:x1]
+        ring = cv2.subtract(cv2.dilate(roi, _ring_kernel(r)), roi)
+        cv2.copyTo(solid[y0:y1, x0:x1], ring, buf[y0:y1, x0:x1])
     for x, y, w, h in boxes:
         cv2.rectangle(buf, (int(x), int(y)), (int(x + w - 1), int(y + h - 1)), tuple(int(c) for c in anomaly_color), 2)
     return buf

@@ -87,11 +87,155 @@ def _storage_kind(path: Path) -> str | None:
     return STORAGE_SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
+def _stream_break(exc: Exception) -> str:
+    """Why sequential MCAP reading stopped, in words (mcap's EndOfFile carries no message)."""
+    from mcap.exceptions import EndOfFile
+
+    if isinstance(exc, EndOfFile):
+        return "the file ends in the middle of a record (truncated, e.g. the recorder was killed)"
+    return f"hit {type(exc).__name__}: {str(exc) or 'no details given'}"
+
+
+def _salvage_chunk(tail: bytes) -> list[Any]:
+    """Schema/Channel/Message records in the intact front of an MCAP chunk cut short.
+
+    A recorder that is killed leaves its last chunk half written (rosbag2 closes chunks every ~768 KiB,
+    so this is up to seconds of data). Uncompressed chunk data and zstd streams decode up to the cut,
+    so every inner record that lies completely before it is recovered. ``tail`` starts at the chunk's
+    opcode; anything that is not a chunk gives nothing.
+    """
+    import struct
+    from io import BytesIO
+
+    from mcap.data_stream import ReadDataStream
+    from mcap.opcode import Opcode
+    from mcap.records import Channel, Message, Schema
+
+    if len(tail) < 9 + 32 or tail[0] != Opcode.CHUNK:
+        return []
+    body = tail[9:]
+    (clen,) = struct.unpack_from("<I", body, 28)     # after start, end, uncompressed size, crc
+    pos = 32 + clen + 8                              # compression name, then the data length
+    compression, data = body[32:32 + clen].decode("utf-8", "replace"), body[pos:]
+    try:
+        if compression == "zstd":
+            raw = zstd.ZstdDecompressor().decompress(data)
+        elif compression == "lz4":
+            import lz4.frame  # type: ignore[import-not-found]
+            raw = lz4.frame.LZ4FrameDecompressor().decompress(data)
+        elif compression == "":
+            raw = data
+        else:
+            return []
+    except Exception:  # noqa: BLE001 - undecodable prefix (or no lz4 module): nothing to salvage
+        return []
+    readers = {Opcode.SCHEMA: Schema.read, Opcode.CHANNEL: Channel.read}
+    records: list[Any] = []
+    at = 0
+    while at + 9 <= len(raw):
+        op, length = raw[at], struct.unpack_from("<Q", raw, at + 1)[0]
+        if at + 9 + length > len(raw):
+            break                                       # the record the cut went through
+        stream = ReadDataStream(BytesIO(raw[at + 9: at + 9 + length]))
+        try:
+            if op == Opcode.MESSAGE:
+                records.append(Message.read(stream, length))
+            elif op in readers:
+                records.append(readers[op](stream))
+        except Exception:  # noqa: BLE001 - garbage where the cut left it: stop here
+            break
+        at += 9 + length
+    return records
+
+
+def _mcap_records(fh: Any, on_break: Any) -> Iterator[Any]:
+    """Schema, Channel and Message records of an MCAP file in file order, needing no footer or summary.
+
+    Reading stops at the first damage; when the file simply ends (truncated), the complete records of
+    the chunk it ends in are recovered first. ``on_break(offset, exception, salvaged)`` says where and
+    why reading stopped.
+    """
+    from mcap.exceptions import EndOfFile
+    from mcap.records import Channel, Chunk, Message, Schema
+    from mcap.stream_reader import StreamReader, breakup_chunk
+
+    last_end = fh.tell()
+    try:
+        for rec in StreamReader(fh, emit_chunks=True, record_size_limit=1 << 31).records:
+            if isinstance(rec, Chunk):
+                yield from breakup_chunk(rec)
+            elif isinstance(rec, (Schema, Channel, Message)):
+                yield rec
+            last_end = fh.tell()         # the generator has read exactly this record so far
+    except Exception as exc:  # noqa: BLE001 - truncation/corruption ends the stream here
+        offset = fh.tell()
+        salvaged: list[Any] = []
+        if isinstance(exc, EndOfFile):
+            fh.seek(last_end)
+            salvaged = _salvage_chunk(fh.read())
+        yield from salvaged
+        on_break(offset, exc, sum(isinstance(r, Message) for r in salvaged))
+
+
+# How deep `find_bags` looks below the folder it is given (fleet/day/vehicle/bag is 3).
+FIND_DEPTH = 4
+
+
+def _storage_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if _storage_kind(p) and p.is_file())
+
+
+def is_bag_folder(folder: Path) -> bool:
+    """A rosbag2 recording folder: metadata.yaml, or storage files named as rosbag2 names them.
+
+    rosbag2 writes metadata.yaml only when recording ends, so a recorder that crashed leaves just
+    ``<name>_0.mcap``, ``<name>_1.mcap``, ... (one prefix, indices from 0). Loose files with other
+    names (``a.mcap``, ``b.mcap``) are separate single-file bags, not one recording; a folder holding
+    a single storage file is that recording either way.
+    """
+    if (folder / "metadata.yaml").is_file():
+        return True
+    files = _storage_files(folder)
+    if len(files) < 2:
+        return bool(files)
+    stems = [f.name.split(".")[0] for f in files]
+    prefixes = {s.rpartition("_")[0] for s in stems}
+    indices = sorted(s.rpartition("_")[2] for s in stems)
+    return (len(prefixes) == 1 and "" not in prefixes and all(i.isdigit() for i in indices)
+            and sorted(map(int, indices)) == list(range(len(files))))
+
+
+def find_bags(root: Path, max_depth: int = FIND_DEPTH) -> tuple[list[Path], list[str]]:
+    """Bags in or below ``root``: bag folders and single storage files, at most ``max_depth`` levels
+    down (a bag folder is not searched further). Returns the bags and problems (unreadable folders)."""
+    bags: list[Path] = []
+    problems: list[str] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        try:
+            if is_bag_folder(folder):
+                bags.append(folder)
+                return
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            problems.append(f"{folder}: cannot look inside: {exc.strerror or exc}")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_file() and _storage_kind(entry):
+                bags.append(entry)
+            elif entry.is_dir() and depth < max_depth:
+                walk(entry, depth + 1)
+
+    walk(root, 0)
+    return bags, problems
+
+
 def is_bag(path: Path) -> bool:
-    """A rosbag2 directory (with metadata.yaml or storage files) or a single .mcap/.db3 file."""
+    """A rosbag2 recording folder (see :func:`is_bag_folder`) or a single .mcap/.db3 file."""
     if path.is_dir():
-        return (path / "metadata.yaml").is_file() or any(
-            _storage_kind(p) for p in path.iterdir() if p.is_file())
+        return is_bag_folder(path)
     return path.is_file() and _storage_kind(path) is not None
 
 
@@ -143,6 +287,8 @@ class BagReader:
         self.path = Path(path)
         self.issues: list[ReadIssue] = []
         self.backends: dict[str, str] = {}       # storage file -> "rosbags" | "mcap" | "sqlite3"
+        # Why a damaged file showed no topics while its topics were listed (for "no topics" errors).
+        self.scan_notes: list[str] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if not self.path.exists():
             raise BagError(f"{self.path} does not exist")
@@ -196,7 +342,13 @@ class BagReader:
         for file in self.meta.files:
             try:
                 storage = self._open_rosbags(file)
-            except Exception:   # noqa: BLE001 - unreadable here means: learn topics while streaming
+            except Exception:   # noqa: BLE001 - damaged file: the independent readers list its topics
+                # Without metadata.yaml (a crashed recorder writes it only at the end) this is the
+                # only way to know the topics before the messages are streamed.
+                if _storage_kind(file) == "mcap":
+                    self._scan_mcap_channels(file)
+                else:
+                    self._scan_sqlite_topics(file)
                 continue
             try:
                 for conn in storage.connections:
@@ -204,6 +356,43 @@ class BagReader:
                                       if conn.msgdef.format.name == "MSG" else "")
             finally:
                 storage.close()
+
+    def _scan_mcap_channels(self, file: Path) -> None:
+        """Topics and definitions of an MCAP file without footer/summary, read record by record."""
+        from mcap.records import Channel, Schema
+
+        schemas: dict[int, tuple[str, str]] = {}
+        found = 0
+
+        def on_break(offset: int, exc: Exception, salvaged: int) -> None:
+            if not found:     # the message pass reports the break itself as a ReadIssue
+                self.scan_notes.append(f"{file.name} breaks at byte {offset}, before any topic is "
+                                       f"complete: {_stream_break(exc)}")
+        try:
+            with self._storage_path(file).open("rb") as fh:
+                for rec in _mcap_records(fh, on_break):
+                    if isinstance(rec, Schema):
+                        text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
+                        schemas[rec.id] = (rec.name, text)
+                    elif isinstance(rec, Channel):
+                        name, text = schemas.get(rec.schema_id, ("", ""))
+                        self._learn_topic(rec.topic, name, text)
+                        found += 1
+        except OSError as exc:
+            self.scan_notes.append(f"{file.name}: {exc.strerror or exc}")
+
+    def _scan_sqlite_topics(self, file: Path) -> None:
+        try:
+            con = sqlite3.connect(f"file:{self._storage_path(file)}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return
+        try:
+            for name, typ in con.execute("SELECT name, type FROM topics"):
+                self._learn_topic(name, typ)
+        except sqlite3.Error:
+            pass      # reported when its messages are read
+        finally:
+            con.close()
 
     def _learn_topic(self, name: str, msgtype: str, msgdef: str = "") -> TopicInfo:
         msgtype = normalize_type(msgtype)
@@ -327,32 +516,31 @@ class BagReader:
 
     def _mcap_stream(self, file: Path, why: str) -> Iterator[RawMessage]:
         from mcap.records import Channel, Message, Schema
-        from mcap.stream_reader import StreamReader
 
         path = self._storage_path(file)
         schemas: dict[int, tuple[str, str]] = {}
         channels: dict[int, TopicInfo] = {}
         count = 0
+
+        def on_break(offset: int, exc: Exception, salvaged: int) -> None:
+            saved = (f" ({salvaged} of them recovered from the intact part of the chunk it was cut in)"
+                     if salvaged else "")
+            self.issues.append(ReadIssue(file.name, count, offset, f"{why}; read {count} messages "
+                                         f"sequentially{saved}, then {_stream_break(exc)}"))
         with path.open("rb") as fh:
-            try:
-                for rec in StreamReader(fh, record_size_limit=1 << 31).records:
-                    if isinstance(rec, Schema):
-                        text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
-                        schemas[rec.id] = (rec.name, text)
-                    elif isinstance(rec, Channel):
-                        name, text = schemas.get(rec.schema_id, ("", ""))
-                        channels[rec.id] = self._learn_topic(rec.topic, name, text)
-                    elif isinstance(rec, Message):
-                        info = channels.get(rec.channel_id)
-                        if info is None:
-                            continue  # a message before its channel: invalid MCAP, nothing to decode
-                        yield RawMessage(info.name, info.msgtype, rec.log_time, bytes(rec.data))
-                        count += 1
-            except Exception as exc:  # noqa: BLE001 - truncation/corruption ends the stream here
-                self.issues.append(ReadIssue(file.name, count, fh.tell(),
-                                             f"{why}; read {count} messages sequentially, then "
-                                             f"hit {type(exc).__name__}: {exc or 'end of file'}"))
-                return
+            for rec in _mcap_records(fh, on_break):
+                if isinstance(rec, Schema):
+                    text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
+                    schemas[rec.id] = (rec.name, text)
+                elif isinstance(rec, Channel):
+                    name, text = schemas.get(rec.schema_id, ("", ""))
+                    channels[rec.id] = self._learn_topic(rec.topic, name, text)
+                elif isinstance(rec, Message):
+                    info = channels.get(rec.channel_id)
+                    if info is None:
+                        continue  # a message before its channel: invalid MCAP, nothing to decode
+                    yield RawMessage(info.name, info.msgtype, rec.log_time, bytes(rec.data))
+                    count += 1
 
     def _sqlite_raw(self, file: Path, why: str) -> Iterator[RawMessage]:
         path = self._storage_path(file)

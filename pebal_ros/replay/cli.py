@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import add_config_arguments
+from ..outputs import writable_folder
 from .model import MODEL_PRESET_HELP
 from ..pipeline.messages import OUTPUT_NAMES
-from .bag import STORAGE_SUFFIXES, BagError, _storage_kind
+from .bag import FIND_DEPTH, STORAGE_SUFFIXES, BagError, find_bags
 from .replay import ReplayError, ReplayOptions, replay_bag
 
 
@@ -74,32 +75,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def expand_bags(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
-    """Bags named directly, plus the bags inside folders that are not bags themselves."""
+    """Bags named directly, plus the bags in and below folders that are not bags themselves."""
     bags: list[Path] = []
     problems: list[str] = []
     for p in map(Path, paths):
-        if not p.exists():
-            problems.append(f"{p}: does not exist")
-        elif p.is_file():
+        try:
+            exists, is_file = p.exists(), p.is_file()
+        except OSError as exc:     # e.g. a parent folder the user may not enter
+            problems.append(f"{p}: cannot be read: {exc.strerror or exc}")
+            continue
+        if not exists:
+            problems.append(f"{p}: does not exist" + (
+                "" if p.parent.exists() or p.parent == p else f" ({p.parent} does not exist either)"))
+        elif is_file:
             bags.append(p)      # BagReader names the problem if it is not a bag
-        elif (p / "metadata.yaml").is_file():
-            bags.append(p)
         else:
-            children = sorted(c for c in p.iterdir() if (c.is_dir() and (c / "metadata.yaml").is_file())
-                              or (c.is_file() and _storage_kind(c)))
-            if children:
-                bags.extend(children)
-            else:
+            found, trouble = find_bags(p)
+            problems.extend(trouble)
+            if found:
+                bags.extend(found)
+            elif not trouble:
                 problems.append(f"{p}: not a rosbag2 recording (no metadata.yaml, no "
-                                f"{'/'.join(STORAGE_SUFFIXES)} file) and holds no bags")
+                                f"{'/'.join(STORAGE_SUFFIXES)} file) and holds no bags up to "
+                                f"{FIND_DEPTH} folder levels below it")
     return bags, problems
 
 
 def _names(bags: list[Path]) -> list[str]:
+    """Output sub-folders: each bag's path below the folders they share (bags found at several
+    depths keep their layout: fleet/day1/bag -> day1/bag), without storage suffixes."""
+    if not bags:
+        return []
+    absolute = [b.resolve() for b in bags]
+    common = Path(os.path.commonpath([b.parent for b in absolute]))
     seen: dict[str, int] = {}
     out = []
-    for b in bags:
-        stem = b.name.split(".")[0] if b.is_file() else b.name
+    for b in absolute:
+        rel = b.relative_to(common)
+        stem = (rel.parent / rel.name.split(".")[0]).as_posix() if b.is_file() else rel.as_posix()
         n = seen.get(stem, 0)
         seen[stem] = n + 1
         out.append(stem if n == 0 else f"{stem}_{n}")
@@ -121,6 +134,9 @@ def _run_one(bag: Path, out_dir: Path, opts: ReplayOptions, runtime: Any) -> dic
         res = replay_bag(bag, runtime, out_dir, opts)
     except (BagError, ReplayError) as exc:
         return {"bag": str(bag), "exit_code": 1, "error": str(exc)}
+    except OSError as exc:     # unreadable input or unwritable output: this bag fails, the others go on
+        where = exc.filename if exc.filename is not None else bag
+        return {"bag": str(bag), "exit_code": 1, "error": f"{where}: {exc.strerror or exc}"}
     det = res.summary["deterministic"]
     return {"bag": str(bag), "exit_code": res.exit_code, "status_text": det["status_text"],
             "status": det["status"], "issues": det["issues"], "report": str(res.report_dir / "report.html"),
@@ -196,6 +212,7 @@ def main(args: argparse.Namespace) -> int:
     except SystemExit as exc:
         print(f"pebal replay: {exc}", file=sys.stderr)
         return 2
+    writable_folder(args.out)   # before the model: an unwritable --out fails now, not after loading it
     opts = _options(args)
     if opts.threshold is None and cfg is not None:
         opts.threshold = float(cfg.inference.threshold)

@@ -82,6 +82,8 @@ def select_topics(reader: BagReader, opts: ReplayOptions) -> tuple[list[TopicInf
     """Image topics to process and the label topic, with clear errors for impossible choices."""
     topics = reader.topics
     listing = ", ".join(f"{t.name} [{t.msgtype}]" for t in topics.values()) or "no topics at all"
+    if not topics and reader.scan_notes:
+        listing += f" ({'; '.join(reader.scan_notes)})"
     label: TopicInfo | None = None
     if opts.label_topic and opts.label_topic != "auto":
         label = topics.get(opts.label_topic)
@@ -220,7 +222,9 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
         wall = time.perf_counter() - t_start
         # Everything in the loop that is not per-frame processing: reading the bag, labels, metrics.
         stages["bag_read_and_other"] = (wall * 1e3 - sum(r.latency_ms for r in records)
-                                        - stages["ground_truth_metrics"])
+                                        - stages.get("ground_truth_metrics", 0.0))
+        if accuracy is None:      # no labels: no "ground truth metrics" stage in the report
+            stages.pop("ground_truth_metrics", None)
         issues = [str(i) for i in reader.issues]
         backends = dict(reader.backends)
         all_topics = dict(reader.topics)

@@ -95,7 +95,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
+# Up to this many frames a topic's points get markers: a topic with one frame (or a few frames far
+# apart) is otherwise an invisible zero-length line.
+MARKERS_UP_TO = 200
+
+
+def anomaly_over_time_figure(records: Sequence[FrameRecord]) -> Any:
+    """The anomalous-pixel fraction of every processed frame over bag time, one line per topic;
+    skipped frames as red crosses on the time axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
     topics = sorted({r.topic for r in records})
@@ -103,7 +110,9 @@ def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
     for topic in topics:
         rs = [r for r in records if r.topic == topic and r.status == "processed"]
         t = [(r.bag_time_ns - t0) / 1e9 for r in rs]
-        ax.plot(t, [100 * r.anomaly_fraction for r in rs], lw=1.2, label=topic)
+        few = len(rs) <= MARKERS_UP_TO
+        ax.plot(t, [100 * r.anomaly_fraction for r in rs], lw=1.2, marker="o" if few else None,
+                ms=4 if len(rs) > 1 else 6, label=topic + (" (1 frame)" if len(rs) == 1 else ""))
         skipped = [(r.bag_time_ns - t0) / 1e9 for r in records if r.topic == topic and r.status != "processed"]
         if skipped:
             ax.plot(skipped, [0] * len(skipped), "x", color="red", label=f"{topic} (skipped)")
@@ -113,8 +122,13 @@ def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
     if topics:
         ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
+    return fig
+
+
+def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
+    fig = anomaly_over_time_figure(records)
     fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def plot_curves(scores: np.ndarray, labels: np.ndarray, metrics: dict[str, float], outdir: Path) -> None:
@@ -145,6 +159,18 @@ def plot_curves(scores: np.ndarray, labels: np.ndarray, metrics: dict[str, float
         plt.close(fig)
 
 
+def _fit_caption(text: str, width: int, scale: float = 0.45, smallest: float = 0.32) -> tuple[str, float]:
+    """``text`` and a font scale that fit ``width`` pixels: smaller type first, then the start of the
+    text (the topic prefix) cut, so long topic names never run into the next thumbnail's caption."""
+    def size(t: str, s: float) -> int:
+        return cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, s, 1)[0][0]
+    while scale - 0.03 >= smallest - 1e-9 and size(text, scale) > width:
+        scale = round(scale - 0.03, 2)
+    while len(text) > 4 and size(text, scale) > width:
+        text = ".." + text[3:]
+    return text, scale
+
+
 def contact_sheet(items: Sequence[tuple[float, str, np.ndarray]], path: Path, cols: int = 3) -> bool:
     """Thumbnails in a grid, each captioned with its frame and anomaly fraction."""
     if not items:
@@ -157,8 +183,8 @@ def contact_sheet(items: Sequence[tuple[float, str, np.ndarray]], path: Path, co
         r, c = divmod(i, cols)
         y, x = r * (th + cap), c * tw
         sheet[y + cap: y + cap + im.shape[0], x: x + im.shape[1]] = im
-        cv2.putText(sheet, f"{title}  {100 * frac:.2f}%", (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        text, scale = _fit_caption(f"{title}  {100 * frac:.2f}%", tw - 8)
+        cv2.putText(sheet, text, (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     return True
 
