@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -123,15 +124,15 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", allow_un
     except pickle.UnpicklingError as safe_err:
         if not _looks_like_torch_file(path):
             raise CheckpointError(f"{path} is not a PyTorch checkpoint ({safe_err})") from None
-        first = str(safe_err).strip().splitlines()[0] if str(safe_err).strip() else type(safe_err).__name__
+        found = re.findall(r"GLOBAL ([\w.]+)", str(safe_err))
+        what = f"e.g. {found[0]}" if found else "objects the weights-only loader does not accept"
         if not allow_unsafe:
             raise UnsafeCheckpointError(
-                f"{path} holds pickled Python objects besides tensors ({first}); refusing to unpickle "
-                "them because that can run arbitrary code from the file. If you trust its source, run "
-                "the pebal command once with --unsafe-load-pickle (never available to the ROS node), or "
-                "re-save it as plain weights: python3 -c \"import torch; sd = torch.load('IN', "
-                "weights_only=False); torch.save(sd.get('state_dict', sd), 'OUT')\"") from None
-        warnings.warn(f"{path}: not loadable with weights_only=True ({first}); unpickling it fully "
+                f"{path} holds pickled Python objects besides tensors ({what}); refusing to unpickle it, "
+                "because unpickling can run arbitrary code from the file. If you trust its source, pass "
+                "--unsafe-load-pickle to the pebal command (the ROS node never unpickles), or re-save its "
+                "state_dict once with torch.save in a trusted session") from None
+        warnings.warn(f"{path}: not loadable with weights_only=True ({what}); unpickling it fully "
                       "because --unsafe-load-pickle was given", stacklevel=2)
         try:
             return torch.load(path, map_location=map_location, weights_only=False)
