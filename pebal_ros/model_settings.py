@@ -172,7 +172,7 @@ def checkpoint_kind(arch: str, arch_kwargs: dict[str, Any], meta: dict[str, Any]
     (``abstention``); a 20-output WRN38 is the official PEBAL head (NVIDIA's network has 19).
     EdgeNets/NVIDIA layouts without stored information are plain segmentation networks.
     """
-    mi = meta.get("model_info") if isinstance(meta.get("model_info"), dict) else {}
+    mi = _mapping(meta, "model_info")
     if mi.get("kind") in ("pebal", "segmentation"):
         return str(mi["kind"])
     if meta.get("kind") == "pebal_finetune":
@@ -182,6 +182,12 @@ def checkpoint_kind(arch: str, arch_kwargs: dict[str, Any], meta: dict[str, Any]
     if arch == "wrn38_deeplabv3plus":
         return "pebal" if int(arch_kwargs.get("num_classes", 0)) == 20 else "segmentation"
     return ""
+
+
+def _mapping(d: Any, key: str) -> dict[str, Any]:
+    """``d[key]`` when both are mappings, else {} (stored metadata may be anything)."""
+    value = d.get(key) if isinstance(d, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 def _hw_or_none(value: Any) -> tuple[int, int] | None:
@@ -218,19 +224,19 @@ def _checkpoint_info(info: ModelInfo, allow_unsafe: bool | None) -> None:
 
     obj = read_checkpoint(info.path, allow_unsafe=allow_unsafe)
     state, stored = extract_state_dict(obj, source=str(info.path))
-    meta = stored.get("meta") if isinstance(stored.get("meta"), dict) else {}
+    meta = _mapping(stored, "meta")
     if stored.get("arch"):
         info.arch, info.arch_kwargs = str(stored["arch"]), dict(stored.get("arch_kwargs") or {})
     else:
         info.arch, info.arch_kwargs = infer_architecture(state)
     info.kind = checkpoint_kind(info.arch, info.arch_kwargs, meta)
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    inference = cfg.get("inference") if isinstance(cfg.get("inference"), dict) else meta.get("inference")
+    cfg = _mapping(meta, "config")
+    inference = _mapping(cfg, "inference") or _mapping(meta, "inference")
     if isinstance(inference, dict):
         known = {f.name for f in fields(InferenceConfig)}
         info.stored = {k: v for k, v in inference.items() if k in known}
         info.stored_source = "checkpoint meta"
-    mi = meta.get("model_info") if isinstance(meta.get("model_info"), dict) else {}
+    mi = _mapping(meta, "model_info")
     info.input_size = _hw_or_none(mi.get("input_size") or info.stored.get("input_size"))
     info.channel_order = mi.get("channel_order") or info.stored.get("channel_order")
     if mi.get("calibrated_threshold") is not None:
@@ -438,7 +444,7 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
     def apply(layer: Layer) -> None:
         nonlocal vouched, calibrated
         values = layer.values
-        inference = values.get("inference") if isinstance(values.get("inference"), dict) else {}
+        inference = _mapping(values, "inference")
         for key, value in inference.items():
             if key in info.baked and key in info.stored and not _same(value, info.stored[key]):
                 msg = (f"{layer.source} sets inference.{key}={value!r}, but {path.name} has "
@@ -494,7 +500,7 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
     for layer in layers:
         apply(layer)
     try:
-        config = from_dict(data)
+        config: Config = from_dict(data)
     except (ValueError, TypeError) as exc:
         raise SettingsError(f"invalid model settings: {exc}") from None
     problems = validate_inference(config.inference)

@@ -316,3 +316,28 @@ def test_node_parameters_are_the_explicit_layer(ckpt: Path) -> None:
 def test_cli_layers_report_preset_errors() -> None:
     with pytest.raises(SettingsError, match="unknown preset 'nope'"):
         cli_layers(_args(preset="nope"))
+
+
+def test_engine_sidecar_carries_the_model(tmp_path: Path) -> None:
+    import json
+
+    from pebal_ros.model_settings import read_model_info
+
+    spec = ExportSpec(image_size=(256, 512), channel_order="bgr", threshold=-4.5, arch="espnetv2",
+                      model_kind="pebal", threshold_calibrated=True, threshold_source="calibration file c.yaml",
+                      extra={"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]})
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not deserialised here")
+    (tmp_path / "m.engine.json").write_text(json.dumps({"channel_order": "bgr", "threshold": -4.5,
+                                                        "model": spec.to_metadata()}))
+    s = resolve_settings(engine)
+    assert s.runtime == "tensorrt" and s.info.kind == "pebal" and s.threshold_calibrated
+    assert s.inference.input_size == (256, 512) and s.inference.channel_order == "bgr"
+    assert s.inference.mean == (0.5, 0.5, 0.5) and s.source("mean") == "engine sidecar"
+    with pytest.raises(SettingsError, match="baked in"):
+        settings_from_args(_args(overrides=["inference.channel_order=rgb"]), engine)
+    # a sidecar of an older version: channel order and threshold only, and an honest warning
+    (tmp_path / "m.engine.json").write_text(json.dumps({"channel_order": "rgb", "threshold": -4.5}))
+    info = read_model_info(engine)
+    assert info.kind == "" and info.stored == {"channel_order": "rgb", "threshold": -4.5}
+    assert any("not calibrated" in w for w in resolve_settings(engine).warnings)

@@ -73,8 +73,8 @@ def model_meta_info(net: PebalModel, meta: Mapping[str, Any]) -> dict[str, Any]:
     """What the saved network is, stored in its meta so every tool can say it (model_settings):
     architecture, PEBAL-fine-tuned or plain segmentation, input size, channel order and the
     calibrated threshold (None until a caller's ``meta["model_info"]`` provides one)."""
-    cfg = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
-    inference = cfg.get("inference") if isinstance(cfg.get("inference"), Mapping) else {}
+    cfg: Mapping[str, Any] = meta["config"] if isinstance(meta.get("config"), Mapping) else {}
+    inference: Mapping[str, Any] = cfg["inference"] if isinstance(cfg.get("inference"), Mapping) else {}
     out: dict[str, Any] = {
         "arch": net.arch,
         "kind": "pebal" if net.has_abstention else "segmentation",
@@ -82,7 +82,7 @@ def model_meta_info(net: PebalModel, meta: Mapping[str, Any]) -> dict[str, Any]:
         "channel_order": str(inference.get("channel_order", "rgb")),
         "calibrated_threshold": None,
     }
-    given = meta.get("model_info") if isinstance(meta.get("model_info"), Mapping) else {}
+    given: Mapping[str, Any] = meta["model_info"] if isinstance(meta.get("model_info"), Mapping) else {}
     out.update({k: v for k, v in given.items() if v is not None})
     return out
 
