@@ -477,13 +477,13 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
         own = {"inference": preset.get("inference", {})}
         if preset.get("arch"):
             own["arch"] = preset["arch"]
-        apply(Layer(f"preset {info.bundled_preset} (bundled model's own)", own, explicit=False,
+        apply(Layer(f"preset {info.bundled_preset}, bundled model's own", own, explicit=False,
                     vouches_threshold=False))
         if path.name in BUNDLED_CALIBRATED and "threshold" in own["inference"]:
             calibrated = True
             info.calibrated_threshold = float(own["inference"]["threshold"])
             info.calibrated_from = f"preset {info.bundled_preset}"
-            sources["threshold"] = f"preset {info.bundled_preset} (bundled model's own, calibrated)"
+            sources["threshold"] = f"preset {info.bundled_preset}, bundled model's own, calibrated"
     # 3. the calibration record
     from .calibration import find_calibration
     try:
@@ -518,9 +518,9 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
                         f"not calibrated for {path.name}: the anomaly mask may flag far too much or too "
                         f"little; {CALIBRATE_HINT}, or set it explicitly (--threshold / threshold parameter)")
     if info.kind == "segmentation":
-        warnings.append(f"{path.name} is a plain segmentation network, not PEBAL-fine-tuned: its score is "
-                        "the free energy of an untrained abstention setup (the paper's Energy baseline), "
-                        "expect weaker anomaly masks than PEBAL's")
+        warnings.append(f"{path.name} is a plain segmentation network, not PEBAL-fine-tuned: its anomaly score "
+                        "is the free energy of its 19 class logits without abstention training (the paper's "
+                        "Energy baseline); expect weaker anomaly masks than from a PEBAL-fine-tuned model")
     return ModelSettings(model=path, info=info, config=config, sources=sources, runtime=kind, device=device,
                          bundled=not model, threshold_calibrated=is_calibrated, warnings=warnings)
 
