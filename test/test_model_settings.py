@@ -135,6 +135,7 @@ def test_export_spec_reads_old_files_and_carries_the_new_keys() -> None:
     assert (back.model_kind, back.threshold_calibrated, back.threshold_source) == ("pebal", True, "calibration file x")
 
 
+@pytest.mark.slow   # one ESPNetv2 export: ~50 s on two busy cores
 def test_cached_export_carries_what_the_model_is(ckpt: Path) -> None:
     from pebal_ros.export.spec import read_spec
     from pebal_ros.runtime.open import cached_onnx
