@@ -342,3 +342,30 @@ def test_engine_sidecar_carries_the_model(tmp_path: Path) -> None:
     info = read_model_info(engine)
     assert info.kind == "" and info.stored == {"channel_order": "rgb", "threshold": -4.5}
     assert any("not calibrated" in w for w in resolve_settings(engine).warnings)
+
+
+def test_replay_cli_runs_what_the_node_runs(ckpt: Path, tmp_path: Path) -> None:
+    import json
+
+    from test_replay_run import _read
+
+    from pebal_ros.replay.recording import write_recording
+    from pebal_ros.runtime.open import open_runtime
+
+    imgs = frames(3)
+    write_recording(tmp_path / "bag", imgs)
+    values = defaults()
+    values.update(model=str(ckpt), device="cpu")
+    runtime = open_runtime(resolve_node_settings(values))
+    thr = float(np.median(runtime.infer(imgs[1][0], 0.0).score))
+    values["threshold"] = thr
+    node_settings = resolve_node_settings(values)
+    assert main(["replay", str(tmp_path / "bag"), "--out", str(tmp_path / "r"), "--model", str(ckpt),
+                 "--threshold", repr(thr), "--no-progress"]) == 0
+    masks = _read(tmp_path / "r" / "result_bag")["/pebal/anomaly_mask"]
+    for (img, _), (_, msg) in zip(imgs, masks):
+        assert np.array_equal(msg.data.reshape(H, W), runtime.infer(img, node_settings.threshold).mask * 255)
+    det = json.loads((tmp_path / "r" / "report" / "summary.json").read_text())["deterministic"]
+    assert det["threshold"] == thr and det["threshold_source"] == "command-line flag"
+    assert det["model_settings"]["values"]["setting_input_size"] == f"{H}x{W} (checkpoint meta)"
+    assert "from command-line flag" in (tmp_path / "r" / "report" / "report.html").read_text()
