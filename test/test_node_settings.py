@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_node_shell import _node, _Param, detector_mod, onnx_model  # noqa: F401 - fixtures
+from test_node_shell import _image, _node, _Param, _wait, detector_mod, onnx_model  # noqa: F401 - fixtures
 
 from pebal_ros.models import build_model, save_checkpoint
 
@@ -42,6 +42,24 @@ def test_node_reports_settings_and_sources(detector_mod, onnx_model):  # noqa: F
         assert not res.successful and "baked in" in res.reason and node._pipeline.runtime is rt
         res = node.set_parameters([_Param("input_size", "big")])[0]
         assert not res.successful and "HEIGHTxWIDTH" in res.reason
+    finally:
+        node.destroy_node()
+
+
+def test_uncalibrated_threshold_is_a_diagnostics_warning(detector_mod, onnx_model):  # noqa: F811
+    DiagnosticStatus = sys.modules["diagnostic_msgs.msg"].DiagnosticStatus
+    node = _node(detector_mod, model=onnx_model)
+    try:
+        node.pubs["pebal/status"].subscribers = 1
+        node.subs["image"][1](_image(detector_mod))
+        assert _wait(lambda: node.stats.processed == 1)
+        level, message, _ = _diag(node)       # frames flow fine, but the threshold means nothing yet
+        assert level == DiagnosticStatus.WARN and "not calibrated" in message and "pebal calibrate" in message
+        assert node.set_parameters([_Param("threshold", -2.0)])[0].successful
+        node.subs["image"][1](_image(detector_mod, seq=2))
+        assert _wait(lambda: node.stats.processed == 2)
+        level, message, _ = _diag(node)
+        assert level == DiagnosticStatus.OK, message
     finally:
         node.destroy_node()
 
