@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_main", None):
         parser.print_help()
         return 2
+    if getattr(args, "unsafe_load_pickle", False):
+        # Process-wide and CLI-only: the ROS node has no way to turn this on.
+        from .models.checkpoint import allow_unsafe_pickle
+        allow_unsafe_pickle(True)
     try:
         return int(args._main(args) or 0)
     except KeyboardInterrupt:

@@ -106,9 +106,12 @@ class InferenceConfig:
     input_size: tuple[int, int] = (512, 1024)   # (height, width) the network sees
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: str = "rgb"        # of the camera images the model is fed ("rgb" | "bgr")
     smooth_kernel: int = 7
     smooth_sigma: float = 1.0
-    threshold: float = -10.0          # energy above this is anomalous (model-specific; calibrate)
+    # Energy above this is anomalous. Model-specific: a model's own stored/calibrated threshold
+    # (pebal_ros.model_settings) replaces this placeholder, which only ever runs with a warning.
+    threshold: float = -10.0
     score_at_network_resolution: bool = False   # the "fast" variant
     min_region_area: int = 50         # pixels, for the regions in the status message
 
@@ -226,6 +229,9 @@ def add_config_arguments(p: argparse.ArgumentParser, preset_help: str = "") -> N
     p.add_argument("--config", type=Path, default=None, help="YAML config file (applied after --preset)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set inference.threshold=-8 (repeatable)")
+    p.add_argument("--unsafe-load-pickle", action="store_true",
+                   help="allow full unpickling of .pt/.pth files the safe (weights-only) loader refuses; that "
+                        "can run arbitrary code from the file: only for checkpoints from sources you trust")
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any], where: str = "") -> dict[str, Any]:

@@ -67,8 +67,10 @@ def write_sample_recording(path: Path, n_frames: int, size: tuple[int, int], fmt
 
 def main(args: argparse.Namespace) -> int:
     from .export.onnx import parse_hw
+    from .model_settings import command_settings, model_problem
     from .outputs import writable_folder
-    from .replay.model import config_from_args, open_runtime, resolve_threshold
+    from .replay.cli import settings_report
+    from .runtime.open import open_runtime
     from .replay.replay import ReplayOptions, replay_bag
 
     try:
@@ -81,16 +83,17 @@ def main(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        cfg = config_from_args(args)
-    except SystemExit as exc:
-        print(f"pebal demo: {exc}", file=sys.stderr)
+        # ONNX Runtime on the CPU is the point of the demo: a .pt model is exported (and cached) first.
+        kind = None if args.model and Path(args.model).suffix.lower() in (".engine", ".plan") else "onnxruntime"
+        settings = command_settings(args, "pebal demo", args.model, runtime=kind, device="cpu",
+                                    flags={"threshold": args.threshold})
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError, SystemExit) as exc:
+        print(f"pebal demo: {model_problem(exc) if not isinstance(exc, SystemExit) else exc}", file=sys.stderr)
         return 2
     writable_folder(args.out)   # a read-only working folder fails here in a second, not after the model
     try:
-        # ONNX Runtime on the CPU is the point of the demo: a .pt model is exported (and cached) first.
-        kind = None if args.model and Path(args.model).suffix.lower() in (".engine", ".plan") else "onnxruntime"
         # The network runs at the input size the model was trained for; frames are resized to it.
-        runtime = open_runtime(args.model, kind=kind, device="cpu", threads=args.threads, config=cfg)
+        runtime = open_runtime(settings, threads=args.threads)
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         print(f"pebal demo: cannot load the model: {exc}", file=sys.stderr)
         return 2
@@ -103,8 +106,8 @@ def main(args: argparse.Namespace) -> int:
     n = write_sample_recording(recording, args.frames, (w, h), args.format, args.seed, not args.no_progress)
     t1 = time.perf_counter()
     res = replay_bag(recording, runtime, out, ReplayOptions(
-        threshold=resolve_threshold(args.threshold, cfg, runtime), label_topic=LABELS,
-        progress=not args.no_progress, overwrite=True))
+        threshold=settings.threshold, min_region_area=settings.inference.min_region_area, label_topic=LABELS,
+        progress=not args.no_progress, overwrite=True, settings=settings_report(settings)))
     det, timing = res.summary["deterministic"], res.summary["timing"]
     gt = det.get("ground_truth") or {}
     m = gt.get("metrics") or {}

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
     p.add_argument("--recursive", action="store_true", help="also look into sub-folders")
     p.add_argument("--mask", action="store_true", help="also write the binary anomaly mask")
-    p.add_argument("--min-region-area", type=int, default=50, help="smallest region to box, in pixels")
+    p.add_argument("--min-region-area", type=int, default=None,
+                   help="smallest region to box, in pixels (default: the model's settings, 50)")
 
 
 def collect_images(inputs: Iterable[str | Path], recursive: bool = False) -> tuple[list[Path], list[str]]:
@@ -94,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
     from .outputs import writable_folder, write_ok
     from .pipeline.regions import find_regions
     from .pipeline.visualize import colorize, overlay, score_heatmap
-    from .replay.model import config_from_args, open_runtime, resolve_threshold
+    from .model_settings import command_settings, model_problem
+    from .runtime.open import open_runtime
 
     files, problems = collect_images(args.inputs, args.recursive)
     for p in problems:
@@ -103,22 +105,22 @@ def main(args: argparse.Namespace) -> int:
         print("pebal infer: nothing to do (no input images)", file=sys.stderr)
         return 2
     try:
-        # Outside the model's error handling: a missing or broken --config is a config problem
-        # (pebal_ros.cli reports OSError/YAMLError as one line), not "cannot load the model".
-        cfg = config_from_args(args)
-    except SystemExit as exc:
-        print(f"pebal infer: {exc}", file=sys.stderr)
-        return 2
-    writable_folder(args.out)      # before the model: an unwritable --out fails in a second, not after it
-    try:
-        runtime = open_runtime(args.model, kind=args.runtime, device=args.device, config=cfg)
+        settings = command_settings(args, "pebal infer", args.model, runtime=args.runtime, device=args.device,
+                                    flags={"threshold": args.threshold, "min_region_area": args.min_region_area})
     except SystemExit as exc:
         print(f"pebal infer: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"pebal infer: {model_problem(exc)}", file=sys.stderr)
+        return 2
+    writable_folder(args.out)      # before the model: an unwritable --out fails in a second, not after it
+    try:
+        runtime = open_runtime(settings)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         print(f"pebal infer: cannot load the model: {exc}", file=sys.stderr)
         return 2
-    threshold = resolve_threshold(args.threshold, cfg, runtime)
+    threshold = settings.threshold
+    min_area = settings.inference.min_region_area
     from tqdm import tqdm
 
     failed = 0
@@ -136,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"pebal infer: {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        regions = find_regions(out.mask, out.score, min_area=args.min_region_area)
+        regions = find_regions(out.mask, out.score, min_area=min_area)
         sem = colorize(out.semantic)
         ov = overlay(rgb, sem, out.mask, boxes=[(r.x_offset, r.y_offset, r.width, r.height) for r in regions])
         images = {"overlay": ov, "semantic": sem, "anomaly": score_heatmap(out.score)}

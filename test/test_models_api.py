@@ -57,7 +57,9 @@ def test_save_checkpoint_format_and_round_trip(tmp_path: Path, small: torch.nn.M
     path = save_checkpoint(small, tmp_path / "sub" / "ckpt.pth", epoch=3, miou=0.5)
     raw = torch.load(path, weights_only=True)
     assert set(raw) >= {"arch", "arch_kwargs", "model", "meta"}
+    info = raw["meta"].pop("model_info")   # what the network is (model_settings reads it)
     assert raw["arch"] == "espnetv2" and raw["meta"] == {"epoch": 3, "miou": 0.5}
+    assert info["arch"] == "espnetv2" and info["kind"] in ("pebal", "segmentation")
     assert raw["arch_kwargs"] == {"s": 0.5, "num_classes": 20, "base_dec_planes": 16, "abstention": True}
     model = load_model(path)
     assert model.has_abstention and model.checkpoint_meta["epoch"] == 3
@@ -194,13 +196,16 @@ def test_stored_arch_conflict(tmp_path: Path, small: torch.nn.Module) -> None:
         load_model(path, arch="wrn38_deeplabv3plus")
 
 
-def test_pickled_extras_fall_back_with_warning(tmp_path: Path, small: torch.nn.Module) -> None:
-    # Upstream training checkpoints carry arbitrary pickled objects (argparse namespaces, ...).
+def test_pickled_extras_refused_unless_opted_in(tmp_path: Path, small: torch.nn.Module) -> None:
+    # Upstream training checkpoints carry arbitrary pickled objects (argparse namespaces, ...):
+    # loading them runs the unpickler, so only an explicit opt-in may do it.
     torch.save({"state_dict": small.state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "t.pth")
+    with pytest.raises(CheckpointError, match=r"argparse.Namespace.*--unsafe-load-pickle"):
+        load_model(tmp_path / "t.pth")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(tmp_path / "t.pth")
-    assert any("falling back to full unpickling" in str(w.message) for w in caught)
+        model = load_model(tmp_path / "t.pth", allow_unsafe=True)
+    assert any("--unsafe-load-pickle" in str(w.message) for w in caught)
     assert model.arch_kwargs["s"] == 0.5
 
 

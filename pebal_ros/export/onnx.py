@@ -22,9 +22,9 @@ import contextlib
 import io
 import json
 import logging
+import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,15 +33,14 @@ import torch
 from torch import nn
 
 from .fused import FusedPebal, NetworkOnly, build_fused
+from .spec import FORMAT_TAG, META_PREFIX, ExportSpec, _hw2, parse_hw, read_spec  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from ..config import Config
 
 INPUT_NAMES = ("image", "threshold")
 OUTPUT_NAMES = ("semantic", "score", "mask")
-FORMAT_TAG = "pebal-fused-v1"
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
-META_PREFIX = "pebal."
 
 # Operators the TensorRT 10 ONNX parser imports (onnx-tensorrt docs/operators.md, 10.x branch),
 # restricted to those a segmentation CNN plus this post-processing can plausibly produce. A graph
@@ -59,85 +58,6 @@ ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize Round ScatterElements S
 Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt
 Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 """.split())
-
-
-@dataclass
-class ExportSpec:
-    """What the exported graph is; stored in the ONNX metadata and read back by the runtimes."""
-    image_size: tuple[int, int] | None            # (H, W); None = dynamic
-    channel_order: str = "rgb"
-    net_size: tuple[int, int] | None = None       # None = the network runs at the image size
-    fast: bool = False
-    threshold: float = -10.0                      # the config's default, a hint for runtimes
-    min_hw: tuple[int, int] | None = None         # dynamic-shape profile range
-    opt_hw: tuple[int, int] | None = None
-    max_hw: tuple[int, int] | None = None
-    network_only: bool = False
-    net_dtype: str = "float32"                    # "float16": network typed FP16 in the graph (--half)
-    exporter: str = "dynamo"
-    opset: int = 18
-    arch: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_metadata(self) -> dict[str, str]:
-        def hw(v):
-            return "" if v is None else f"{v[0]}x{v[1]}"
-        meta = {
-            "format": FORMAT_TAG if not self.network_only else "pebal-network-only-v1",
-            "image_size": hw(self.image_size) or "dynamic",
-            "channel_order": self.channel_order,
-            "net_size": hw(self.net_size),
-            "fast": str(int(self.fast)),
-            "threshold": repr(float(self.threshold)),
-            "min_hw": hw(self.min_hw), "opt_hw": hw(self.opt_hw), "max_hw": hw(self.max_hw),
-            "exporter": self.exporter, "opset": str(self.opset), "arch": self.arch,
-            "net_dtype": self.net_dtype,
-            "extra": json.dumps(self.extra, sort_keys=True),
-        }
-        return {META_PREFIX + k: v for k, v in meta.items()}
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, str]) -> "ExportSpec":
-        m = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-        if m.get("format") not in (FORMAT_TAG, "pebal-network-only-v1"):
-            raise ValueError(
-                f"not a pebal export (metadata format={m.get('format')!r}); "
-                "make the .onnx with `pebal export`")
-        return cls(
-            image_size=None if m.get("image_size") in (None, "", "dynamic") else parse_hw(m["image_size"]),
-            channel_order=m.get("channel_order", "rgb"),
-            net_size=parse_hw(m["net_size"]) if m.get("net_size") else None,
-            fast=m.get("fast", "0") == "1",
-            threshold=float(m.get("threshold", "-10.0")),
-            min_hw=parse_hw(m["min_hw"]) if m.get("min_hw") else None,
-            opt_hw=parse_hw(m["opt_hw"]) if m.get("opt_hw") else None,
-            max_hw=parse_hw(m["max_hw"]) if m.get("max_hw") else None,
-            network_only=m.get("format") == "pebal-network-only-v1",
-            exporter=m.get("exporter", ""), opset=int(m.get("opset", "0") or 0),
-            arch=m.get("arch", ""), extra=json.loads(m.get("extra") or "{}"),
-            net_dtype=m.get("net_dtype", "float32"),
-        )
-
-
-def parse_hw(text: str) -> tuple[int, int]:
-    """'512x1024' (height x width) -> (512, 1024)."""
-    try:
-        h, w = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        raise ValueError(f"expected HEIGHTxWIDTH such as 512x1024, got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"height and width must be positive, got {text!r}")
-    return h, w
-
-
-def _hw2(v) -> tuple[int, int]:
-    return int(v[0]), int(v[1])
-
-
-def read_spec(path: str | Path) -> ExportSpec:
-    import onnx
-    model = onnx.load(str(path), load_external_data=False)
-    return ExportSpec.from_metadata({p.key: p.value for p in model.metadata_props})
 
 
 def _tag_post_nodes(model) -> int:
@@ -341,12 +261,16 @@ def _set_metadata(model, meta: dict[str, str]) -> None:
 
 def export_checkpoint(model_path: str | Path, output: str | Path, image_size: tuple[int, int] | None = None,
                       config: "str | Path | Config | None" = None, arch: str | None = None,
-                      channel_order: str = "rgb", net_size: tuple[int, int] | None = None,
+                      channel_order: str | None = None, net_size: tuple[int, int] | None = None,
                       fast: bool | None = None, dynamic: bool = False,
                       min_hw: tuple[int, int] = (256, 512), max_hw: tuple[int, int] = (1024, 2048),
                       exporter: str = "dynamo", opset: int | None = None,
-                      network_only: bool = False, half: bool = False) -> ExportSpec:
-    """Checkpoint (``pebal_ros.models.load_model``) -> fused ONNX file."""
+                      network_only: bool = False, half: bool = False, model_kind: str = "",
+                      threshold_calibrated: bool = False, threshold_source: str = "") -> ExportSpec:
+    """Checkpoint (``pebal_ros.models.load_model``) -> fused ONNX file.
+
+    ``channel_order`` None: the config's. ``model_kind``/``threshold_*`` describe the model in the
+    metadata (from pebal_ros.model_settings), so the graph carries what it is."""
     from ..config import Config, load_config
     from ..models import load_model
     cfg: Config = config if isinstance(config, Config) else load_config(config)
@@ -354,9 +278,11 @@ def export_checkpoint(model_path: str | Path, output: str | Path, image_size: tu
     size = _hw2(image_size or cfg.inference.input_size)
     if network_only:
         return export_network_only(network, output, net_size or size, exporter, opset)
+    channel_order = channel_order or cfg.inference.channel_order
     fused = build_fused(network, cfg.inference, channel_order, net_size, fast)
     spec = ExportSpec(image_size=size, threshold=cfg.inference.threshold,
-                      arch=str(getattr(network, "arch", "")),
+                      arch=str(getattr(network, "arch", "")), model_kind=model_kind,
+                      threshold_calibrated=threshold_calibrated, threshold_source=threshold_source,
                       extra={"arch_kwargs": getattr(network, "arch_kwargs", {}),
                              "checkpoint": Path(model_path).name,
                              "mean": list(cfg.inference.mean), "std": list(cfg.inference.std),
@@ -390,11 +316,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..train.common import add_config_arguments
     add_config_arguments(p)   # --preset/--config/--set: inference input_size, mean, std, threshold, blur
     p.add_argument("--arch", help="architecture, if the checkpoint does not record it")
-    p.add_argument("--size", type=parse_hw, help="camera image HEIGHTxWIDTH (default: inference.input_size)")
+    p.add_argument("--size", type=parse_hw, help="camera image HEIGHTxWIDTH (default: the model's "
+                   "inference.input_size)")
     p.add_argument("--net-size", type=parse_hw, help="resize to this HEIGHTxWIDTH inside the graph before "
                    "the network (default: run the network at the image size)")
-    p.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
-                   help="channel order of the images the graph will be fed (default rgb)")
+    p.add_argument("--channel-order", choices=("rgb", "bgr"), default=None,
+                   help="channel order of the images the graph will be fed (default: the model's settings, rgb)")
     p.add_argument("--fast", action="store_true", default=None,
                    help="score at the network resolution and upsample the score (see docs/deployment.md)")
     p.add_argument("--dynamic", action="store_true", help="symbolic height/width (TensorRT profile = --min-hw..--max-hw)")
@@ -413,14 +340,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    from ..config import resolve_config
     from ..train.common import apply_threads
     apply_threads(args.threads)
-    cfg: Config = resolve_config(args)
-    spec = export_checkpoint(args.model, args.output, args.size, cfg, args.arch,
-                             args.channel_order, args.net_size, args.fast, args.dynamic,
+    from ..model_settings import command_settings, model_format, model_problem
+    try:
+        if model_format(args.model) != "checkpoint":
+            raise ValueError(f"{args.model}: pebal export takes a checkpoint (.pt/.pth); this is already "
+                             "an exported model")
+        settings = command_settings(args, "pebal export", args.model, runtime="torch", flags={
+            "input_size": list(args.size) if args.size else None, "channel_order": args.channel_order,
+            "score_at_network_resolution": args.fast})
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"pebal export: {model_problem(exc)}", file=sys.stderr)
+        return 2
+    cfg: Config = settings.config
+    spec = export_checkpoint(args.model, args.output, None, cfg, args.arch,
+                             None, args.net_size, None, args.dynamic,
                              args.min_hw, args.max_hw, args.exporter, args.opset, args.network_only,
-                             args.half)
+                             args.half, model_kind=settings.info.kind,
+                             threshold_calibrated=settings.threshold_calibrated,
+                             threshold_source=settings.source("threshold"))
     info = check_onnx(args.output) if not args.network_only else {"opset": spec.opset}
     size_mb = Path(args.output).stat().st_size / 2**20
     print(f"wrote {args.output} ({size_mb:.1f} MiB) in {time.perf_counter() - t0:.1f} s: "
@@ -432,7 +371,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.network_only and not args.no_parity:
         from ..models import load_model
         net = load_model(str(args.model), arch=args.arch or cfg.arch).eval()
-        fused = build_fused(net, cfg.inference, args.channel_order, args.net_size, args.fast)
+        fused = build_fused(net, cfg.inference, cfg.inference.channel_order, args.net_size, None)
         if args.half:
             fused.net.half()
         size = spec.image_size or spec.opt_hw or spec.max_hw or (0, 0)

@@ -304,8 +304,9 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
     seconds = time.perf_counter() - t0
     planned.write_bytes(bytes(blob))
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    # model: the ONNX file's metadata, so the engine carries what the model is (model_settings)
     write_sidecar(planned, key, onnx_path=str(onnx_path), channel_order=spec.channel_order,
-                  threshold=spec.threshold, fast=spec.fast, workspace_mib=workspace_mib,
+                  threshold=spec.threshold, fast=spec.fast, model=spec.to_metadata(), workspace_mib=workspace_mib,
                   build_seconds=round(seconds, 1),
                   built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     print(f"wrote {planned} ({planned.stat().st_size / 2**20:.1f} MiB) in {seconds:.0f} s; "

@@ -10,8 +10,8 @@ Entry points::
 
 Inputs are ImageNet-normalised RGB ([0, 1] then mean/std), see ``IMAGENET_MEAN``/``IMAGENET_STD``.
 """
-from .checkpoint import (CheckpointError, extract_state_dict, infer_architecture, load_model,
-                         load_state_into, read_checkpoint, save_checkpoint)
+from .checkpoint import (CheckpointError, UnsafeCheckpointError, allow_unsafe_pickle, extract_state_dict,
+                         infer_architecture, load_model, load_state_into, read_checkpoint, save_checkpoint)
 from .pebal_head import (add_abstention, count_parameters, freeze_all_but_final, train_mode_final_only,
                          unfreeze_all)
 from .registry import ARCHITECTURES, ESPNETV2_WIDTHS, PebalModel, build_model, unwrap
@@ -20,7 +20,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = [
-    "ARCHITECTURES", "ESPNETV2_WIDTHS", "IMAGENET_MEAN", "IMAGENET_STD", "CheckpointError", "PebalModel",
+    "ARCHITECTURES", "ESPNETV2_WIDTHS", "IMAGENET_MEAN", "IMAGENET_STD", "CheckpointError", "PebalModel", "UnsafeCheckpointError",
+    "allow_unsafe_pickle",
     "add_abstention", "build_model", "count_parameters", "extract_state_dict", "freeze_all_but_final",
     "infer_architecture", "load_model", "load_state_into", "read_checkpoint", "save_checkpoint",
     "train_mode_final_only", "unfreeze_all", "unwrap",

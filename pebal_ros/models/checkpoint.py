@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -42,6 +43,10 @@ class CheckpointError(ValueError):
     """A file that cannot be turned into one of the registered networks."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that only full (code-running) unpickling could read, and nobody opted in."""
+
+
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
     """Write ``{"arch", "arch_kwargs", "model": state_dict, "meta"}`` atomically (tmp + rename).
 
@@ -56,7 +61,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> P
         "arch": net.arch,
         "arch_kwargs": dict(net.arch_kwargs),
         "model": OrderedDict((k, v.detach().cpu()) for k, v in net.state_dict().items()),
-        "meta": dict(meta),
+        "meta": {**meta, "model_info": model_meta_info(net, meta)},
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -64,11 +69,52 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **meta: Any) -> P
     return path
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load`` with clear errors. Tries the safe ``weights_only`` unpickler first; upstream
-    training checkpoints (NVIDIA, PEBAL) may hold other pickled objects, for which it falls back to
-    full unpickling with a warning: only load checkpoints from sources you trust."""
+def model_meta_info(net: PebalModel, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What the saved network is, stored in its meta so every tool can say it (model_settings):
+    architecture, PEBAL-fine-tuned or plain segmentation, input size, channel order and the
+    calibrated threshold (None until a caller's ``meta["model_info"]`` provides one)."""
+    cfg: Mapping[str, Any] = meta["config"] if isinstance(meta.get("config"), Mapping) else {}
+    inference: Mapping[str, Any] = cfg["inference"] if isinstance(cfg.get("inference"), Mapping) else {}
+    out: dict[str, Any] = {
+        "arch": net.arch,
+        "kind": "pebal" if net.has_abstention else "segmentation",
+        "input_size": [int(v) for v in inference["input_size"]] if "input_size" in inference else None,
+        "channel_order": str(inference.get("channel_order", "rgb")),
+        "calibrated_threshold": None,
+    }
+    given: Mapping[str, Any] = meta["model_info"] if isinstance(meta.get("model_info"), Mapping) else {}
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
+
+
+_UNSAFE_PICKLE_ALLOWED = False
+
+
+def allow_unsafe_pickle(allowed: bool = True) -> None:
+    """Let :func:`read_checkpoint` fall back to full unpickling in this process.
+
+    Only the ``pebal`` CLI calls this, for ``--unsafe-load-pickle``; the ROS node never does, so a
+    ``model`` parameter set by anyone on the DDS domain can never make the node run pickled code.
+    """
+    global _UNSAFE_PICKLE_ALLOWED
+    _UNSAFE_PICKLE_ALLOWED = bool(allowed)
+
+
+def unsafe_pickle_allowed() -> bool:
+    return _UNSAFE_PICKLE_ALLOWED
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", allow_unsafe: bool | None = None) -> Any:
+    """``torch.load(weights_only=True)`` with clear errors.
+
+    Full unpickling can run arbitrary code from the file, so it happens only when the caller opts
+    in (``allow_unsafe=True``, or :func:`allow_unsafe_pickle` from the CLI's ``--unsafe-load-pickle``).
+    Upstream training checkpoints that pickle extra objects (NVIDIA's argparse namespace) need it
+    once; re-save them as plain weights to load them safely from then on.
+    """
     path = Path(path)
+    if allow_unsafe is None:
+        allow_unsafe = _UNSAFE_PICKLE_ALLOWED
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not path.is_file():
@@ -78,8 +124,16 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     except pickle.UnpicklingError as safe_err:
         if not _looks_like_torch_file(path):
             raise CheckpointError(f"{path} is not a PyTorch checkpoint ({safe_err})") from None
-        warnings.warn(f"{path}: not loadable with weights_only=True ({str(safe_err).splitlines()[0]}); "
-                      "falling back to full unpickling", stacklevel=2)
+        found = re.findall(r"GLOBAL ([\w.]+)", str(safe_err))
+        what = f"e.g. {found[0]}" if found else "objects the weights-only loader does not accept"
+        if not allow_unsafe:
+            raise UnsafeCheckpointError(
+                f"{path} holds pickled Python objects besides tensors ({what}); refusing to unpickle it, "
+                "because unpickling can run arbitrary code from the file. If you trust its source, pass "
+                "--unsafe-load-pickle to the pebal command (the ROS node never unpickles), or re-save its "
+                "state_dict once with torch.save in a trusted session") from None
+        warnings.warn(f"{path}: not loadable with weights_only=True ({what}); unpickling it fully "
+                      "because --unsafe-load-pickle was given", stacklevel=2)
         try:
             return torch.load(path, map_location=map_location, weights_only=False)
         except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
@@ -181,16 +235,17 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source:
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, map_location: Any = "cpu",
-               **arch_kwargs: Any) -> PebalModel:
+               allow_unsafe: bool | None = None, **arch_kwargs: Any) -> PebalModel:
     """Load any accepted checkpoint into its network, in eval mode.
 
     ``arch`` (and constructor ``arch_kwargs`` such as ``s``) are inferred from the checkpoint when not
     given; given ones must fit the weights. A 19-output network gets the abstention row (Kaiming init),
     so forward always returns 20 channels. An EdgeNets ESPNetv2 checkpoint keeps its background
-    channel 19 (``has_abstention`` False) until ``add_abstention`` is called.
+    channel 19 (``has_abstention`` False) until ``add_abstention`` is called. ``allow_unsafe``: see
+    :func:`read_checkpoint` (None: the process-wide ``--unsafe-load-pickle`` choice, off by default).
     """
     arch = arch or None  # configs use "" / None for "infer it"
-    obj = read_checkpoint(path, map_location=map_location)
+    obj = read_checkpoint(path, map_location=map_location, allow_unsafe=allow_unsafe)
     state, info = extract_state_dict(obj, source=str(path))
     stored_arch = info.get("arch")
     if arch is not None and arch not in ARCHITECTURES:

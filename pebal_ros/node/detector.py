@@ -35,7 +35,7 @@ from ..pipeline.messages import OUTPUT_NAMES, MessageFactory
 from ..paths import bundled_model
 from ..runtime.base import Runtime
 from .camera_info import CameraInfoScaleError, camera_info_for_output
-from .params import PARAMS, ParamSpec, pipeline_config, validate
+from .params import PARAMS, ParamSpec, pipeline_config, resolve_node_settings, validate
 from .worker import LatestFrameSlot, RunningStats, diagnostic_values
 
 OUTPUT_NAMESPACE = "pebal"
@@ -93,11 +93,14 @@ class PebalDetector(Node):
         self._model_error = ""
         self._camera_info: CameraInfo | None = None
         self._model_threshold: float | None = None
+        self._settings: Any = None          # pebal_ros.model_settings.ModelSettings in use
+        self._warned: set[str] = set()
 
         # Load the model; a missing or incompatible file is reported and the node stays up
         # (diagnostics say ERROR; setting a good `model` parameter recovers).
         try:
-            self._pipeline, self._runtime_info, self._model_threshold = self._build_pipeline(self._values)
+            self._pipeline, self._runtime_info, self._settings = self._build_pipeline(self._values)
+            self._model_threshold = self._settings.threshold
         except Exception as exc:  # noqa: BLE001 - every loading failure is reported the same way
             self._model_error = str(exc)
             self.get_logger().error(f"no model loaded: {exc}")
@@ -127,24 +130,30 @@ class PebalDetector(Node):
             f"outputs under {self.resolve_topic_name(OUTPUT_NAMESPACE)}, runtime {self._runtime_info or 'none'}")
 
     # -- model / parameters -------------------------------------------------------------------
-    def _build_pipeline(self, values: dict[str, Any]) -> tuple[FramePipeline, dict[str, Any], float | None]:
-        """(pipeline, runtime description for diagnostics, the model's own threshold); no side effects."""
-        from ..runtime import load_runtime
+    def _build_pipeline(self, values: dict[str, Any], settings: Any = None) -> tuple[FramePipeline, dict[str, Any], Any]:
+        """(pipeline, runtime description for diagnostics, resolved model settings).
 
-        path = str(values["model"]) or default_model_path()
-        if not path:
-            raise FileNotFoundError("parameter 'model' is empty and no bundled model was found in "
-                                    "share/pebal_ros/models")
-        kind = None if values["runtime"] == "auto" else str(values["runtime"])
-        runtime: Runtime = load_runtime(path, kind=kind, device=str(values["device"]))
+        The settings come from the same resolution as pebal infer/replay (model file, preset,
+        calibration record, then the node parameters), so live and replay run the same model alike.
+        """
+        from ..runtime.open import open_runtime
+
+        settings = settings or resolve_node_settings(values)
+        runtime: Runtime = open_runtime(settings, quiet=True)
         info = dict(runtime.describe())
-        model_threshold = info.get("default_threshold")
-        pipeline = FramePipeline(runtime, pipeline_config(values, model_threshold), self.factory)
+        pipeline = FramePipeline(runtime, pipeline_config(values, settings.threshold), self.factory)
         info.setdefault("name", runtime.name)
-        info["model"] = path
+        info["model"] = str(settings.model)
         info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, tuple, list))}
-        self.get_logger().info(f"loaded {path} with {runtime.name}")
-        return pipeline, info, model_threshold
+        self.get_logger().info(f"loaded {settings.summary()}")
+        self._log_warnings(settings)
+        return pipeline, info, settings
+
+    def _log_warnings(self, settings: Any) -> None:
+        for w in settings.warnings:
+            if w not in self._warned:   # once per distinct warning, not per parameter change
+                self._warned.add(w)
+                self.get_logger().warning(w)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         new = dict(self._values)
@@ -157,22 +166,32 @@ class PebalDetector(Node):
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             new[p.name] = float(p.value) if isinstance(PARAMS[p.name].default, float) else p.value
+        reload = (any(new[k] != self._values[k] for k in ("model", "runtime", "device", "input_size"))
+                  or self._pipeline is None or self._settings is None)
+        settings = self._settings
+        if not reload and any(new[k] != self._values[k] for k in ("threshold", "min_region_area")):
+            try:   # the model file was read already: only the layers change
+                settings = resolve_node_settings(new, self._settings.info)
+            except ValueError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
         try:
-            cfg = pipeline_config(new, self._model_threshold)
+            cfg = pipeline_config(new, settings.threshold if settings is not None else None)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        reload = any(new[k] != self._values[k] for k in ("model", "runtime", "device")) or self._pipeline is None
         if reload:
             try:
-                pipeline, info, model_threshold = self._build_pipeline(new)
+                pipeline, info, settings = self._build_pipeline(new)
             except Exception as exc:  # noqa: BLE001 - reported to the caller, old model kept
                 return SetParametersResult(successful=False, reason=f"cannot load model: {exc}")
+        elif settings is not self._settings:
+            self._log_warnings(settings)
         with self._lock:
             if reload:
-                self._pipeline, self._runtime_info, self._model_threshold = pipeline, info, model_threshold
+                self._pipeline, self._runtime_info = pipeline, info
                 self._model_error = ""
             elif self._pipeline is not None:
                 self._pipeline.cfg = cfg
+            self._settings, self._model_threshold = settings, settings.threshold
             self._values = new
             self._update_publishers(list(new["outputs"]))
         return SetParametersResult(successful=True)
@@ -265,7 +284,15 @@ class PebalDetector(Node):
             st.level, st.message = DiagnosticStatus.WARN, f"{snap.bad_frames} bad / {snap.failed} failed frames"
         else:
             st.level, st.message = DiagnosticStatus.OK, f"{snap.rate_hz:.1f} Hz"
-        st.values = [KeyValue(key=k, value=v) for k, v in diagnostic_values(snap, self._runtime_info)]
+        settings = self._settings
+        if settings is not None and not settings.threshold_calibrated and st.level == DiagnosticStatus.OK:
+            st.level = DiagnosticStatus.WARN
+            st.message += (f"; threshold {settings.threshold:.4g} not calibrated for this model "
+                           "(run pebal calibrate)")
+        kv = diagnostic_values(snap, self._runtime_info)
+        if settings is not None:
+            kv += settings.as_key_values()
+        st.values = [KeyValue(key=k, value=v) for k, v in kv]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [st]

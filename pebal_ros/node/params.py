@@ -38,6 +38,17 @@ def _threshold(v: Any) -> str | None:
     return None if (math.isfinite(v) or math.isnan(v)) else "must be a finite number (or NaN for the model's own)"
 
 
+def _input_size(v: Any) -> str | None:
+    if v == "":
+        return None
+    from ..export.spec import parse_hw
+    try:
+        parse_hw(v)
+    except ValueError as exc:
+        return f"{exc} (or '' for the model's own)"
+    return None
+
+
 def _outputs(v: Any) -> str | None:
     unknown = sorted(set(v) - set(OUTPUT_NAMES))
     if unknown:
@@ -55,9 +66,11 @@ def _encoding(v: Any) -> str | None:
 
 PARAMS: dict[str, ParamSpec] = {
     "model": ParamSpec(
-        "", "Model artefact: fused .onnx (ONNX Runtime), .engine/.plan (TensorRT) or .pt (PyTorch). "
-            "Empty: the bundled default model in share/pebal_ros/models. Changing it at run time loads the "
-            "new model first and keeps the old one if loading fails."),
+        "", "Model artefact: fused .onnx (ONNX Runtime), .engine/.plan (TensorRT) or .pt (PyTorch, loaded "
+            "weights-only: pickled code is refused). Empty: the bundled PEBAL model pebal_synthetic_espnetv2.pt "
+            "through ONNX Runtime, as pebal replay runs it. Its settings (input size, normalisation, "
+            "threshold) come from the model file, its preset or calibration record. Changing it at run time "
+            "loads the new model first and keeps the old one if loading fails."),
     "runtime": ParamSpec("auto", "Inference backend; 'auto' picks it from the model file's suffix.", choices=RUNTIMES),
     "device": ParamSpec("auto", "Where the runtime runs: 'auto' (GPU if the backend can use one), 'cpu' or 'cuda'.",
                         choices=DEVICES),
@@ -71,8 +84,12 @@ PARAMS: dict[str, ParamSpec] = {
                                         "resolution and stamped like the outputs, on pebal/camera_info.",
                                  read_only=True),
     "threshold": ParamSpec(math.nan, "Anomaly threshold on the PEBAL score (free energy): score > threshold is "
-                                     "anomalous. NaN: the threshold stored in the model (calibrated at export), "
-                                     "else -10.", check=_threshold),
+                                     "anomalous. NaN: the model's own (its calibration record, the threshold "
+                                     "stored in the model file or its preset; a warning when none was "
+                                     "calibrated for it).", check=_threshold),
+    "input_size": ParamSpec("", "Network input size HEIGHTxWIDTH (e.g. 512x1024) for a .pt model. Empty: the "
+                                "model's own (stored in the file; baked into .onnx/.engine files, which refuse "
+                                "another size).", check=_input_size),
     "outputs": ParamSpec(list(OUTPUT_NAMES), "Outputs to publish (pebal/<name>); any of "
                          + ", ".join(OUTPUT_NAMES) + ". Outputs without subscribers are never encoded.",
                          check=_outputs),
@@ -161,6 +178,32 @@ def pipeline_config(values: dict[str, Any], model_threshold: float | None = None
         overlay_boxes=bool(values["overlay_boxes"]),
         encoding_override=str(values["input_encoding_override"]),
     ).validate()
+
+
+def settings_layers(values: dict[str, Any]) -> list[Any]:
+    """The node parameters that override the model's own settings (threshold NaN and input_size ''
+    mean "the model's own"); one explicit layer for pebal_ros.model_settings.resolve_settings."""
+    from ..export.spec import parse_hw
+    from ..model_settings import Layer
+
+    inference: dict[str, Any] = {"min_region_area": int(values["min_region_area"])}
+    threshold = float(values["threshold"])
+    if not math.isnan(threshold):
+        inference["threshold"] = threshold
+    if values.get("input_size"):
+        inference["input_size"] = list(parse_hw(str(values["input_size"])))
+    return [Layer("node parameter", {"inference": inference})]
+
+
+def resolve_node_settings(values: dict[str, Any], info: Any = None) -> Any:
+    """The model settings the node runs with: the same resolution as pebal infer/replay, with the
+    node parameters as the explicit layer. Never unpickles code (the ``model`` parameter can be set
+    by anyone on the DDS domain). ``info``: the model's ModelInfo, when already read."""
+    from ..model_settings import resolve_settings
+
+    runtime = None if values["runtime"] == "auto" else str(values["runtime"])
+    return resolve_settings(str(values["model"]) or None, settings_layers(values), runtime=runtime,
+                            device=str(values["device"]), allow_unsafe=False, info=info)
 
 
 def defaults() -> dict[str, Any]:

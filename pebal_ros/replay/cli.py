@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, MODEL_PRESET_HELP)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--input-size", default=None, metavar="HxW",
-                   help="export size when a .pt model is run with ONNX Runtime (default: the config's)")
+                   help="input size of the network (inference.input_size; default: the model's own)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per worker "
                    "(default: cores / jobs)")
     p.add_argument("--jobs", "-j", type=int, default=1, help="bags replayed in parallel (processes)")
@@ -65,7 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "/<ns>/pebal/<output> (default: /pebal/<output>); with several cameras each camera "
                    "topic's namespace is appended, as the launch file does per camera")
     p.add_argument("--output-resolution", default="camera", choices=("camera", "network"))
-    p.add_argument("--min-region-area", type=int, default=50)
+    p.add_argument("--min-region-area", type=int, default=None,
+                   help="smallest anomalous region reported, in pixels (default: the model's settings, 50)")
     p.add_argument("--max-frames", type=int, default=None, help="process at most N frames per topic "
                    "(the rest are counted as skipped)")
     p.add_argument("--reproducible", action="store_true", help="write 0 for the measured latencies in "
@@ -119,12 +120,20 @@ def _names(bags: list[Path]) -> list[str]:
     return out
 
 
+def settings_report(settings: Any) -> dict[str, Any]:
+    """What the report says about the model and its settings (threshold used and where it came from)."""
+    return {"summary": settings.summary(), "model": settings.info.summary(),
+            "threshold": settings.threshold, "threshold_source": settings.source("threshold"),
+            "threshold_calibrated": settings.threshold_calibrated,
+            "values": dict(settings.as_key_values()), "warnings": list(settings.warnings)}
+
+
 def _options(args: argparse.Namespace) -> ReplayOptions:
     return ReplayOptions(
         topics=args.topics, label_topic=None if args.label_topic == "none" else args.label_topic,
         labels_dir=args.labels, label_match=args.label_match, label_kind=args.label_kind,
         threshold=args.threshold, outputs=tuple(args.outputs), namespace=args.namespace,
-        output_resolution=args.output_resolution, min_region_area=args.min_region_area,
+        output_resolution=args.output_resolution, min_region_area=args.min_region_area or 50,
         reproducible=args.reproducible, max_frames=args.max_frames, progress=not args.no_progress,
         overwrite=args.overwrite)
 
@@ -147,10 +156,13 @@ def _run_one(bag: Path, out_dir: Path, opts: ReplayOptions, runtime: Any) -> dic
 _WORKER_RUNTIME: Any = None
 
 
-def _worker_init(model: str, kind: str | None, device: str, threads: int | None, config: Any) -> None:
+def _worker_init(settings: Any, path: str, threads: int | None, unsafe: bool) -> None:
     global _WORKER_RUNTIME
-    from .model import open_runtime
-    _WORKER_RUNTIME = open_runtime(model, kind=kind, device=device, threads=threads, quiet=True, config=config)
+    from ..runtime.open import open_runtime
+    if unsafe:   # spawned workers do not inherit the CLI's opt-in
+        from ..models.checkpoint import allow_unsafe_pickle
+        allow_unsafe_pickle(True)
+    _WORKER_RUNTIME = open_runtime(settings, threads=threads, quiet=True, path=Path(path))
 
 
 def _worker(bag: str, out_dir: str, opts: ReplayOptions) -> dict[str, Any]:
@@ -192,7 +204,8 @@ def _write_index(out: Path, results: list[dict[str, Any]]) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .model import cached_onnx, config_from_args, default_model, open_runtime
+    from ..runtime.open import open_runtime, runtime_path
+    from ..model_settings import command_settings, model_problem
 
     bags, problems = expand_bags(args.bags)
     for p in problems:
@@ -203,29 +216,31 @@ def main(args: argparse.Namespace) -> int:
     if args.labels is not None and len(bags) > 1:
         print("pebal replay: --labels belongs to one recording; give one bag with it", file=sys.stderr)
         return 2
-    size = None
-    if args.input_size:
-        from ..export.onnx import parse_hw
-        size = parse_hw(args.input_size)
     try:
-        cfg = config_from_args(args)
-    except SystemExit as exc:
-        print(f"pebal replay: {exc}", file=sys.stderr)
+        size = None
+        if args.input_size:
+            from ..export.spec import parse_hw
+            from ..model_settings import SettingsError
+            try:
+                size = list(parse_hw(args.input_size))
+            except ValueError as exc:
+                raise SettingsError(f"--input-size: {exc}") from None
+        settings = command_settings(args, "pebal replay", args.model, runtime=args.runtime, device=args.device,
+                                    flags={"threshold": args.threshold, "min_region_area": args.min_region_area,
+                                           "input_size": size})
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError, SystemExit) as exc:
+        print(f"pebal replay: {model_problem(exc) if not isinstance(exc, SystemExit) else exc}", file=sys.stderr)
         return 2
     writable_folder(args.out)   # before the model: an unwritable --out fails now, not after loading it
     opts = _options(args)
-    if opts.threshold is None and cfg is not None:
-        opts.threshold = float(cfg.inference.threshold)
+    opts.threshold = settings.threshold
+    opts.min_region_area = settings.inference.min_region_area
+    opts.settings = settings_report(settings)
     jobs = max(1, min(args.jobs, len(bags)))
     threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
     try:
-        model = Path(args.model) if args.model else default_model()
-        kind = args.runtime or ("onnxruntime" if args.model is None else None)
-        if kind in ("onnxruntime", "onnx", "ort") and model.suffix.lower() in (".pt", ".pth"):
-            model = cached_onnx(model, size, config=cfg)   # once, here: workers must not race to export
-            kind = "onnxruntime"
-        runtime = None if jobs > 1 else open_runtime(model, kind=kind, device=args.device, threads=threads,
-                                                     config=cfg)
+        model = runtime_path(settings)   # once, here: workers must not race to export
+        runtime = None if jobs > 1 else open_runtime(settings, threads=threads, path=model)
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         print(f"pebal replay: cannot load the model: {exc}", file=sys.stderr)
         return 2
@@ -243,7 +258,7 @@ def main(args: argparse.Namespace) -> int:
         # spawn: ONNX Runtime / torch thread pools do not survive fork reliably.
         opts.progress = False
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(str(model), kind, args.device, threads, cfg)) as pool:
+                                 initargs=(settings, str(model), threads, bool(getattr(args, 'unsafe_load_pickle', False)))) as pool:
             futures = {pool.submit(_worker, str(b), str(o), opts): b for b, o in zip(bags, outs)}
             from tqdm import tqdm
             for fut in tqdm(as_completed(futures), total=len(futures), desc="bags", unit="bag",

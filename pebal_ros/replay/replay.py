@@ -54,6 +54,7 @@ class ReplayOptions:
     progress: bool = True
     overwrite: bool = False
     writer_thread: bool = True                   # serialise + write on a background thread
+    settings: dict[str, Any] | None = None       # the resolved model settings (cli.settings_report)
 
 
 @dataclass
@@ -333,6 +334,9 @@ def _summarise(bag: Path, result_bag: Path, runtime: Any, threshold: float, opts
                    + (f"; {sum(unread.values())} declared messages could not be read" if unread else ""))
     det: dict[str, Any] = {
         "bag": str(bag), "result_bag": str(result_bag), "runtime": runtime_info, "threshold": threshold,
+        "threshold_source": (opts.settings or {}).get("threshold_source", "replay option"),
+        "threshold_calibrated": (opts.settings or {}).get("threshold_calibrated"),
+        "model_settings": opts.settings,
         "status": "ok" if n_proc and not n_skip and not issues and not unread else ("failed" if not n_proc else "partial"),
         "status_text": status_text,
         "topics": [rep.asdict(summaries[t.name]) for t in cams],

@@ -224,7 +224,14 @@ def write_html(outdir: Path, summary: dict[str, Any]) -> Path:
              f"<h1>PEBAL replay report</h1><p>Bag <code>{html.escape(d['bag'])}</code> &rarr; result bag "
              f"<code>{html.escape(d.get('result_bag') or '-')}</code>; runtime "
              f"<code>{html.escape(str(d['runtime'].get('name', '?')))}</code>, threshold "
-             f"{d['threshold']}.</p>"]
+             f"{d['threshold']}" + (f" (from {html.escape(str(d['threshold_source']))})"
+                                    if d.get("threshold_source") else "") + ".</p>"]
+    ms = d.get("model_settings") or {}
+    if ms.get("model"):
+        parts.append(f"<p>Model: {html.escape(ms['model'])}</p>")
+    for w in ms.get("warnings") or []:
+        # not calibrated / plain segmentation network: the mask's meaning depends on it
+        parts.append(f"<p class='bad'><b>Warning:</b> {html.escape(w)}</p>")
     ok = d["status"] == "ok"
     parts.append(f"<p class='{'ok' if ok else 'bad'}'><b>{html.escape(d['status_text'])}</b></p>")
 
