@@ -34,6 +34,13 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / PACKAGE
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:          # a prefix the user may not enter (another user's venv): not ours to use
+        return False
+
+
 def model_dirs() -> list[Path]:
     """Candidate folders of the bundled models, most specific first (existing ones only)."""
     candidates = [_SOURCE_ROOT / "models"]                        # clone / editable install
@@ -45,8 +52,10 @@ def model_dirs() -> list[Path]:
     seen: set[Path] = set()
     found = []
     for c in candidates:
-        key = c.resolve() if c.exists() else c
-        if c.is_dir() and key not in seen:
+        if not _is_dir(c):
+            continue
+        key = c.resolve()
+        if key not in seen:
             seen.add(key)
             found.append(c)
     return found
@@ -55,8 +64,11 @@ def model_dirs() -> list[Path]:
 def bundled_model(name: str = DEFAULT_MODEL_NAME) -> Path:
     """The bundled model ``name``; a clear error saying where it looked when it is not installed."""
     for folder in model_dirs():
-        if (folder / name).is_file():
-            return folder / name
+        try:
+            if (folder / name).is_file():
+                return folder / name
+        except OSError:
+            continue
     looked = [str(_SOURCE_ROOT / "models")] + [
         str(Path(p) / "share" / PACKAGE / "models")
         for p in (os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) + [sysconfig.get_path("data")]) if p]

@@ -59,7 +59,7 @@ def test_out_below_a_file(command: str, tmp_path: Path, image: Path, bag: Path, 
 def test_config_missing_is_a_config_problem(image: Path, tmp_path: Path, capsys) -> None:
     assert main(["infer", str(image), "--out", str(tmp_path / "o"), "--config", "/nope.yaml"]) == 2
     line = _one_line(capsys.readouterr().err, "infer")
-    assert "--config /nope.yaml" in line and "No such file" in line and "model" not in line
+    assert "--config /nope.yaml" in line and "no such file" in line.lower() and "model" not in line
 
 
 @pytest.mark.parametrize("command", ["demo", "infer", "replay"])
@@ -71,7 +71,7 @@ def test_config_not_yaml(command: str, tmp_path: Path, image: Path, bag: Path, c
             "replay": ["replay", str(bag), "--out", out]}[command]
     assert main([*args, "--config", str(bad)]) == 2
     line = _one_line(capsys.readouterr().err, command)
-    assert f"{bad} is not valid YAML" in line and "line 3" in line
+    assert str(bad) in line and "not valid YAML" in line and "line 3" in line
 
 
 # -- the mapping itself -----------------------------------------------------------------------------

@@ -160,7 +160,8 @@ def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress
 
 def main(args: argparse.Namespace) -> int:
     from ..calibration import Calibration, file_sha256, sidecar_path, write_calibration
-    from ..replay.model import config_from_args, default_model, model_config, open_runtime
+    from ..model_settings import command_settings, model_problem
+    from ..runtime.open import open_runtime
     from .plot import write_plot
     from .sources import LabelledFrames, NormalFrames, SourceError
     from .stats import CalibrationTargetError
@@ -179,29 +180,29 @@ def main(args: argparse.Namespace) -> int:
         return _fail("--tpr needs labelled anomaly frames: --anomalies NAME=ROOT or "
                      "--anomaly-images DIR --anomaly-labels DIR")
 
-    # The model file the record belongs to; None still goes to open_runtime so the bundled model
-    # runs exactly as infer/replay run it (its cached ONNX export through ONNX Runtime).
-    model = Path(args.model) if args.model else default_model()
+    # The same settings resolution and runtime as infer/replay/the node, so the threshold means the
+    # same everywhere (the bundled model: its cached ONNX export through ONNX Runtime).
+    flags: dict = {"min_region_area": args.min_region_area}
+    if args.input_size:
+        from ..export.onnx import parse_hw
+        try:
+            flags["input_size"] = parse_hw(args.input_size)
+        except ValueError as exc:
+            return _fail(f"--input-size: {exc}")
     try:
-        cfg = config_from_args(args)
-        if args.input_size:
-            from ..export.onnx import parse_hw
-            cfg = cfg if cfg is not None else model_config(model)
-            if cfg is None:
-                return _fail(f"--input-size applies to .pt/.pth checkpoints; {model.name} has its size built in")
-            try:
-                cfg.inference.input_size = parse_hw(args.input_size)
-            except ValueError as exc:
-                return _fail(f"--input-size: {exc}")
-        runtime = open_runtime(args.model, kind=args.runtime, device=args.device, config=cfg)
+        settings = command_settings(args, PROG, args.model, runtime=args.runtime, device=args.device,
+                                    flags=flags, quiet=True)
     except SystemExit as exc:
         return _fail(str(exc))
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        return _fail(model_problem(exc))
+    print(f"{PROG}: {settings.summary()}", flush=True)   # its own warnings would say "calibrate": we are
+    try:
+        runtime = open_runtime(settings)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         return _fail(f"cannot load the model: {exc}")
-    mcfg = cfg if cfg is not None else model_config(model)
-    min_area = args.min_region_area
-    if min_area is None:
-        min_area = int(mcfg.inference.min_region_area) if mcfg is not None else 50
+    model = settings.model
+    min_area = int(settings.inference.min_region_area)
     if min_area < 1:
         return _fail(f"--min-region-area must be >= 1, got {min_area}")
 
