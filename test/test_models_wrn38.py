@@ -133,7 +133,8 @@ def test_load_official_pebal_checkpoint_dict_and_bare(tmp_path: Path) -> None:
     del model
     path.unlink()
     again = load_model(out)
-    assert again.arch_kwargs == {"num_classes": 20} and again.checkpoint_meta == {"epoch": 1}
+    assert again.arch_kwargs == {"num_classes": 20} and again.checkpoint_meta["epoch"] == 1
+    assert again.checkpoint_meta["model_info"]["arch"] == "wrn38_deeplabv3plus"   # every model says what it is
     _assert_filled(again, sd)
 
 
