@@ -2,10 +2,8 @@
 publish camera frames and check every output topic, /diagnostics, bad-frame handling and a
 rejected parameter change.
 
-Needs a ROS 2 install (Humble or Jazzy) with this workspace built and sourced:
-    colcon build --base-paths src src/pebal_ros/msg && source install/setup.bash
-    python3 -m pytest -q src/pebal_ros/test/test_launch_detector_ros.py     # or: launch_test <this file>
-Everywhere else it is skipped with that reason.
+Run by test/test_ros.py (which finds or builds the workspace); by hand, in a sourced workspace:
+    python3 -m pytest -q test/ros/ros_launch_detector.py     # or: launch_test <this file>
 """
 from __future__ import annotations
 
