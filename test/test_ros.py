@@ -48,10 +48,13 @@ def test_ros(ros_env: RosEnv, name: str) -> None:
         out = (exc.stdout or b"")[-8000:]
         pytest.fail(f"{name} ran past {TIMEOUT_S} s (ROS from {ros_env.how}):\n"
                     f"{out.decode(errors='replace') if isinstance(out, bytes) else out}", pytrace=False)
+    finally:   # a `ros2` CLI call in the test may have started a daemon for this domain
+        subprocess.run(["ros2", "daemon", "stop"], env=ros_env.for_test(domain), capture_output=True, timeout=60)
     tail = (proc.stdout + proc.stderr)[-12000:]
     if proc.returncode != 0:
         pytest.fail(f"{name} failed (exit {proc.returncode}, ROS from {ros_env.how}, domain {domain}):\n{tail}",
                     pytrace=False)
     # A ROS test that skipped everything passed nothing: the environment here is supposed to be complete.
-    last = tail.strip().splitlines()[-1] if tail.strip() else ""
+    lines = proc.stdout.strip().splitlines()
+    last = lines[-1] if lines else ""
     assert "passed" in last and "skipped" not in last, f"{name}: nothing ran for real:\n{tail}"

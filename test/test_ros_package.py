@@ -222,6 +222,7 @@ def _load_launch_with_stand_ins(share: Path):
     aip = types.ModuleType("ament_index_python")
     aip_pk = types.ModuleType("ament_index_python.packages")
     aip_pk.get_package_share_directory = lambda pkg: str(share)
+    aip_pk.PackageNotFoundError = type("PackageNotFoundError", (KeyError,), {})
     saved = {k: sys.modules.get(k) for k in ("launch", "launch.actions", "launch_ros", "launch_ros.actions",
                                                "ament_index_python", "ament_index_python.packages")}
     sys.modules.update({"launch": launch, "launch.actions": actions, "launch_ros": launch_ros,

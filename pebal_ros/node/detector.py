@@ -266,6 +266,9 @@ class PebalDetector(Node):
         else:
             st.level, st.message = DiagnosticStatus.OK, f"{snap.rate_hz:.1f} Hz"
         st.values = [KeyValue(key=k, value=v) for k, v in diagnostic_values(snap, self._runtime_info)]
+        pipeline = self._pipeline
+        if pipeline is not None:   # the threshold in use (parameter or the model's), not just the model's default
+            st.values.append(KeyValue(key="threshold", value=f"{pipeline.cfg.threshold:g}"))
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [st]
@@ -281,16 +284,22 @@ class PebalDetector(Node):
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node: PebalDetector | None = None
+    code = 0
     try:
         node = PebalDetector()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except ValueError as exc:   # a bad parameter at start-up: one clear line, not a traceback
+        rclpy.logging.get_logger("pebal_detector").fatal(str(exc))
+        code = 1
     finally:
         if node is not None:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":
