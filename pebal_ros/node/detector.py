@@ -14,6 +14,8 @@ slot before the worker took them are counted as dropped, so inference never buil
 from __future__ import annotations
 
 import array
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -277,8 +279,13 @@ class PebalDetector(Node):
     def destroy_node(self) -> None:
         self.slot.close()
         if self._worker.is_alive():
-            self._worker.join(timeout=2.0)
+            self._worker.join(timeout=1.5)   # Ctrl-C must end the node within 2 s, even mid-inference
         super().destroy_node()
+
+    @property
+    def busy(self) -> bool:
+        """The worker is still inside a frame (a slow model on a CPU) after ``destroy_node``."""
+        return self._worker.is_alive()
 
 
 def main(args: list[str] | None = None) -> None:
@@ -298,6 +305,13 @@ def main(args: list[str] | None = None) -> None:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+    if node is not None and node.busy:
+        # The worker is still in the runtime's native code (e.g. torch's thread pool): a normal
+        # interpreter exit would destroy those threads under it and abort ("terminate called
+        # without an active exception", exit -6). Nothing is left to save, so leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if code:
         raise SystemExit(code)
 
