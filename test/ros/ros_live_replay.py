@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rclpy
 import rosbag2_py
 from ament_index_python.packages import get_package_prefix
@@ -66,12 +67,23 @@ def _arr(msg, dtype=np.uint8) -> np.ndarray:
 
 
 def test_live_equals_replay(tmp_path: Path) -> None:
-    model = tiny_onnx(48, 80, seed=3, folder=str(tmp_path))
+    _live_vs_replay(tmp_path, tiny_onnx(48, 80, seed=3, folder=str(tmp_path)))
+
+
+@pytest.mark.xfail(strict=True, reason="the node and replay resolve the bundled .pt model's settings (input size, "
+                                       "threshold, runtime) differently until one model-settings library serves "
+                                       "both; remove this marker when that lands")
+def test_live_equals_replay_bundled_default_model(tmp_path: Path) -> None:
+    _live_vs_replay(tmp_path, None)
+
+
+def _live_vs_replay(tmp_path: Path, model: str | None) -> None:
     in_bag, live_bag, replay_out = tmp_path / "camera", tmp_path / "live", tmp_path / "replay"
     _write_camera_bag(in_bag)
     env = os.environ.copy()
     exe = Path(get_package_prefix("pebal_ros")) / "lib" / "pebal_ros" / "detector_node"
-    node = subprocess.Popen([str(exe), "--ros-args", "-p", f"model:={model}", "-p", "device:=cpu",
+    params = ["-p", f"model:={model}"] if model else []   # none: both sides use the bundled default
+    node = subprocess.Popen([str(exe), "--ros-args", *params, "-p", "device:=cpu",
                              "-r", "image:=/camera/image_raw"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     rec = subprocess.Popen(["ros2", "bag", "record", "-s", "mcap", "-o", str(live_bag), *OUT_TOPICS], env=env,
@@ -84,6 +96,7 @@ def test_live_equals_replay(tmp_path: Path) -> None:
             client.count_subscribers(t) > 0 for t in OUT_TOPICS), 60)
         assert ready, "detector or recorder did not come up"
         time.sleep(1.0)   # let the recorder's subscriptions match the node's publishers both ways
+        # half speed (4 Hz): even the bundled model on torch keeps up, so every frame is processed
         play = subprocess.run(["ros2", "bag", "play", str(in_bag), "--rate", "0.5"], env=env, capture_output=True,
                               text=True, timeout=120)
         assert play.returncode == 0, play.stdout + play.stderr
@@ -98,7 +111,8 @@ def test_live_equals_replay(tmp_path: Path) -> None:
     assert rec.returncode == 0, rec_out
     assert node.returncode == 0 and "Traceback" not in node_out, node_out
 
-    rep = subprocess.run([sys.executable, "-m", "pebal_ros.cli", "replay", str(in_bag), "--model", model,
+    rep = subprocess.run([sys.executable, "-m", "pebal_ros.cli", "replay", str(in_bag), *(["--model", model] if model
+                                                                                          else []),
                           "--device", "cpu", "--out", str(replay_out), "--no-progress", "--reproducible"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
