@@ -58,3 +58,22 @@ def test_ros(ros_env: RosEnv, name: str) -> None:
     lines = proc.stdout.strip().splitlines()
     last = lines[-1] if lines else ""
     assert "passed" in last and "skipped" not in last, f"{name}: nothing ran for real:\n{tail}"
+
+
+def test_without_ros_fails_with_install_commands_or_skips(monkeypatch, tmp_path):
+    """The harness's choice where ROS is missing (checked without ROS, in-process)."""
+    import ros_env
+
+    monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
+    monkeypatch.setenv("PEBAL_ROS_ROOT", str(tmp_path / "no_ros"))
+    shared = tmp_path / "shared_ros2"
+    shared.mkdir()
+    monkeypatch.setattr(ros_env, "SHARED_ROS", shared)
+    with pytest.raises(RosUnavailable) as exc:
+        find_ros_env()
+    assert exc.value.must_fail and f"tar -C / --zstd -xf {shared}/ros2-jazzy" in str(exc.value)
+    assert sys.executable in str(exc.value)   # pip into the interpreter that runs the tests
+    shared.rmdir()
+    with pytest.raises(RosUnavailable) as exc:
+        find_ros_env()
+    assert not exc.value.must_fail and "no ROS 2 install" in str(exc.value)
