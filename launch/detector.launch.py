@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch_ros.actions import Node
@@ -25,6 +25,14 @@ TRUE = ("true", "1", "yes", "on")
 
 def _share(*parts: str) -> str:
     return os.path.join(get_package_share_directory(PACKAGE), *parts)
+
+
+def _have_package(name: str) -> bool:
+    try:
+        get_package_share_directory(name)
+    except PackageNotFoundError:
+        return False
+    return True
 
 
 ARGUMENTS = (
@@ -70,7 +78,12 @@ def _detectors(context: LaunchContext) -> list:
             parameters=[params_file, overrides], remappings=remaps, output="screen", emulate_tty=True,
             arguments=["--ros-args", "--log-level", arg["log_level"]],
         ))
-    if arg["rviz"].lower() in TRUE:
+    if arg["rviz"].lower() in TRUE and not _have_package("rviz2"):
+        # a headless vehicle computer or a minimal ROS install: the detectors matter, RViz does not
+        actions.append(LogInfo(msg="rviz:=true but rviz2 is not installed (no package 'rviz2' in the ament index): "
+                                   "starting the detectors without RViz; install ros-$ROS_DISTRO-rviz2 or run RViz "
+                                   "on another machine with rviz/pebal.rviz"))
+    elif arg["rviz"].lower() in TRUE:
         config = arg["rviz_config"]
         if not config:
             with open(_share("rviz", "pebal.rviz"), encoding="utf-8") as fh:

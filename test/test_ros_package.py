@@ -208,7 +208,7 @@ class _Action:
         self.args, self.kwargs = args, kwargs
 
 
-def _load_launch_with_stand_ins(share: Path):
+def _load_launch_with_stand_ins(share: Path, missing: tuple[str, ...] = ()):
     """Import the launch file with minimal stand-ins for launch / launch_ros / ament_index_python."""
     launch = types.ModuleType("launch")
     launch.LaunchDescription = type("LaunchDescription", (_Action,), {})
@@ -221,7 +221,14 @@ def _load_launch_with_stand_ins(share: Path):
     ros_actions.Node = type("Node", (_Action,), {})
     aip = types.ModuleType("ament_index_python")
     aip_pk = types.ModuleType("ament_index_python.packages")
-    aip_pk.get_package_share_directory = lambda pkg: str(share)
+    aip_pk.PackageNotFoundError = type("PackageNotFoundError", (KeyError,), {})
+
+    def share_dir(pkg: str) -> str:
+        if pkg in missing:
+            raise aip_pk.PackageNotFoundError(pkg)
+        return str(share)
+
+    aip_pk.get_package_share_directory = share_dir
     saved = {k: sys.modules.get(k) for k in ("launch", "launch.actions", "launch_ros", "launch_ros.actions",
                                                "ament_index_python", "ament_index_python.packages")}
     sys.modules.update({"launch": launch, "launch.actions": actions, "launch_ros": launch_ros,
@@ -315,3 +322,11 @@ def test_rviz_config_shows_camera_and_outputs():
     assert all(d["Class"] == "rviz_default_plugins/Image" for d in displays.values())
     # Best effort on the camera accepts both kinds of drivers.
     assert displays["Camera"]["Topic"]["Reliability Policy"] == "Best Effort"
+
+
+def test_launch_rviz_without_rviz2_says_so_and_keeps_detectors():
+    mod = _load_launch_with_stand_ins(REPO, missing=("rviz2",))
+    _, actions = _run(mod, rviz="true", cameras="front,rear")
+    assert len(_nodes(actions)) == 2 and not _nodes(actions, "rviz2")
+    logs = [a.kwargs["msg"] for a in actions if type(a).__name__ == "LogInfo"]
+    assert any("rviz2 is not installed" in m and "without RViz" in m for m in logs), logs

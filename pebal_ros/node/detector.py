@@ -14,6 +14,8 @@ slot before the worker took them are counted as dropped, so inference never buil
 from __future__ import annotations
 
 import array
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -292,6 +294,9 @@ class PebalDetector(Node):
         kv = diagnostic_values(snap, self._runtime_info)
         if settings is not None:
             kv += settings.as_key_values()
+        pipeline = self._pipeline
+        if pipeline is not None:   # the threshold in use (parameter or the model's), not just the model's default
+            kv.append(("threshold", f"{pipeline.cfg.threshold:g}"))
         st.values = [KeyValue(key=k, value=v) for k, v in kv]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -301,23 +306,41 @@ class PebalDetector(Node):
     def destroy_node(self) -> None:
         self.slot.close()
         if self._worker.is_alive():
-            self._worker.join(timeout=2.0)
+            self._worker.join(timeout=1.5)   # Ctrl-C must end the node within 2 s, even mid-inference
         super().destroy_node()
+
+    @property
+    def busy(self) -> bool:
+        """The worker is still inside a frame (a slow model on a CPU) after ``destroy_node``."""
+        return self._worker.is_alive()
 
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node: PebalDetector | None = None
+    code = 0
     try:
         node = PebalDetector()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except ValueError as exc:   # a bad parameter at start-up: one clear line, not a traceback
+        rclpy.logging.get_logger("pebal_detector").fatal(str(exc))
+        code = 1
     finally:
         if node is not None:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+    if node is not None and node.busy:
+        # The worker is still in the runtime's native code (e.g. torch's thread pool): a normal
+        # interpreter exit would destroy those threads under it and abort ("terminate called
+        # without an active exception", exit -6). Nothing is left to save, so leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""Live = replay, with real ROS 2 tools: a camera bag is played with ``ros2 bag play`` into the
+running detector node, its outputs recorded with ``ros2 bag record``; ``pebal replay`` runs on the
+same input bag. For every frame both processed the semantic and mask images must be identical and
+the score equal within 1e-5: the claim that replay validates what runs on the vehicle.
+
+Uses an ONNX model (both sides then load the very same graph; for a .pt checkpoint the model
+settings must also be resolved the same way, which is the model-settings library's job).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+import rosbag2_py
+from ament_index_python.packages import get_package_prefix
+from rclpy.serialization import deserialize_message, serialize_message
+from rosidl_runtime_py.utilities import get_message
+
+from _common import image_msg, pixels, spin_until, tiny_onnx
+
+H, W = 96, 160
+FRAMES = 8
+OUT_TOPICS = ["/pebal/semantic", "/pebal/anomaly_mask", "/pebal/anomaly_score", "/pebal/status"]
+
+
+def _write_camera_bag(path: Path) -> None:
+    writer = rosbag2_py.SequentialWriter()
+    writer.open(rosbag2_py.StorageOptions(uri=str(path), storage_id="mcap"),
+                rosbag2_py.ConverterOptions("cdr", "cdr"))
+    meta = dict(name="/camera/image_raw", type="sensor_msgs/msg/Image", serialization_format="cdr")
+    try:
+        topic = rosbag2_py.TopicMetadata(id=0, **meta)   # Jazzy
+    except TypeError:
+        topic = rosbag2_py.TopicMetadata(**meta)         # Humble
+    writer.create_topic(topic)
+    for i in range(FRAMES):
+        stamp = (1_700_000_000 + i, 5_000_000 * i)
+        # a mix of encodings the node converts (rgb8 and bgr8), as a real driver could send
+        enc = "rgb8" if i % 2 == 0 else "bgr8"
+        msg = image_msg(pixels(H, W, 100 + i), enc, stamp, frame_id="cam")
+        writer.write("/camera/image_raw", serialize_message(msg), stamp[0] * 10**9 + stamp[1])
+    del writer
+
+
+def _read(path: Path, topics: list[str]) -> dict[str, dict[tuple[int, int], object]]:
+    reader = rosbag2_py.SequentialReader()
+    reader.open(rosbag2_py.StorageOptions(uri=str(path), storage_id=""), rosbag2_py.ConverterOptions("", ""))
+    types = {t.name: t.type for t in reader.get_all_topics_and_types()}
+    out: dict[str, dict[tuple[int, int], object]] = {t: {} for t in topics}
+    while reader.has_next():
+        topic, data, _ = reader.read_next()
+        if topic in out:
+            msg = deserialize_message(data, get_message(types[topic]))
+            out[topic][(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+    return out
+
+
+def _arr(msg, dtype=np.uint8) -> np.ndarray:
+    return np.frombuffer(bytes(msg.data), dtype).reshape(msg.height, msg.width)
+
+
+def test_live_equals_replay(tmp_path: Path) -> None:
+    _live_vs_replay(tmp_path, tiny_onnx(48, 80, seed=3, folder=str(tmp_path)))
+
+
+@pytest.mark.xfail(strict=True, reason="the node and replay resolve the bundled .pt model's settings (input size, "
+                                       "threshold, runtime) differently until one model-settings library serves "
+                                       "both; remove this marker when that lands")
+def test_live_equals_replay_bundled_default_model(tmp_path: Path) -> None:
+    _live_vs_replay(tmp_path, None)
+
+
+def _live_vs_replay(tmp_path: Path, model: str | None) -> None:
+    in_bag, live_bag, replay_out = tmp_path / "camera", tmp_path / "live", tmp_path / "replay"
+    _write_camera_bag(in_bag)
+    env = os.environ.copy()
+    exe = Path(get_package_prefix("pebal_ros")) / "lib" / "pebal_ros" / "detector_node"
+    params = ["-p", f"model:={model}"] if model else []   # none: both sides use the bundled default
+    node = subprocess.Popen([str(exe), "--ros-args", *params, "-p", "device:=cpu",
+                             "-r", "image:=/camera/image_raw"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    rec = subprocess.Popen(["ros2", "bag", "record", "-s", "mcap", "-o", str(live_bag), *OUT_TOPICS], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rclpy.init()
+    client = rclpy.create_node("live_replay_probe")
+    try:
+        # play only once the node listens and the recorder is subscribed to every output
+        ready = spin_until(client, lambda: client.count_subscribers("/camera/image_raw") > 0 and all(
+            client.count_subscribers(t) > 0 for t in OUT_TOPICS), 60)
+        assert ready, "detector or recorder did not come up"
+        time.sleep(1.0)   # let the recorder's subscriptions match the node's publishers both ways
+        # half speed (4 Hz): even the bundled model on torch keeps up, so every frame is processed
+        play = subprocess.run(["ros2", "bag", "play", str(in_bag), "--rate", "0.5"], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert play.returncode == 0, play.stdout + play.stderr
+        time.sleep(3.0)   # the last frame's outputs reach the recorder
+    finally:
+        client.destroy_node()
+        rclpy.shutdown()
+        rec.send_signal(signal.SIGINT)
+        rec_out = rec.communicate(timeout=30)[0]
+        node.send_signal(signal.SIGINT)
+        node_out = node.communicate(timeout=30)[0]
+    assert rec.returncode == 0, rec_out
+    assert node.returncode == 0 and "Traceback" not in node_out, node_out
+
+    rep = subprocess.run([sys.executable, "-m", "pebal_ros.cli", "replay", str(in_bag), *(["--model", model] if model
+                                                                                          else []),
+                          "--device", "cpu", "--out", str(replay_out), "--no-progress", "--reproducible"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
+
+    live = _read(live_bag, OUT_TOPICS)
+    replay = _read(replay_out / "result_bag", OUT_TOPICS)
+    both = sorted(set(live["/pebal/status"]) & set(replay["/pebal/status"]))
+    assert len(replay["/pebal/status"]) == FRAMES
+    assert len(both) >= FRAMES - 1, (f"live processed {len(live['/pebal/status'])} frames, "
+                                     f"{len(both)} in common with replay\n{node_out[-2000:]}")
+    for stamp in both:
+        lv = {t: live[t][stamp] for t in OUT_TOPICS}
+        rp = {t: replay[t][stamp] for t in OUT_TOPICS}
+        np.testing.assert_array_equal(_arr(lv["/pebal/semantic"]), _arr(rp["/pebal/semantic"]), err_msg=str(stamp))
+        np.testing.assert_array_equal(_arr(lv["/pebal/anomaly_mask"]), _arr(rp["/pebal/anomaly_mask"]))
+        np.testing.assert_allclose(_arr(lv["/pebal/anomaly_score"], np.float32),
+                                   _arr(rp["/pebal/anomaly_score"], np.float32), rtol=0, atol=1e-5)
+        ls, rs = lv["/pebal/status"], rp["/pebal/status"]
+        assert (ls.threshold, ls.anomaly_fraction, len(ls.regions)) == (rs.threshold, rs.anomaly_fraction,
+                                                                          len(rs.regions)), stamp
+        assert (ls.header.frame_id, lv["/pebal/semantic"].header.frame_id) == ("cam", "cam")
+    # not vacuous: the test model marks some pixels anomalous and leaves others
+    fractions = [live["/pebal/status"][s].anomaly_fraction for s in both]
+    assert 0.0 < max(fractions) and min(fractions) < 1.0, fractions
