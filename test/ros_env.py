@@ -35,7 +35,7 @@ LOOPBACK_CYCLONE = ("<CycloneDDS><Domain><General><Interfaces><NetworkInterface 
                     "</Interfaces></General></Domain></CycloneDDS>")
 
 # What the colcon build reads: a change to any of these rebuilds the workspace.
-_BUILD_INPUTS = ("setup.py", "setup.cfg", "package.xml", "resource", "launch", "config", "rviz", "models",
+_BUILD_INPUTS = ("setup.py", "setup.cfg", "pyproject.toml", "package.xml", "resource", "launch", "config", "rviz", "models",
                  "msg", "pebal_ros")
 _BUILD_SUFFIXES = {".py", ".cfg", ".xml", ".yaml", ".rviz", ".msg", ".txt", ".onnx", ".pt", ".json", ".md", ""}
 

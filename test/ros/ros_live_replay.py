@@ -70,10 +70,8 @@ def test_live_equals_replay(tmp_path: Path) -> None:
     _live_vs_replay(tmp_path, tiny_onnx(48, 80, seed=3, folder=str(tmp_path)))
 
 
-@pytest.mark.xfail(strict=True, reason="the node and replay resolve the bundled .pt model's settings (input size, "
-                                       "threshold, runtime) differently until one model-settings library serves "
-                                       "both; remove this marker when that lands")
 def test_live_equals_replay_bundled_default_model(tmp_path: Path) -> None:
+    """No model anywhere: node and replay resolve the bundled .pt through the one settings resolution."""
     _live_vs_replay(tmp_path, None)
 
 
