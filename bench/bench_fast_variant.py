@@ -27,7 +27,7 @@ from common import REPO, machine, network, parse_hw, timeit
 
 
 def time_ratio(net, camera, net_size, iters: int, threads: int, work: Path) -> tuple[float, float]:
-    from pebal_ros.export.fused import build_fused
+    from pebal_ros.graph.fused import build_fused
     from pebal_ros.export.onnx import export_fused
     from pebal_ros.runtime.onnx import OnnxRuntime
     rts = {}

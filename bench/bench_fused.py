@@ -32,7 +32,7 @@ def main() -> int:
 
     import onnxruntime as ort
 
-    from pebal_ros.export.fused import build_fused
+    from pebal_ros.graph.fused import build_fused
     from pebal_ros.export.onnx import export_fused, export_network_only
     from pebal_ros.runtime.onnx import OnnxRuntime
 

@@ -66,7 +66,7 @@ def ort_runtimes(net, hw, cuda: bool, tmp: Path):
     import onnxruntime as ort
     if not cuda or "CUDAExecutionProvider" not in ort.get_available_providers():
         return [], f"ONNX Runtime CUDA skipped (providers: {ort.get_available_providers()})"
-    from pebal_ros.export.fused import build_fused
+    from pebal_ros.graph.fused import build_fused
     from pebal_ros.export.onnx import export_fused
     from pebal_ros.runtime import load_runtime
     out = []

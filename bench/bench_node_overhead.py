@@ -70,7 +70,7 @@ def main() -> int:
     if args.model:
         path = Path(args.model)
     else:
-        from pebal_ros.export.fused import build_fused
+        from pebal_ros.graph.fused import build_fused
         from pebal_ros.export.onnx import export_fused
         h, w = args.network
         path = Path(tempfile.mkdtemp(prefix="pebal_bench_")) / f"{args.arch}_{h}x{w}.onnx"

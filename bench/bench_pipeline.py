@@ -34,7 +34,7 @@ def main() -> int:
 
     import onnxruntime as ort
 
-    from pebal_ros.export.fused import build_fused, reference_outputs
+    from pebal_ros.graph.fused import build_fused, reference_outputs
     from pebal_ros.export.onnx import export_fused
     from pebal_ros.runtime.onnx import OnnxRuntime
 

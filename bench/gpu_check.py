@@ -130,7 +130,7 @@ def section_cuda_buffers(args) -> None:
 
 
 def section_torch(args) -> None:
-    from pebal_ros.export.fused import reference_outputs
+    from pebal_ros.graph.fused import reference_outputs
     from pebal_ros.runtime.torch import TorchRuntime
     dev = args.device
     say(f"== 3. PyTorch fused model on {dev}: FP32 vs FP16 parity and speed at {args.h}x{args.w}")
@@ -186,7 +186,7 @@ def section_torch(args) -> None:
 def section_ort(args) -> None:
     import onnxruntime as ort
 
-    from pebal_ros.export.fused import build_fused
+    from pebal_ros.graph.fused import build_fused
     from pebal_ros.export.onnx import export_fused, export_network_only
     from pebal_ros.runtime.onnx import OnnxRuntime
     from pebal_ros.runtime.torch import TorchRuntime
@@ -232,7 +232,7 @@ def section_tensorrt(args) -> None:
     if elapsed() > args.budget:
         say("skipped: time budget used up")
         return
-    from pebal_ros.export.fused import build_fused
+    from pebal_ros.graph.fused import build_fused
     from pebal_ros.export.onnx import export_fused
     from pebal_ros.export.tensorrt import build_engine
     from pebal_ros.runtime.torch import TorchRuntime

@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
     from .model_settings import command_settings, model_problem
     from .outputs import writable_folder
     from .replay.cli import settings_report
-    from .runtime.open import open_runtime
+    from .open_model import open_runtime
     from .replay.replay import ReplayOptions, replay_bag
 
     try:

@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
     from .pipeline.regions import find_regions
     from .pipeline.visualize import colorize, overlay, score_heatmap
     from .model_settings import command_settings, model_problem
-    from .runtime.open import open_runtime
+    from .open_model import open_runtime
 
     files, problems = collect_images(args.inputs, args.recursive)
     for p in problems:

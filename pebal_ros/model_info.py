@@ -128,7 +128,7 @@ def read_model_info(path: str | Path, allow_unsafe: bool | None = None) -> Model
     if fmt == "checkpoint":
         _checkpoint_info(info, allow_unsafe)
     elif fmt == "onnx":
-        from .export.spec import read_spec
+        from .graph.contract import read_spec
         try:
             spec = read_spec(path)
         except Exception as exc:  # noqa: BLE001 - a foreign or truncated file: say which
@@ -187,8 +187,8 @@ def _spec_info(info: ModelInfo, spec: Any, source: str) -> None:
 
 
 def _engine_info(info: ModelInfo) -> None:
-    from .export.engine_cache import sidecar_path
-    from .export.spec import ExportSpec
+    from .graph.engine_cache import sidecar_path
+    from .graph.contract import ExportSpec
     import json
 
     side = sidecar_path(info.path)

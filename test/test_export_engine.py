@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pebal_ros.export.engine_cache import (EngineCache, EngineKey, StaleEngineError, sha256_file,
+from pebal_ros.graph.engine_cache import (EngineCache, EngineKey, StaleEngineError, sha256_file,
                                            shapes_string, sidecar_path, verify_engine, write_sidecar)
-from pebal_ros.export.fused import build_fused
+from pebal_ros.graph.fused import build_fused
 from pebal_ros.export.onnx import export_fused, read_spec
 from pebal_ros.export.tensorrt import (calibration_frames, post_node_names, profile_shapes,
                                        trtexec_command)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pebal_ros import scoring
-from pebal_ros.export.fused import FusedPebal, build_fused, reference_outputs, stable_free_energy
+from pebal_ros.graph.fused import FusedPebal, build_fused, reference_outputs, stable_free_energy
 from pebal_ros.export.onnx import (ExportSpec, check_onnx, export_fused, parity_check, parse_hw,
                                    read_spec)
 from pebal_ros.runtime.onnx import OnnxRuntime

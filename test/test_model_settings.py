@@ -16,7 +16,7 @@ from test_replay_helpers import H, W, frames, tiny_onnx
 from pebal_ros.calibration import Calibration, file_sha256, write_calibration
 from pebal_ros.cli import main
 from pebal_ros.config import Config, InferenceConfig, to_dict
-from pebal_ros.export.spec import FORMAT_TAG, ExportSpec
+from pebal_ros.graph.contract import FORMAT_TAG, ExportSpec
 from pebal_ros.model_settings import (Layer, SettingsError, cli_layers, resolve_settings, settings_from_args,
                                       validate_inference)
 from pebal_ros.models import build_model, save_checkpoint
@@ -137,8 +137,8 @@ def test_export_spec_reads_old_files_and_carries_the_new_keys() -> None:
 
 @pytest.mark.slow   # one ESPNetv2 export: ~50 s on two busy cores
 def test_cached_export_carries_what_the_model_is(ckpt: Path) -> None:
-    from pebal_ros.export.spec import read_spec
-    from pebal_ros.runtime.open import cached_onnx
+    from pebal_ros.graph.contract import read_spec
+    from pebal_ros.open_model import cached_onnx
 
     s = settings_from_args(_args(overrides=["inference.threshold=-2.0"]), ckpt, runtime="onnxruntime")
     spec = read_spec(cached_onnx(s, quiet=True))
@@ -279,7 +279,7 @@ def test_same_settings_in_infer_replay_and_node(model_kind: str, ckpt: Path) -> 
 
 
 def test_same_outputs_through_infer_and_the_node_runtime(ckpt: Path, tmp_path: Path) -> None:
-    from pebal_ros.runtime.open import open_runtime
+    from pebal_ros.open_model import open_runtime
 
     img = frames(1)[0][0]
     cv2.imwrite(str(tmp_path / "f.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -350,7 +350,7 @@ def test_replay_cli_runs_what_the_node_runs(ckpt: Path, tmp_path: Path) -> None:
     from test_replay_run import _read
 
     from pebal_ros.replay.recording import write_recording
-    from pebal_ros.runtime.open import open_runtime
+    from pebal_ros.open_model import open_runtime
 
     imgs = frames(3)
     write_recording(tmp_path / "bag", imgs)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
-from pebal_ros.export.fused import build_fused, reference_outputs
+from pebal_ros.graph.fused import build_fused, reference_outputs
 from pebal_ros.export.onnx import export_fused
 from pebal_ros.pipeline import FramePipeline, MessageFactory, PipelineConfig
 from pebal_ros.pipeline.convert import float_image_from_msg, image_view

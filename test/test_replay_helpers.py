@@ -34,7 +34,7 @@ def tiny_onnx(path: Path, size: tuple[int, int] = (H, W), threshold: float = -4.
     import shutil
     import tempfile
 
-    from pebal_ros.export.fused import FusedPebal
+    from pebal_ros.graph.fused import FusedPebal
     from pebal_ros.export.onnx import ExportSpec, export_fused
 
     cache = Path(tempfile.gettempdir()) / f"pebal_test_tiny_{size[0]}x{size[1]}_{threshold}_{torch.__version__}.onnx"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pebal_ros.export.fused import build_fused, reference_outputs
+from pebal_ros.graph.fused import build_fused, reference_outputs
 from pebal_ros.export.onnx import export_fused, export_network_only
 from pebal_ros.runtime import Runtime, load_runtime, runtime_kind
 from pebal_ros.runtime.torch import TorchRuntime

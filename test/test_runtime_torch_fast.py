@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pebal_ros.export.fused import reference_outputs
+from pebal_ros.graph.fused import reference_outputs
 from pebal_ros.runtime.torch import TorchRuntime
 
 from _export_nets import TinySegNet

@@ -161,7 +161,7 @@ def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress
 def main(args: argparse.Namespace) -> int:
     from ..calibration import Calibration, file_sha256, sidecar_path, write_calibration
     from ..model_settings import command_settings, model_problem
-    from ..runtime.open import open_runtime
+    from ..open_model import open_runtime
     from .plot import write_plot
     from .sources import LabelledFrames, NormalFrames, SourceError
     from .stats import CalibrationTargetError

@@ -32,14 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fused import FusedPebal, NetworkOnly, build_fused
-from .spec import FORMAT_TAG, META_PREFIX, ExportSpec, _hw2, parse_hw, read_spec  # noqa: F401 - re-exported
+from ..graph.fused import FusedPebal, NetworkOnly, build_fused
+from ..graph.contract import (FORMAT_TAG, INPUT_NAMES, META_PREFIX, OUTPUT_NAMES, ExportSpec, _hw2,  # noqa: F401
+                              parse_hw, read_spec)
 
 if TYPE_CHECKING:
     from ..config import Config
 
-INPUT_NAMES = ("image", "threshold")
-OUTPUT_NAMES = ("semantic", "score", "mask")
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
 
 # Operators the TensorRT 10 ONNX parser imports (onnx-tensorrt docs/operators.md, 10.x branch),

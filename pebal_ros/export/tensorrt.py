@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .engine_cache import (EngineCache, EngineKey, StaleEngineError, read_sidecar, sha256_file,
+from ..graph.engine_cache import (EngineCache, EngineKey, StaleEngineError, read_sidecar, sha256_file,
                            shapes_string, write_sidecar)
 from .onnx import ExportSpec, parse_hw, read_spec
 

@@ -138,7 +138,7 @@ class PebalDetector(Node):
         The settings come from the same resolution as pebal infer/replay (model file, preset,
         calibration record, then the node parameters), so live and replay run the same model alike.
         """
-        from ..runtime.open import open_runtime
+        from ..open_model import open_runtime
 
         settings = settings or resolve_node_settings(values)
         runtime: Runtime = open_runtime(settings, quiet=True)

@@ -41,7 +41,7 @@ def _threshold(v: Any) -> str | None:
 def _input_size(v: Any) -> str | None:
     if v == "":
         return None
-    from ..export.spec import parse_hw
+    from ..graph.contract import parse_hw
     try:
         parse_hw(v)
     except ValueError as exc:
@@ -183,7 +183,7 @@ def pipeline_config(values: dict[str, Any], model_threshold: float | None = None
 def settings_layers(values: dict[str, Any]) -> list[Any]:
     """The node parameters that override the model's own settings (threshold NaN and input_size ''
     mean "the model's own"); one explicit layer for pebal_ros.model_settings.resolve_settings."""
-    from ..export.spec import parse_hw
+    from ..graph.contract import parse_hw
     from ..model_settings import Layer
 
     inference: dict[str, Any] = {"min_region_area": int(values["min_region_area"])}

@@ -158,7 +158,7 @@ _WORKER_RUNTIME: Any = None
 
 def _worker_init(settings: Any, path: str, threads: int | None, unsafe: bool) -> None:
     global _WORKER_RUNTIME
-    from ..runtime.open import open_runtime
+    from ..open_model import open_runtime
     if unsafe:   # spawned workers do not inherit the CLI's opt-in
         from ..models.checkpoint import allow_unsafe_pickle
         allow_unsafe_pickle(True)
@@ -204,7 +204,7 @@ def _write_index(out: Path, results: list[dict[str, Any]]) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..runtime.open import open_runtime, runtime_path
+    from ..open_model import open_runtime, runtime_path
     from ..model_settings import command_settings, model_problem
 
     bags, problems = expand_bags(args.bags)
@@ -219,7 +219,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         size = None
         if args.input_size:
-            from ..export.spec import parse_hw
+            from ..graph.contract import parse_hw
             from ..model_settings import SettingsError
             try:
                 size = list(parse_hw(args.input_size))

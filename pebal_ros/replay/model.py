@@ -2,7 +2,7 @@
 
 The resolution itself (what the model file says, its preset or calibration, then the user's
 ``--preset/--config/--set`` and flags) is :mod:`pebal_ros.model_settings`, shared with the ROS node;
-opening the backend (and the cached ONNX export of a checkpoint) is :mod:`pebal_ros.runtime.open`.
+opening the backend (and the cached ONNX export of a checkpoint) is :mod:`pebal_ros.open_model`.
 This module keeps the function-level API the tests and benchmarks use on top of them.
 """
 from __future__ import annotations
@@ -31,14 +31,14 @@ def _settings(model: str | Path | None, kind: str | None, device: str, config: A
 
 def cached_onnx(checkpoint: str | Path, image_size: tuple[int, int] | None = None,
                 quiet: bool = False, config: Any = None) -> Path:
-    from ..runtime.open import cached_onnx as _cached
+    from ..open_model import cached_onnx as _cached
     return _cached(_settings(checkpoint, "onnxruntime", "cpu", config), image_size, quiet=quiet)
 
 
 def open_runtime(model: str | Path | None = None, *, kind: str | None = None, device: str = "cpu",
                  threads: int | None = None, image_size: tuple[int, int] | None = None,
                  quiet: bool = False, config: Any = None) -> Any:
-    from ..runtime.open import open_runtime as _open
+    from ..open_model import open_runtime as _open
     return _open(_settings(model, kind, device, config), threads=threads, image_size=image_size, quiet=quiet)
 
 

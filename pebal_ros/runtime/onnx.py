@@ -49,7 +49,7 @@ class OnnxRuntime:
                  cuda_graph: bool = False):
         import onnxruntime as ort
 
-        from ..export.onnx import INPUT_NAMES, OUTPUT_NAMES, read_spec
+        from ..graph.contract import INPUT_NAMES, OUTPUT_NAMES, read_spec
 
         self.path = check_file(path, "ONNX model", (".onnx",))
         try:

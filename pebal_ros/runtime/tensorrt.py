@@ -37,7 +37,7 @@ class TensorRTRuntime:
 
     def __init__(self, path: str | Path, device: int | str = 0, reuse_outputs: bool = False,
                  allow_unverified: bool = False, verbose: bool = False):
-        from ..export.engine_cache import read_sidecar, verify_engine
+        from ..graph.engine_cache import read_sidecar, verify_engine
 
         self.path = check_file(path, "TensorRT engine", (".engine", ".plan"))
         index = 0 if device in ("auto", "cuda", None) else int(str(device).replace("cuda:", ""))

@@ -88,7 +88,7 @@ class TorchRuntime:
                  config=None, arch: str | None = None, channels_last: bool | None = None,
                  cuda_graph: bool | None = None, compile: bool = False, reuse_outputs: bool = False):
         from ..config import Config, InferenceConfig
-        from ..export.fused import build_fused
+        from ..graph.fused import build_fused
 
         if isinstance(model, nn.Module):
             # a private copy: .to(device)/.half() below must not change the caller's module (two

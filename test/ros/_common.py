@@ -17,7 +17,7 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from pebal_ros.export.fused import build_fused
+from pebal_ros.graph.fused import build_fused
 from pebal_ros.export.onnx import export_fused
 
 IMAGE_OUTPUTS = {"semantic": "mono8", "semantic_color": "rgb8", "anomaly_score": "32FC1",

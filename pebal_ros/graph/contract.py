@@ -1,4 +1,11 @@
-"""What an exported graph is (``ExportSpec``), stored in the ONNX metadata; readable without torch.
+"""The fused graph's contract: its inputs and outputs, and what it is (``ExportSpec``, stored in the
+ONNX metadata); readable without torch.
+
+    inputs   image      uint8   [H, W, 3]  camera frame, RGB or BGR (``channel_order``)
+             threshold  float32 [1]        score > threshold is anomalous
+    outputs  semantic   uint8   [H, W]     Cityscapes train id 0-18
+             score      float32 [H, W]     inlier free energy, Gaussian-smoothed (higher = more anomalous)
+             mask       uint8   [H, W]     1 where score > threshold
 
 Kept apart from the exporter so that reading a model's own settings (pebal_ros.model_settings)
 needs neither torch nor the exporter, and the exporter can use that resolution without a circle.
@@ -12,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+INPUT_NAMES = ("image", "threshold")
+OUTPUT_NAMES = ("semantic", "score", "mask")
 FORMAT_TAG = "pebal-fused-v1"
 META_PREFIX = "pebal."
 

@@ -1,5 +1,7 @@
 """A Runtime for resolved model settings: the one place every tool and the node open a model.
 
+It sits above both ``export`` (a checkpoint run on ONNX Runtime is exported first) and ``runtime``.
+
 A checkpoint run with ONNX Runtime is exported to the fused graph once and cached in the user
 cache folder (:func:`pebal_ros.paths.cache_dir`, ``$PEBAL_CACHE``); the cache key covers the
 checkpoint (path, size, modification time) and every resolved setting, so a retrained checkpoint
@@ -14,11 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import to_dict
-from ..model_settings import ModelSettings
-from ..paths import cache_dir
-from . import load_runtime
-from .base import Runtime
+from .config import to_dict
+from .model_settings import ModelSettings
+from .paths import cache_dir
+from .runtime import load_runtime
+from .runtime.base import Runtime
 
 
 def _cache_name(checkpoint: Path, size: tuple[int, int], settings: ModelSettings) -> str:
@@ -36,7 +38,7 @@ def _cache_name(checkpoint: Path, size: tuple[int, int], settings: ModelSettings
 def cached_onnx(settings: ModelSettings, image_size: tuple[int, int] | None = None, quiet: bool = False) -> Path:
     """The fused ONNX export of the settings' checkpoint (at ``image_size``, default the resolved
     input size), exported on first use."""
-    from ..export.onnx import export_checkpoint
+    from .export.onnx import export_checkpoint
 
     checkpoint = settings.model
     size: tuple[int, int] = tuple(image_size or settings.inference.input_size)  # type: ignore[assignment]
