@@ -272,3 +272,10 @@ def test_real_weights_on_real_cityscapes_frames(shared_data: Path, tmp_path: Pat
                for p in sorted(frames.iterdir())]
     print(f"real weights: threshold {cal.threshold:.3f}, flagged {flagged}")
     assert 0.005 <= float(np.mean(flagged)) <= 0.015
+    # the user's next step: `pebal infer` with that model picks the record up by itself, says so,
+    # and warns no more about an uncalibrated threshold
+    capsys.readouterr()
+    assert main(["infer", str(frames), "--model", str(weights), "--out", str(tmp_path / "inf")]) == 0
+    got = capsys.readouterr()
+    assert f"threshold {cal.threshold:.4g} (calibration" in got.out, got.out
+    assert "pebal calibrate" not in got.err and "Energy baseline" in got.err   # plain network: still said
