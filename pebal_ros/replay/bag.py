@@ -359,8 +359,6 @@ class BagReader:
 
     def _scan_mcap_channels(self, file: Path) -> None:
         """Topics and definitions of an MCAP file without footer/summary, read record by record."""
-        from mcap.records import Channel, Schema
-
         schemas: dict[int, tuple[str, str]] = {}
         found = 0
 
@@ -371,12 +369,7 @@ class BagReader:
         try:
             with self._storage_path(file).open("rb") as fh:
                 for rec in _mcap_records(fh, on_break):
-                    if isinstance(rec, Schema):
-                        text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
-                        schemas[rec.id] = (rec.name, text)
-                    elif isinstance(rec, Channel):
-                        name, text = schemas.get(rec.schema_id, ("", ""))
-                        self._learn_topic(rec.topic, name, text)
+                    if self._learn_record(rec, schemas) is not None:
                         found += 1
         except OSError as exc:
             self.scan_notes.append(f"{file.name}: {exc.strerror or exc}")
@@ -393,6 +386,18 @@ class BagReader:
             pass      # reported when its messages are read
         finally:
             con.close()
+
+    def _learn_record(self, rec: Any, schemas: dict[int, tuple[str, str]]) -> TopicInfo | None:
+        """Schema and Channel records of a raw MCAP stream: remember the schema, learn the channel's
+        topic (returned); None for every other record."""
+        from mcap.records import Channel, Schema   # already imported by the caller: a dict lookup
+        if isinstance(rec, Schema):
+            text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
+            schemas[rec.id] = (rec.name, text)
+        elif isinstance(rec, Channel):
+            name, text = schemas.get(rec.schema_id, ("", ""))
+            return self._learn_topic(rec.topic, name, text)
+        return None
 
     def _learn_topic(self, name: str, msgtype: str, msgdef: str = "") -> TopicInfo:
         msgtype = normalize_type(msgtype)
@@ -515,7 +520,7 @@ class BagReader:
                 yield msg.connection, msg.timestamp, msg.data
 
     def _mcap_stream(self, file: Path, why: str) -> Iterator[RawMessage]:
-        from mcap.records import Channel, Message, Schema
+        from mcap.records import Message
 
         path = self._storage_path(file)
         schemas: dict[int, tuple[str, str]] = {}
@@ -529,12 +534,9 @@ class BagReader:
                                          f"sequentially{saved}, then {_stream_break(exc)}"))
         with path.open("rb") as fh:
             for rec in _mcap_records(fh, on_break):
-                if isinstance(rec, Schema):
-                    text = rec.data.decode("utf-8", "replace") if rec.encoding == "ros2msg" else ""
-                    schemas[rec.id] = (rec.name, text)
-                elif isinstance(rec, Channel):
-                    name, text = schemas.get(rec.schema_id, ("", ""))
-                    channels[rec.id] = self._learn_topic(rec.topic, name, text)
+                topic = self._learn_record(rec, schemas)
+                if topic is not None:
+                    channels[rec.id] = topic
                 elif isinstance(rec, Message):
                     info = channels.get(rec.channel_id)
                     if info is None:
