@@ -10,16 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..model_settings import (Layer, ModelSettings, SettingsError, announce, command_settings,  # noqa: F401
-                              model_problem, resolve_settings)
-from ..paths import bundled_model
+from ..model_settings import Layer, ModelSettings, resolve_settings
 
 MODEL_PRESET_HELP = ("input size, normalisation and threshold, applied on top of the model's own settings "
                      "(stored in the model file, or the bundled model's preset)")
-
-
-def default_model() -> Path:
-    return bundled_model()
 
 
 # -- the earlier function-level API (tests, benchmarks): a Config object as one file layer --------
@@ -54,5 +48,4 @@ def default_threshold(runtime: Any) -> float:
     return float(value)
 
 
-__all__ = ["MODEL_PRESET_HELP", "SettingsError", "announce", "cached_onnx", "command_settings",
-           "default_model", "default_threshold", "model_problem", "open_runtime"]
+__all__ = ["MODEL_PRESET_HELP", "cached_onnx", "default_threshold", "open_runtime"]
