@@ -131,6 +131,25 @@ def test_running_stats_percentiles_and_rate():
     assert stats.snapshot(slot, now=200.0).rate_hz == 0.0     # nothing recent
 
 
+
+def test_running_stats_report_the_non_inference_work_by_stage():
+    stats = RunningStats(window=10)
+    rng = np.random.default_rng(0)
+    rows = [{"decode": float(a), "encode": float(b), "publish": float(c)} for a, b, c in rng.uniform(0, 5, (15, 3))]
+    for i, st in enumerate(rows):
+        stats.record(e2e_ms=30.0, inference_ms=20.0 + i, stages=st, now=float(i))
+    snap = stats.snapshot(LatestFrameSlot(), now=15.0)
+    last = rows[-10:]                                       # the window
+    for k in ("decode", "encode", "publish"):
+        assert snap.stages_ms[k] == pytest.approx(np.median([r[k] for r in last]))
+    assert snap.non_inference_ms == pytest.approx(np.median([sum(r.values()) for r in last]))
+    kv = dict(diagnostic_values(snap, {}))
+    assert float(kv["stage_publish_ms_p50"]) == pytest.approx(snap.stages_ms["publish"], abs=0.01)
+    share = snap.non_inference_ms / np.percentile(np.arange(25, 35, dtype=float), 50)
+    assert float(kv["non_inference_share"]) == pytest.approx(share, abs=1e-3)
+    assert "non_inference_share" not in dict(diagnostic_values(RunningStats().snapshot(LatestFrameSlot()), {}))
+
+
 # --- CameraInfo ------------------------------------------------------------------------------
 
 def test_scaled_intrinsics_match_scaled_projection():

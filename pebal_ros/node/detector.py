@@ -23,6 +23,7 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from pebal_msgs.msg import PebalStatus  # type: ignore[import-not-found]
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -33,11 +34,12 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 
 from ..pipeline.convert import FrameError
 from ..pipeline.frame import FramePipeline, RuntimeOutputError
-from ..pipeline.messages import OUTPUT_NAMES, MessageFactory
+from ..pipeline.messages import OUTPUT_NAMES
 from ..paths import bundled_model
 from ..runtime.base import Runtime
 from .camera_info import CameraInfoScaleError, camera_info_for_output
 from .params import PARAMS, ParamSpec, pipeline_config, resolve_node_settings, validate
+from .wire import Wire
 from .worker import LatestFrameSlot, RunningStats, diagnostic_values
 
 OUTPUT_NAMESPACE = "pebal"
@@ -86,7 +88,11 @@ class PebalDetector(Node):
                 raise ValueError(f"parameter {reason}")
             self._values[name] = float(value) if isinstance(spec.default, float) else value
 
-        self.factory = MessageFactory.for_rclpy()
+        # Frames arrive and outputs leave as serialized bytes, handled with rosbags' message classes
+        # (the same as replay); rclpy's classes only name the topics' types.
+        self.wire = Wire(compressed_input=self._values["input_type"] == "compressed")
+        self.factory = self.wire.factory
+        self._topic_types = {name: PebalStatus if name == "status" else Image for name in OUTPUT_NAMES}
         self.slot = LatestFrameSlot()
         self.stats = RunningStats()
         self._lock = threading.Lock()   # guards pipeline / publisher swaps against the worker
@@ -114,9 +120,9 @@ class PebalDetector(Node):
         self._info_pub: Publisher | None = None
         in_qos = make_qos(str(self._values["input_qos"]), max(depth, 1))
         if self._values["input_type"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, in_qos)
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, in_qos, raw=True)
         else:
-            self.create_subscription(Image, "image", self._on_image, in_qos)
+            self.create_subscription(Image, "image", self._on_image, in_qos, raw=True)
         if self._values["use_camera_info"]:
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, in_qos)
             self._info_pub = self.create_publisher(CameraInfo, f"{OUTPUT_NAMESPACE}/camera_info", self._out_qos)
@@ -201,15 +207,14 @@ class PebalDetector(Node):
     def _update_publishers(self, outputs: list[str]) -> None:
         for name in OUTPUT_NAMES:
             if name in outputs and name not in self._pubs:
-                msg_type = self.factory.types[
-                    "pebal_msgs/msg/PebalStatus" if name == "status" else "sensor_msgs/msg/Image"]
-                self._pubs[name] = self.create_publisher(msg_type, f"{OUTPUT_NAMESPACE}/{name}", self._out_qos)
+                self._pubs[name] = self.create_publisher(self._topic_types[name], f"{OUTPUT_NAMESPACE}/{name}",
+                                                         self._out_qos)
             elif name not in outputs and name in self._pubs:
                 self.destroy_publisher(self._pubs.pop(name))
 
     # -- callbacks ----------------------------------------------------------------------------
-    def _on_image(self, msg: Any) -> None:
-        self.slot.put(msg, time.perf_counter())
+    def _on_image(self, raw: bytes) -> None:
+        self.slot.put(raw, time.perf_counter())
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
@@ -219,7 +224,7 @@ class PebalDetector(Node):
             item = self.slot.take(timeout=0.5)
             if item is None:
                 continue
-            msg, received_at = item
+            raw, received_at = item
             with self._lock:
                 pipeline = self._pipeline
                 pubs = dict(self._pubs)
@@ -234,8 +239,17 @@ class PebalDetector(Node):
             if not wanted and not want_info and self._values["idle_without_subscribers"]:
                 self.stats.record_idle()
                 continue
+            wire = self.wire
+
+            def publish(name: str, out: Any) -> None:
+                # each output leaves as soon as it is built, the status first
+                pubs[name].publish(wire.serialize(name, out))
+
             try:
-                result = pipeline.process(msg, outputs=wanted, received_at=received_at)
+                t0 = time.perf_counter()
+                msg = wire.take(raw)
+                deserialize_ms = (time.perf_counter() - t0) * 1e3
+                result = pipeline.process(msg, outputs=wanted, received_at=received_at, emit=publish)
             except FrameError as exc:
                 self.stats.record_bad(str(exc))
                 self.get_logger().warning(f"bad frame skipped: {exc}",
@@ -246,20 +260,21 @@ class PebalDetector(Node):
                 self.get_logger().error(str(exc), throttle_duration_sec=float(self._values["warn_throttle_s"]))
                 continue
             except Exception as exc:  # noqa: BLE001 - keep serving the next frame whatever happened
+                # (also a publisher destroyed by a parameter change while publishing)
                 self.stats.record_failure(f"{type(exc).__name__}: {exc}")
                 self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=float(self._values["warn_throttle_s"]))
                 continue
             try:
-                for name, out in result.messages.items():
-                    pubs[name].publish(out)
                 if want_info and info_pub is not None:
                     self._publish_camera_info(info_pub, result.header, result.outputs.mask.shape)
             except Exception as exc:  # noqa: BLE001 - e.g. a publisher destroyed by a parameter change
                 self.stats.record_failure(f"publish failed: {exc}")
                 self.get_logger().error(f"publish failed: {exc}", throttle_duration_sec=5.0)
                 continue
-            self.stats.record(result.timings["end_to_end"], result.timings["inference"])
+            stages = {k: result.timings[k] for k in ("decode", "preprocess", "postprocess", "encode", "publish")}
+            stages["deserialize"] = deserialize_ms
+            self.stats.record(result.timings["end_to_end"], result.timings["inference"], stages)
 
     def _publish_camera_info(self, pub: Publisher, header: Any, shape: tuple[int, ...]) -> None:
         info = self._camera_info

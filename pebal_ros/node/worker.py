@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -68,6 +68,8 @@ class StatsSnapshot:
     e2e_ms: dict[str, float]       # p50/p90/p99/max of end-to-end latency over the window
     inference_ms: dict[str, float]
     last_error: str
+    stages_ms: dict[str, float] = field(default_factory=dict)   # median per non-inference stage
+    non_inference_ms: float = 0.0   # median of the node's own work besides inference, per frame
 
 
 class RunningStats:
@@ -80,18 +82,27 @@ class RunningStats:
         self._e2e: deque[float] = deque(maxlen=window)
         self._inf: deque[float] = deque(maxlen=window)
         self._times: deque[float] = deque(maxlen=window)
+        self._stages: dict[str, deque[float]] = {}
+        self._work: deque[float] = deque(maxlen=window)
+        self._window = window
         self.processed = 0
         self.bad_frames = 0
         self.failed = 0
         self.skipped_idle = 0
         self.last_error = ""
 
-    def record(self, e2e_ms: float, inference_ms: float, now: float | None = None) -> None:
+    def record(self, e2e_ms: float, inference_ms: float, stages: dict[str, float] | None = None,
+               now: float | None = None) -> None:
+        """One processed frame: its latency, inference time and the node's other work by stage (ms)."""
         with self._lock:
             self.processed += 1
             self._e2e.append(e2e_ms)
             self._inf.append(inference_ms)
             self._times.append(time.perf_counter() if now is None else now)
+            if stages:
+                for k, v in stages.items():
+                    self._stages.setdefault(k, deque(maxlen=self._window)).append(v)
+                self._work.append(sum(stages.values()))
 
     def record_bad(self, reason: str) -> None:
         with self._lock:
@@ -129,6 +140,8 @@ class RunningStats:
                 bad_frames=self.bad_frames, failed=self.failed, skipped_idle=self.skipped_idle, rate_hz=rate,
                 e2e_ms=self._percentiles(list(self._e2e)), inference_ms=self._percentiles(list(self._inf)),
                 last_error=self.last_error,
+                stages_ms={k: float(np.median(v)) for k, v in self._stages.items() if v},
+                non_inference_ms=float(np.median(self._work)) if self._work else 0.0,
             )
 
 
@@ -146,6 +159,14 @@ def diagnostic_values(snap: StatsSnapshot, runtime_info: dict[str, Any]) -> list
     for name, d in (("latency_ms", snap.e2e_ms), ("inference_ms", snap.inference_ms)):
         for k, v in d.items():
             kv.append((f"{name}_{k}", f"{v:.2f}"))
+    if snap.stages_ms:
+        # what the node spends per frame besides inference (medians): where to look when it is slow
+        for k, v in snap.stages_ms.items():
+            kv.append((f"stage_{k}_ms_p50", f"{v:.2f}"))
+        kv.append(("non_inference_ms_p50", f"{snap.non_inference_ms:.2f}"))
+        inf = snap.inference_ms.get("p50", 0.0)
+        if inf > 0:
+            kv.append(("non_inference_share", f"{snap.non_inference_ms / inf:.3f}"))
     for k, v in runtime_info.items():
         kv.append((f"runtime_{k}", str(v)))
     if snap.last_error:
