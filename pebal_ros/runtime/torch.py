@@ -81,6 +81,7 @@ class TorchRuntime:
     caller that keeps a result copies it before the next ``infer``), as ONNX Runtime's option."""
 
     name = "torch"
+    supports_batch = True       # infer_batch: N same-size frames in one network call
 
     def __init__(self, model: str | Path | nn.Module, device: str = "auto", half: bool | None = None,
                  channel_order: str = "rgb", input_size: tuple[int, int] | None | str = "auto",
@@ -211,6 +212,6 @@ class TorchRuntime:
         return {"runtime": self.name, "model": str(self.path) if self.path else type(net).__name__,
                 "device": str(self.device), "precision": "fp16" if self.half else "fp32",
                 "channels_last": self.channels_last, "cuda_graph": self.cuda_graph, "compiled": self.compiled,
-                "input_size": self.input_size, "channel_order": self.channel_order,
+                "supports_batch": self.supports_batch, "input_size": self.input_size, "channel_order": self.channel_order,
                 "fast": self.fused.fast, "net_size": self.fused.pre.net_size,
                 "default_threshold": self.default_threshold, "arch": getattr(net, "arch", "")}
