@@ -9,18 +9,22 @@ resize to the runtime's input size (into a reused buffer) -> ``runtime.infer`` -
 resize the outputs back to camera size -> build only the requested messages. Output arrays are
 fresh every frame (callers may keep them); only internal scratch buffers are reused, so one
 pipeline must not be used from two threads at once.
+
+Several cameras per tick: ``process_batch(msgs)`` decodes and pre-processes each frame (into one
+reused [N, H, W, 3] buffer), makes one ``runtime.base.infer_many`` call (one network call where the
+runtime has a batch dimension, N calls otherwise), then post-processes each frame as ``process``.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Sequence
 
 import cv2
 import numpy as np
 
 from ..config import InferenceConfig
-from ..runtime.base import FrameOutputs, Runtime
+from ..runtime.base import FrameOutputs, Runtime, infer_many
 from .convert import SUPPORTED_ENCODINGS, FrameError, is_compressed, msg_to_array
 from .messages import OUTPUT_ENCODINGS, OUTPUT_NAMES, MessageFactory, StatusFields
 from .regions import Region, find_regions
@@ -115,6 +119,8 @@ class FramePipeline:
         self.factory = factory if factory is not None else MessageFactory.for_rosbags()
         self._decode_buf: np.ndarray | None = None
         self._input_buf: np.ndarray | None = None
+        self._slot_decode_bufs: list[np.ndarray | None] = []   # process_batch: one per frame of a tick
+        self._batch_buf: np.ndarray | None = None              # process_batch: [N, H, W, 3] network inputs
 
     # -- stages -------------------------------------------------------------------------------
     def decode(self, msg: Any) -> np.ndarray:
@@ -202,6 +208,16 @@ class FramePipeline:
         tb = time.perf_counter()
         raw = self.runtime.infer(net_in, cfg.threshold)
         tc = time.perf_counter()
+        timings.update(preprocess=(tb - ta) * 1e3, inference=(tc - tb) * 1e3)
+        return self._finish(image, net_in, raw, header, wanted, received_at, t0, tc, timings, emit)
+
+    def _finish(self, image: np.ndarray, net_in: np.ndarray, raw: FrameOutputs, header: Any,
+                wanted: tuple[str, ...], received_at: float, t0: float, tc: float,
+                timings: dict[str, float], emit: Emit | None = None) -> FrameResult:
+        """One frame's runtime outputs -> its FrameResult (shared by process and process_batch).
+        ``timings`` already holds decode, preprocess and inference; ``tc``: when inference ended."""
+        cfg = self.cfg
+        cam = (int(image.shape[0]), int(image.shape[1]))
         net = (int(net_in.shape[0]), int(net_in.shape[1]))
         self._check_outputs(raw, net)
         if cfg.output_resolution == "camera" and net != cam:
@@ -228,7 +244,7 @@ class FramePipeline:
         status = StatusFields(
             image_width=cam[1], image_height=cam[0], threshold=cfg.threshold, anomaly_fraction=fraction,
             max_score=float(raw.score.max()), mean_score=float(raw.score.mean(dtype=np.float64)),
-            inference_latency_ms=(tc - tb) * 1e3, end_to_end_latency_ms=0.0,
+            inference_latency_ms=timings["inference"], end_to_end_latency_ms=0.0,
             regions=regions,
         )
         msgs: dict[str, Any] = {}
@@ -275,9 +291,119 @@ class FramePipeline:
 
         if "status" not in wanted:
             status.end_to_end_latency_ms = (te - received_at) * 1e3
-        timings.update(preprocess=(tb - ta) * 1e3, inference=(tc - tb) * 1e3, postprocess=(td - tc) * 1e3,
-                       encode=(te - td - spent_emitting) * 1e3, publish=spent_emitting * 1e3)
+        timings.update(postprocess=(td - tc) * 1e3, encode=(te - td - spent_emitting) * 1e3,
+                       publish=spent_emitting * 1e3)
         t_end = time.perf_counter()
         timings["total"] = (t_end - t0) * 1e3
         timings["end_to_end"] = (t_end - received_at) * 1e3
         return FrameResult(header=header, camera_size=cam, outputs=res, status=status, messages=msgs, timings=timings)
+
+    # -- several cameras per tick -------------------------------------------------------------
+    def process_batch(self, msgs: Sequence[Any], outputs: Sequence[Collection[str] | None] | None = None,
+                      received_at: float | Sequence[float | None] | None = None,
+                      emit: Sequence[Emit | None] | None = None) -> list[FrameResult | Exception]:
+        """Run several Image/CompressedImage messages (e.g. the newest frame of each camera) with
+        one inference call per network input size (one in all when the runtime has a fixed
+        ``input_size``); see :func:`~pebal_ros.runtime.base.infer_many`.
+
+        ``outputs``: None (``cfg.outputs`` for all) or one entry per message (None or names).
+        ``received_at``: one time for all or one per message (None: when the batch started).
+        Returns one entry per message, in order: its :class:`FrameResult`, or the exception
+        ``process`` would have raised for that frame alone (a ``FrameError`` for a bad frame, a
+        ``ValueError`` from the runtime for a frame it refuses, a ``RuntimeOutputError``), so one
+        bad frame does not cost the others their results. Timings are per frame except
+        ``inference``, the shared call's time, and ``total``, from the start of the batch;
+        ``timings["batch"]`` is the number of frames that shared the call. ``emit``: None or one
+        callable (or None) per message, as in :meth:`process`; an exception it raises becomes that
+        frame's entry.
+        """
+        t0 = time.perf_counter()
+        n = len(msgs)
+        if outputs is not None and (isinstance(outputs, str) or len(outputs) != n
+                                    or any(isinstance(o, str) for o in outputs)):
+            raise ValueError(f"outputs must be None or one entry (None or a list of names) per message; "
+                             f"got {outputs!r} for {n} messages")
+        if received_at is None or isinstance(received_at, (int, float)):
+            recv = [t0 if received_at is None else float(received_at)] * n
+        else:
+            if len(received_at) != n:
+                raise ValueError(f"received_at has {len(received_at)} entries for {n} messages")
+            recv = [t0 if r is None else float(r) for r in received_at]
+        if emit is not None and len(emit) != n:
+            raise ValueError(f"emit has {len(emit)} entries for {n} messages")
+        default = check_outputs(self.cfg.outputs)
+        wanted = [default if outputs is None or outputs[i] is None else check_outputs(outputs[i])  # type: ignore[arg-type]
+                  for i in range(n)]
+
+        results: list[FrameResult | Exception | None] = [None] * n
+        images: dict[int, np.ndarray] = {}
+        net_ins: dict[int, np.ndarray] = {}
+        timings: dict[int, dict[str, float]] = {}
+        self._slot_decode_bufs += [None] * (n - len(self._slot_decode_bufs))
+        batch = self._batch_inputs(n)
+        for i, msg in enumerate(msgs):
+            ta = time.perf_counter()
+            try:
+                images[i] = self._decode_slot(msg, i)
+            except FrameError as exc:
+                results[i] = exc
+                continue
+            tb = time.perf_counter()
+            net_ins[i] = self._network_input_slot(images[i], batch, i)
+            timings[i] = {"decode": (tb - ta) * 1e3, "preprocess": (time.perf_counter() - tb) * 1e3}
+
+        # frames of one network input size share a call (all of them when input_size is fixed)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in net_ins.items():
+            groups.setdefault(x.shape, []).append(i)
+        raw: dict[int, FrameOutputs] = {}
+        for idx in groups.values():
+            tb = time.perf_counter()
+            outs = infer_many(self.runtime, [net_ins[i] for i in idx], self.cfg.threshold, errors="return")
+            ms = (time.perf_counter() - tb) * 1e3
+            for i, out in zip(idx, outs):
+                timings[i].update(inference=ms, batch=float(len(idx)))
+                if isinstance(out, ValueError):
+                    results[i] = out
+                else:
+                    raw[i] = out
+
+        for i in sorted(raw):
+            try:
+                results[i] = self._finish(images[i], net_ins[i], raw[i], msgs[i].header, wanted[i], recv[i], t0,
+                                          time.perf_counter(), timings[i], None if emit is None else emit[i])
+            except Exception as exc:  # noqa: BLE001 - RuntimeOutputError, or emit's (e.g. publishing) error
+                results[i] = exc
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _batch_inputs(self, n: int) -> np.ndarray | None:
+        """The reused [>=n, H, W, 3] buffer frames are resized into (None: the runtime takes any size)."""
+        size = self.runtime.input_size
+        if size is None:
+            return None
+        shape = (int(size[0]), int(size[1]), 3)
+        buf = self._batch_buf
+        if buf is None or buf.shape[1:] != shape or buf.shape[0] < n:
+            buf = self._batch_buf = np.empty((n, *shape), np.uint8)
+        return buf
+
+    def _decode_slot(self, msg: Any, i: int) -> np.ndarray:
+        """``decode`` with frame i's own scratch buffer: every decoded frame of a batch must stay
+        intact until the shared inference call (and the overlay after it), whereas ``decode``
+        overwrites one buffer per call. Borrowing the attribute keeps the decoding itself the
+        same code as ``process``."""
+        saved, self._decode_buf = self._decode_buf, self._slot_decode_bufs[i]
+        try:
+            return self.decode(msg)
+        finally:
+            self._slot_decode_bufs[i], self._decode_buf = self._decode_buf, saved
+
+    def _network_input_slot(self, image: np.ndarray, batch: np.ndarray | None, i: int) -> np.ndarray:
+        """``_network_input`` resizing into row i of the batch buffer (same borrowing as above)."""
+        if batch is None:
+            return self._network_input(image)
+        saved, self._input_buf = self._input_buf, batch[i]
+        try:
+            return self._network_input(image)
+        finally:
+            self._input_buf = saved
