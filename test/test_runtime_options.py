@@ -147,8 +147,9 @@ def test_engine_precision_comes_from_its_sidecar(onnx_files, tmp_path: Path) -> 
     engine.write_bytes(b"not run here")
     engine.with_name(engine.name + ".json").write_text(json.dumps({"precision": "fp16", "channel_order": "rgb"}))
     assert resolve_settings(engine, device="cuda").info.precision == "fp16"
-    with pytest.raises(SettingsError, match=r"rebuild it \(pebal build-engine --precision int8\)"):
-        resolve_settings(engine, [Layer("--set", {"runtime": {"precision": "int8"}})], device="cuda")
+    with pytest.raises(SettingsError, match=r"m.fp16.engine has its network in FP16.*rebuild it "
+                                            r"\(pebal build-engine --precision fp32\)"):
+        resolve_settings(engine, [Layer("--set", {"runtime": {"precision": "fp32"}})], device="cuda")
     with pytest.raises(SettingsError, match="TensorRT runtime runs its engine as built"):
         resolve_settings(engine, [Layer("--set", {"runtime": {"cuda_graph": "on"}})], device="cuda")
 
@@ -188,14 +189,30 @@ def test_gpu_option_with_device_auto_without_cuda(ckpt: Path) -> None:
         open_runtime(s)
 
 
+def test_fp16_checkpoint_on_onnxruntime_asks_for_a_half_export(ckpt: Path, monkeypatch) -> None:
+    import pebal_ros.export.onnx as exporter
+    from pebal_ros.open_model import _cache_name, cached_onnx
+
+    calls: list[bool] = []
+    monkeypatch.setattr(exporter, "export_checkpoint", lambda *a, half=False, **k: calls.append(half))
+    fp32 = resolve_settings(ckpt, runtime="onnxruntime", device="cuda")
+    fp16 = settings_from_args(_args(precision="fp16"), ckpt, runtime="onnxruntime", device="cuda")
+    for s in (fp32, fp16):
+        with pytest.raises(FileNotFoundError):       # the stand-in exporter writes nothing
+            cached_onnx(s, quiet=True)
+    assert calls == [False, True]
+    # an FP16 export is its own cache entry, never confused with the FP32 one
+    assert _cache_name(ckpt, (H, W), fp32) != _cache_name(ckpt, (H, W), fp16)
+
+
+@pytest.mark.slow
 def test_fp16_checkpoint_on_onnxruntime_is_a_half_export(ckpt: Path) -> None:
     from pebal_ros.graph.contract import read_spec
     from pebal_ros.open_model import cached_onnx
 
-    fp32 = cached_onnx(resolve_settings(ckpt, runtime="onnxruntime", device="cuda"), quiet=True)
     fp16 = cached_onnx(settings_from_args(_args(precision="fp16"), ckpt, runtime="onnxruntime", device="cuda"),
                        quiet=True)
-    assert fp32 != fp16 and read_spec(fp32).net_dtype == "float32" and read_spec(fp16).net_dtype == "float16"
+    assert read_spec(fp16).net_dtype == "float16"
 
 
 # -- command lines ----------------------------------------------------------------------------------
