@@ -414,6 +414,11 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
     # 4./5. the user's
     for layer in layers:
         apply(layer)
+    if not isinstance(data.get("runtime"), dict):
+        # `--set runtime=torch` reads like choosing the backend, which is --runtime / the runtime parameter
+        raise SettingsError(f"runtime is the section of the runtime options (runtime.precision, "
+                            f"runtime.cuda_graph, runtime.compile, runtime.threads), got {data.get('runtime')!r}; "
+                            "choose the backend with --runtime (node: the runtime parameter)")
     try:
         config: Config = from_dict(data)
     except (ValueError, TypeError) as exc:

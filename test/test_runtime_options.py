@@ -98,6 +98,7 @@ def test_switch_spellings() -> None:
     ("runtime.threads=-2", "runtime.threads must be 0"),
     ("runtime.threads=two", "runtime.threads: expected an integer"),
     ("runtime.compiled=true", "unknown key(s) ['compiled']"),
+    ("runtime=torch", "choose the backend with --runtime"),
 ])
 def test_bad_values_one_line(ckpt: Path, override: str, needle: str) -> None:
     with pytest.raises(SettingsError) as err:
