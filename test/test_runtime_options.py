@@ -343,3 +343,25 @@ def test_outputs_identical_with_explicit_fp32_on_cpu(ckpt: Path) -> None:
     a = open_runtime(resolve_settings(ckpt, device="cpu")).infer(img, -5.0)
     b = open_runtime(settings_from_args(_args(precision="fp32", cuda_graph="off"), ckpt, device="cpu")).infer(img, -5.0)
     assert np.array_equal(a.score, b.score) and np.array_equal(a.semantic, b.semantic)
+
+
+# -- on a GPU (bench/gpu_check_fast.sh runs these) -------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_settings_choose_the_cuda_path(ckpt: Path, onnx_files) -> None:
+    """auto on CUDA = FP16 in a CUDA graph; fp32/off = eager FP32. Their numeric agreement is
+    test_runtime_torch_fast's subject; here a loose check that both ran the same model."""
+    fast = open_runtime(resolve_settings(ckpt, device="auto"))
+    eager = open_runtime(settings_from_args(_args(precision="fp32", cuda_graph="off"), ckpt, device="cuda"))
+    assert (fast.describe()["precision"], fast.describe()["cuda_graph"]) == ("fp16", True)
+    assert (eager.describe()["precision"], eager.describe()["cuda_graph"]) == ("fp32", False)
+    for img, _ in frames(3):
+        a, b = eager.infer(img, -5.0), fast.infer(img, -5.0)
+        assert (a.semantic == b.semantic).mean() >= 0.99 and (a.mask == b.mask).mean() >= 0.99
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        rt = open_runtime(settings_from_args(_args(cuda_graph="on"), onnx_files["fp32"], device="auto"))
+        assert rt.describe()["cuda_graph"] and "CUDAExecutionProvider" in rt.describe()["providers"]
+        img = frames(1)[0][0]
+        cpu = open_runtime(resolve_settings(onnx_files["fp32"], device="cpu")).infer(img, -4.3)
+        assert np.abs(rt.infer(img, -4.3).score - cpu.score).max() <= 1e-3
