@@ -52,3 +52,24 @@ def test_wheel_pieces_round_trip(tmp_path: Path) -> None:
     (tmp_path / "store" / (parts[2].name)).unlink()
     r = run("join")
     assert r.returncode != 0 and "missing or corrupt" in r.stderr
+
+
+@pytest.mark.slow
+def test_bench_batch_dry_run_with_the_gpu_scripts_flags(tmp_path: Path) -> None:
+    """bench_batch.py as gpu_check_fast.sh calls it (its flags, --dry-run added): both runtimes,
+    both output sets, 1 and 2 cameras; the batched tick computes what the sequential one does."""
+    text = (REPO / "bench" / "gpu_check_fast.sh").read_text()
+    call = text[text.index("python3 bench_batch.py"):].split("--json")[0].replace("\\\n", " ").split()[2:]
+    out = tmp_path / "batch.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_batch.py"), *call, "--dry-run", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=REPO / "bench")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(row["runtime"], row["outputs"], row["cameras"]) for row in rows} == {
+        (rt, o, n) for rt in ("torch", "ort") for o in ("all", "status") for n in (1, 2)}
+    for row in rows:
+        assert row["batch_dim"] == (row["runtime"] == "torch")
+        assert row["sequential_ms"] > 0 and row["batched_ms"] > 0
+        assert row["semantic_pct"] == 100.0 if row["runtime"] == "ort" else row["semantic_pct"] >= 99.9
+        if row["runtime"] == "ort":
+            assert row["max_abs_dscore"] == 0.0

@@ -8,6 +8,7 @@ callback: a bad value is rejected with the returned reason and the node keeps th
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ RUNTIMES = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_TYPES = ("raw", "compressed")
 QOS_CHOICES = ("sensor_data", "reliable", "best_effort")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,18 @@ def _outputs(v: Any) -> str | None:
         return f"unknown output(s) {unknown}; choose from {list(OUTPUT_NAMES)}"
     if len(set(v)) != len(v):
         return "lists an output twice"
+    return None
+
+
+def _cameras(v: Any) -> str | None:
+    if not v:
+        return "must list at least one camera ('' = the node's own topics)"
+    names = [str(c).strip("/") for c in v]
+    if len(set(names)) != len(names):
+        return f"lists a camera twice: {list(v)}"
+    bad = [c for c in names if c and not all(_NAME.match(part) for part in c.split("/"))]
+    if bad:
+        return f"has invalid namespace(s) {bad}: use letters, digits and '_' (parts separated by '/')"
     return None
 
 
@@ -96,6 +110,11 @@ PARAMS: dict[str, ParamSpec] = {
     "use_camera_info": ParamSpec(False, "Subscribe to 'camera_info' and republish it, scaled to the output "
                                         "resolution and stamped like the outputs, on pebal/camera_info.",
                                  read_only=True),
+    "cameras": ParamSpec([""], "Cameras this node serves, as namespaces relative to the node: for each, it "
+                               "subscribes <camera>/image (or image/compressed, camera_info) and publishes "
+                               "<camera>/pebal/...; the newest frame of every camera runs in one batched "
+                               "inference per tick where the runtime has a batch dimension. [\"\"]: one camera "
+                               "on the node's own topics.", read_only=True, check=_cameras),
     "threshold": ParamSpec(math.nan, "Anomaly threshold on the PEBAL score (free energy): score > threshold is "
                                      "anomalous. NaN: the model's own (its calibration record, the threshold "
                                      "stored in the model file or its preset; a warning when none was "

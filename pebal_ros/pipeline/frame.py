@@ -9,24 +9,29 @@ resize to the runtime's input size (into a reused buffer) -> ``runtime.infer`` -
 resize the outputs back to camera size -> build only the requested messages. Output arrays are
 fresh every frame (callers may keep them); only internal scratch buffers are reused, so one
 pipeline must not be used from two threads at once.
+
+Several cameras per tick: ``process_batch(msgs)`` decodes and pre-processes each frame (into one
+reused [N, H, W, 3] buffer), makes one ``runtime.base.infer_many`` call (one network call where the
+runtime has a batch dimension, N calls otherwise), then post-processes each frame as ``process``.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Collection
+from typing import Any, Callable, Collection, Sequence
 
 import cv2
 import numpy as np
 
 from ..config import InferenceConfig
-from ..runtime.base import FrameOutputs, Runtime
+from ..runtime.base import FrameOutputs, Runtime, infer_many
 from .convert import SUPPORTED_ENCODINGS, FrameError, is_compressed, msg_to_array
 from .messages import OUTPUT_ENCODINGS, OUTPUT_NAMES, MessageFactory, StatusFields
 from .regions import Region, find_regions
 from .visualize import colorize, overlay
 
 OUTPUT_RESOLUTIONS = ("camera", "network")
+Emit = Callable[[str, Any], None]    # (output name, message), called as each message is ready
 
 
 class RuntimeOutputError(RuntimeError):
@@ -86,7 +91,7 @@ class FrameResult:
     status: StatusFields
     messages: dict[str, Any] = field(default_factory=dict)   # output name -> message
     timings: dict[str, float] = field(default_factory=dict)  # ms: decode, preprocess, inference,
-    #                                                          postprocess, encode, total, end_to_end
+    #                                             postprocess, encode, publish (in emit), total, end_to_end
 
 
 class _Relabelled:
@@ -114,6 +119,8 @@ class FramePipeline:
         self.factory = factory if factory is not None else MessageFactory.for_rosbags()
         self._decode_buf: np.ndarray | None = None
         self._input_buf: np.ndarray | None = None
+        self._slot_decode_bufs: list[np.ndarray | None] = []   # process_batch: one per frame of a tick
+        self._batch_buf: np.ndarray | None = None              # process_batch: [N, H, W, 3] network inputs
 
     # -- stages -------------------------------------------------------------------------------
     def decode(self, msg: Any) -> np.ndarray:
@@ -157,22 +164,26 @@ class FramePipeline:
         return FrameOutputs(semantic=semantic, score=score, mask=mask)
 
     # -- the frame ----------------------------------------------------------------------------
-    def process(self, msg: Any, outputs: Collection[str] | None = None, received_at: float | None = None) -> FrameResult:
+    def process(self, msg: Any, outputs: Collection[str] | None = None, received_at: float | None = None,
+                emit: Emit | None = None) -> FrameResult:
         """Run one Image/CompressedImage message through the detector.
 
         ``outputs``: names from ``OUTPUT_NAMES`` to build messages for (default ``cfg.outputs``);
         the arrays and status fields are always returned. ``received_at``: ``time.perf_counter()``
         when the frame arrived (end-to-end latency includes the wait before processing).
+        ``emit(name, message)``: called for each message as soon as it is built, the status first
+        (the node publishes from it; its time is reported as ``timings["publish"]``).
         Raises a :class:`~pebal_ros.pipeline.convert.FrameError` subclass for a bad frame.
         """
         t0 = time.perf_counter()
         image = self.decode(msg)
         t1 = time.perf_counter()
         return self._run(image, msg.header, outputs, received_at if received_at is not None else t0,
-                         t0, {"decode": (t1 - t0) * 1e3})
+                         t0, {"decode": (t1 - t0) * 1e3}, emit)
 
     def process_image(self, image: np.ndarray, header: Any = None, order: str = "rgb",
-                      outputs: Collection[str] | None = None, received_at: float | None = None) -> FrameResult:
+                      outputs: Collection[str] | None = None, received_at: float | None = None,
+                      emit: Emit | None = None) -> FrameResult:
         """Same as :meth:`process` for an array (uint8 HxWx3 in ``order``); header defaults to zero/empty."""
         t0 = time.perf_counter()
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -183,10 +194,11 @@ class FramePipeline:
             image = image[..., ::-1]
         if header is None:
             header = self.factory.header()
-        return self._run(image, header, outputs, received_at if received_at is not None else t0, t0, {"decode": 0.0})
+        return self._run(image, header, outputs, received_at if received_at is not None else t0, t0,
+                         {"decode": 0.0}, emit)
 
     def _run(self, image: np.ndarray, header: Any, outputs: Collection[str] | None, received_at: float,
-             t0: float, timings: dict[str, float]) -> FrameResult:
+             t0: float, timings: dict[str, float], emit: Emit | None = None) -> FrameResult:
         cfg = self.cfg
         wanted = check_outputs(cfg.outputs if outputs is None else outputs)
         cam = (int(image.shape[0]), int(image.shape[1]))
@@ -196,6 +208,16 @@ class FramePipeline:
         tb = time.perf_counter()
         raw = self.runtime.infer(net_in, cfg.threshold)
         tc = time.perf_counter()
+        timings.update(preprocess=(tb - ta) * 1e3, inference=(tc - tb) * 1e3)
+        return self._finish(image, net_in, raw, header, wanted, received_at, t0, tc, timings, emit)
+
+    def _finish(self, image: np.ndarray, net_in: np.ndarray, raw: FrameOutputs, header: Any,
+                wanted: tuple[str, ...], received_at: float, t0: float, tc: float,
+                timings: dict[str, float], emit: Emit | None = None) -> FrameResult:
+        """One frame's runtime outputs -> its FrameResult (shared by process and process_batch).
+        ``timings`` already holds decode, preprocess and inference; ``tc``: when inference ended."""
+        cfg = self.cfg
+        cam = (int(image.shape[0]), int(image.shape[1]))
         net = (int(net_in.shape[0]), int(net_in.shape[1]))
         self._check_outputs(raw, net)
         if cfg.output_resolution == "camera" and net != cam:
@@ -205,6 +227,7 @@ class FramePipeline:
             res = raw
             base_img = net_in
         oh, ow = res.mask.shape
+        upsampled = res is not raw     # then the output arrays are this frame's own, else the runtime's
 
         # The status (fraction, max/mean score, regions) describes the network-resolution outputs
         # (what the model computed; 4x fewer pixels than a 2x camera); region geometry is scaled
@@ -218,37 +241,169 @@ class FramePipeline:
             regions = [r.scaled(rsx, rsy) for r in find_regions(raw.mask, raw.score, min_area, cfg.max_regions)]
         td = time.perf_counter()
 
+        status = StatusFields(
+            image_width=cam[1], image_height=cam[0], threshold=cfg.threshold, anomaly_fraction=fraction,
+            max_score=float(raw.score.max()), mean_score=float(raw.score.mean(dtype=np.float64)),
+            inference_latency_ms=timings["inference"], end_to_end_latency_ms=0.0,
+            regions=regions,
+        )
         msgs: dict[str, Any] = {}
         f = self.factory
-        sem_rgb = colorize(res.semantic) if ("semantic_color" in wanted or "overlay" in wanted) else None
+        spent_emitting = 0.0
+
+        def put(name: str, message: Any) -> None:
+            nonlocal spent_emitting
+            msgs[name] = message
+            if emit is not None:
+                t = time.perf_counter()
+                emit(name, message)
+                spent_emitting += time.perf_counter() - t
+
+        # The status first: it is what a planner reads, and it must not wait for the images.
+        if "status" in wanted:
+            status.end_to_end_latency_ms = (time.perf_counter() - received_at) * 1e3
+            put("status", f.status(header, status))
+
+        if "semantic_color" in wanted or "overlay" in wanted:
+            # Colour at network resolution, then nearest-neighbour upsampling: identical to colouring the
+            # upsampled ids (a lookup commutes with nearest-neighbour), and the lookup runs on 16x fewer pixels.
+            sem_rgb = colorize(raw.semantic)
+            if sem_rgb.shape[:2] != (oh, ow):
+                sem_rgb = cv2.resize(sem_rgb, (ow, oh), interpolation=cv2.INTER_NEAREST)
+        else:
+            sem_rgb = None
         if "semantic" in wanted:
-            msgs["semantic"] = f.image(header, res.semantic, OUTPUT_ENCODINGS["semantic"])
+            put("semantic", f.image(header, res.semantic, OUTPUT_ENCODINGS["semantic"], fresh=upsampled))
         if "semantic_color" in wanted and sem_rgb is not None:
-            msgs["semantic_color"] = f.image(header, sem_rgb, "rgb8")
+            put("semantic_color", f.image(header, sem_rgb, "rgb8", fresh=True))
         if "anomaly_score" in wanted:
-            msgs["anomaly_score"] = f.image(header, res.score, "32FC1")
+            put("anomaly_score", f.image(header, res.score, "32FC1", fresh=upsampled))
         if "anomaly_mask" in wanted:
-            msgs["anomaly_mask"] = f.image(header, res.mask * np.uint8(255), "mono8")
+            put("anomaly_mask", f.image(header, res.mask * np.uint8(255), "mono8", fresh=True))
         if "overlay" in wanted:
             rgb = base_img if self.runtime.channel_order == "rgb" else cv2.cvtColor(base_img, cv2.COLOR_BGR2RGB)
             bx, by = ow / cam[1], oh / cam[0]
             boxes = ([(r.x_offset * bx, r.y_offset * by, r.width * bx, r.height * by) for r in regions]
                      if cfg.overlay_boxes else [])
-            msgs["overlay"] = f.image(header, overlay(rgb, sem_rgb, res.mask, cfg.overlay_alpha, boxes=boxes), "rgb8")
+            put("overlay", f.image(header, overlay(rgb, sem_rgb, res.mask, cfg.overlay_alpha, boxes=boxes), "rgb8",
+                                   fresh=True))
         te = time.perf_counter()
 
-        status = StatusFields(
-            image_width=cam[1], image_height=cam[0], threshold=cfg.threshold, anomaly_fraction=fraction,
-            max_score=float(raw.score.max()), mean_score=float(raw.score.mean(dtype=np.float64)),
-            inference_latency_ms=(tc - tb) * 1e3, end_to_end_latency_ms=0.0,
-            regions=regions,
-        )
-        timings.update(preprocess=(tb - ta) * 1e3, inference=(tc - tb) * 1e3, postprocess=(td - tc) * 1e3,
-                       encode=(te - td) * 1e3)
-        status.end_to_end_latency_ms = (time.perf_counter() - received_at) * 1e3
-        if "status" in wanted:
-            msgs["status"] = f.status(header, status)
+        if "status" not in wanted:
+            status.end_to_end_latency_ms = (te - received_at) * 1e3
+        timings.update(postprocess=(td - tc) * 1e3, encode=(te - td - spent_emitting) * 1e3,
+                       publish=spent_emitting * 1e3)
         t_end = time.perf_counter()
         timings["total"] = (t_end - t0) * 1e3
         timings["end_to_end"] = (t_end - received_at) * 1e3
         return FrameResult(header=header, camera_size=cam, outputs=res, status=status, messages=msgs, timings=timings)
+
+    # -- several cameras per tick -------------------------------------------------------------
+    def process_batch(self, msgs: Sequence[Any], outputs: Sequence[Collection[str] | None] | None = None,
+                      received_at: float | Sequence[float | None] | None = None,
+                      emit: Sequence[Emit | None] | None = None) -> list[FrameResult | Exception]:
+        """Run several Image/CompressedImage messages (e.g. the newest frame of each camera) with
+        one inference call per network input size (one in all when the runtime has a fixed
+        ``input_size``); see :func:`~pebal_ros.runtime.base.infer_many`.
+
+        ``outputs``: None (``cfg.outputs`` for all) or one entry per message (None or names).
+        ``received_at``: one time for all or one per message (None: when the batch started).
+        Returns one entry per message, in order: its :class:`FrameResult`, or the exception
+        ``process`` would have raised for that frame alone (a ``FrameError`` for a bad frame, a
+        ``ValueError`` from the runtime for a frame it refuses, a ``RuntimeOutputError``), so one
+        bad frame does not cost the others their results. Timings are per frame except
+        ``inference``, the shared call's time, and ``total``, from the start of the batch;
+        ``timings["batch"]`` is the number of frames that shared the call. ``emit``: None or one
+        callable (or None) per message, as in :meth:`process`; an exception it raises becomes that
+        frame's entry.
+        """
+        t0 = time.perf_counter()
+        n = len(msgs)
+        if outputs is not None and (isinstance(outputs, str) or len(outputs) != n
+                                    or any(isinstance(o, str) for o in outputs)):
+            raise ValueError(f"outputs must be None or one entry (None or a list of names) per message; "
+                             f"got {outputs!r} for {n} messages")
+        if received_at is None or isinstance(received_at, (int, float)):
+            recv = [t0 if received_at is None else float(received_at)] * n
+        else:
+            if len(received_at) != n:
+                raise ValueError(f"received_at has {len(received_at)} entries for {n} messages")
+            recv = [t0 if r is None else float(r) for r in received_at]
+        if emit is not None and len(emit) != n:
+            raise ValueError(f"emit has {len(emit)} entries for {n} messages")
+        default = check_outputs(self.cfg.outputs)
+        wanted = [default if outputs is None or outputs[i] is None else check_outputs(outputs[i])  # type: ignore[arg-type]
+                  for i in range(n)]
+
+        results: list[FrameResult | Exception | None] = [None] * n
+        images: dict[int, np.ndarray] = {}
+        net_ins: dict[int, np.ndarray] = {}
+        timings: dict[int, dict[str, float]] = {}
+        self._slot_decode_bufs += [None] * (n - len(self._slot_decode_bufs))
+        batch = self._batch_inputs(n)
+        for i, msg in enumerate(msgs):
+            ta = time.perf_counter()
+            try:
+                images[i] = self._decode_slot(msg, i)
+            except FrameError as exc:
+                results[i] = exc
+                continue
+            tb = time.perf_counter()
+            net_ins[i] = self._network_input_slot(images[i], batch, i)
+            timings[i] = {"decode": (tb - ta) * 1e3, "preprocess": (time.perf_counter() - tb) * 1e3}
+
+        # frames of one network input size share a call (all of them when input_size is fixed)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in net_ins.items():
+            groups.setdefault(x.shape, []).append(i)
+        raw: dict[int, FrameOutputs] = {}
+        for idx in groups.values():
+            tb = time.perf_counter()
+            outs = infer_many(self.runtime, [net_ins[i] for i in idx], self.cfg.threshold, errors="return")
+            ms = (time.perf_counter() - tb) * 1e3
+            for i, out in zip(idx, outs):
+                timings[i].update(inference=ms, batch=float(len(idx)))
+                if isinstance(out, ValueError):
+                    results[i] = out
+                else:
+                    raw[i] = out
+
+        for i in sorted(raw):
+            try:
+                results[i] = self._finish(images[i], net_ins[i], raw[i], msgs[i].header, wanted[i], recv[i], t0,
+                                          time.perf_counter(), timings[i], None if emit is None else emit[i])
+            except Exception as exc:  # noqa: BLE001 - RuntimeOutputError, or emit's (e.g. publishing) error
+                results[i] = exc
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _batch_inputs(self, n: int) -> np.ndarray | None:
+        """The reused [>=n, H, W, 3] buffer frames are resized into (None: the runtime takes any size)."""
+        size = self.runtime.input_size
+        if size is None:
+            return None
+        shape = (int(size[0]), int(size[1]), 3)
+        buf = self._batch_buf
+        if buf is None or buf.shape[1:] != shape or buf.shape[0] < n:
+            buf = self._batch_buf = np.empty((n, *shape), np.uint8)
+        return buf
+
+    def _decode_slot(self, msg: Any, i: int) -> np.ndarray:
+        """``decode`` with frame i's own scratch buffer: every decoded frame of a batch must stay
+        intact until the shared inference call (and the overlay after it), whereas ``decode``
+        overwrites one buffer per call. Borrowing the attribute keeps the decoding itself the
+        same code as ``process``."""
+        saved, self._decode_buf = self._decode_buf, self._slot_decode_bufs[i]
+        try:
+            return self.decode(msg)
+        finally:
+            self._slot_decode_bufs[i], self._decode_buf = self._decode_buf, saved
+
+    def _network_input_slot(self, image: np.ndarray, batch: np.ndarray | None, i: int) -> np.ndarray:
+        """``_network_input`` resizing into row i of the batch buffer (same borrowing as above)."""
+        if batch is None:
+            return self._network_input(image)
+        saved, self._input_buf = self._input_buf, batch[i]
+        try:
+            return self._network_input(image)
+        finally:
+            self._input_buf = saved

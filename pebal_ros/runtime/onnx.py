@@ -4,6 +4,9 @@ Per frame, ONNX Runtime reads the caller's image buffer in place (``bind_cpu_inp
 straight into the output arrays (``bind_output`` on their memory), so there is no Python-side copy
 in either direction. With ``reuse_outputs=True`` the same three arrays are returned every frame
 (zero allocations; a caller that keeps a result must copy it before the next ``infer``).
+
+No batch dimension: the fused graph takes one HxWx3 frame, so N cameras are N calls
+(``supports_batch = False``; ``runtime.base.infer_many`` loops and copies reused outputs).
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ def _providers(device: str, cuda_graph: bool = False) -> list:
 
 class OnnxRuntime:
     name = "onnxruntime"
+    supports_batch = False      # the fused graph's input is one uint8 HxWx3 frame
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
                  reuse_outputs: bool = False, optimized_model_path: str | None = None,
@@ -137,8 +141,8 @@ class OnnxRuntime:
     def describe(self) -> dict:
         s = self.spec
         return {"runtime": self.name, "model": str(self.path), "providers": self.session.get_providers(),
-                "cuda_graph": self.cuda_graph, "threads": self.threads or "default",
-                "precision": "fp16" if s.net_dtype == "float16" else "fp32",
+                "cuda_graph": self.cuda_graph, "supports_batch": self.supports_batch,
+                "threads": self.threads or "default", "precision": "fp16" if s.net_dtype == "float16" else "fp32",
                 "input_size": self.input_size, "dynamic_range": (s.min_hw, s.max_hw) if s.image_size is None else None,
                 "channel_order": self.channel_order, "fast": s.fast, "net_size": s.net_size,
                 "default_threshold": s.threshold, "opset": s.opset, "exporter": s.exporter, "arch": s.arch}

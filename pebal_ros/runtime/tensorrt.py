@@ -8,6 +8,9 @@ deserializing (a foreign engine is refused, never loaded blindly).
 Per frame: the image is copied into a pinned host buffer, then H2D copy, ``execute_async_v3`` and
 the three D2H copies are queued on one CUDA stream and synchronised once. All buffers are
 allocated at load time (at the profile's maximum size for dynamic engines).
+
+No batch dimension: the engine is built from the fused ONNX graph (one HxWx3 frame), so N cameras
+are N calls (``supports_batch = False``; ``runtime.base.infer_many`` loops).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ def import_tensorrt():
 
 class TensorRTRuntime:
     name = "tensorrt"
+    supports_batch = False      # built from the fused graph: one uint8 HxWx3 frame per call
 
     def __init__(self, path: str | Path, device: int | str = 0, reuse_outputs: bool = False,
                  allow_unverified: bool = False, verbose: bool = False):
@@ -128,6 +132,7 @@ class TensorRTRuntime:
         return {"runtime": self.name, "model": str(self.path), "gpu": self.gpu.name,
                 "compute_capability": self.gpu.compute_capability,
                 "precision": self.meta.get("precision"), "tensorrt": self.meta.get("tensorrt_version"),
-                "input_size": self.input_size, "dynamic_range": (self.min_hw, self.max_hw) if self.min_hw else None,
+                "input_size": self.input_size, "supports_batch": self.supports_batch,
+                "dynamic_range": (self.min_hw, self.max_hw) if self.min_hw else None,
                 "channel_order": self.channel_order, "default_threshold": self.default_threshold,
                 "onnx_sha256": self.meta.get("onnx_sha256")}

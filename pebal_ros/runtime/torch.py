@@ -21,6 +21,7 @@ takes minutes and its speed-up depends on the network. On the CPU none of this a
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,11 @@ from torch import nn
 from .base import FrameOutputs
 from .common import RuntimeUnavailable, check_file, check_image
 
+# The fused step only reads its input, and frames straight from a received message are read-only
+# views of its bytes: torch's warning about non-writable arrays says nothing useful here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
+                        module=__name__)
+
 
 def _pick_device(device: str) -> torch.device:
     if device == "auto":
@@ -38,6 +44,13 @@ def _pick_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeUnavailable("device='cuda' asked for but torch sees no CUDA device; use device='cpu'")
     return dev
+
+
+def _make_room(cache: dict, keep: int = 4) -> None:
+    """Drop the oldest entries of a per-shape cache so that it holds at most ``keep`` after an insert
+    (a camera whose size keeps changing must not pin ever more memory)."""
+    while len(cache) >= keep:
+        cache.pop(next(iter(cache)))
 
 
 class _ChannelsLast(nn.Module):
@@ -81,6 +94,7 @@ class TorchRuntime:
     caller that keeps a result copies it before the next ``infer``), as ONNX Runtime's option."""
 
     name = "torch"
+    supports_batch = True       # infer_batch: N same-size frames in one network call
 
     def __init__(self, model: str | Path | nn.Module, device: str = "auto", half: bool | None = None,
                  channel_order: str = "rgb", input_size: tuple[int, int] | None | str = "auto",
@@ -132,15 +146,19 @@ class TorchRuntime:
         self.channel_order = channel_order
         self.default_threshold = inf.threshold
         self._thr = torch.zeros(1, dtype=torch.float32, device=self.device)
-        self._host: torch.Tensor | None = None
+        # host buffers per shape: a single frame (H, W, 3) and a batch (N, H, W, 3) alternate when
+        # cameras come and go or differ in size, and re-pinning memory on every switch costs ms
+        self._host_in: dict[tuple[int, ...], torch.Tensor] = {}
         self._graphs: dict[tuple[int, ...], _GraphedStep] = {}
-        self._host_out: tuple[torch.Tensor, ...] | None = None
+        self._host_out: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
 
     def _host_input(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """The (pinned, on CUDA) host buffer frames are gathered into; reallocated on a size change."""
-        host = self._host
-        if host is None or tuple(host.shape) != shape:
-            host = self._host = torch.empty(shape, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+        """The (pinned, on CUDA) host buffer frames of this shape are gathered into."""
+        host = self._host_in.get(shape)
+        if host is None:
+            _make_room(self._host_in)
+            host = self._host_in[shape] = torch.empty(shape, dtype=torch.uint8,
+                                                      pin_memory=self.device.type == "cuda")
         return host
 
     def _graphed(self, shape: tuple[int, ...]) -> _GraphedStep:
@@ -148,17 +166,18 @@ class TorchRuntime:
         if step is None:
             # one graph per input size (a dynamic-size camera re-captures once per new size); a
             # graph holds its own static buffers, so only the most recent few are kept
-            if len(self._graphs) >= 4:
-                self._graphs.pop(next(iter(self._graphs)))
+            _make_room(self._graphs)
             with torch.inference_mode():
                 step = self._graphs[shape] = _GraphedStep(self._step, shape, self.device)
         return step
 
     def _to_host(self, outs: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, ...]:
         """Device outputs -> host arrays: async copies into pinned buffers, one sync per frame."""
-        host = self._host_out
-        if host is None or host[0].shape != outs[0].shape:
-            host = self._host_out = tuple(torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in outs)
+        key = tuple(outs[0].shape)
+        host = self._host_out.get(key)
+        if host is None:
+            _make_room(self._host_out)
+            host = self._host_out[key] = tuple(torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in outs)
         for h, o in zip(host, outs):
             h.copy_(o, non_blocking=True)
         torch.cuda.current_stream(self.device).synchronize()
@@ -211,6 +230,6 @@ class TorchRuntime:
         return {"runtime": self.name, "model": str(self.path) if self.path else type(net).__name__,
                 "device": str(self.device), "precision": "fp16" if self.half else "fp32",
                 "channels_last": self.channels_last, "cuda_graph": self.cuda_graph, "compiled": self.compiled,
-                "input_size": self.input_size, "channel_order": self.channel_order,
+                "supports_batch": self.supports_batch, "input_size": self.input_size, "channel_order": self.channel_order,
                 "fast": self.fused.fast, "net_size": self.fused.pre.net_size,
                 "default_threshold": self.default_threshold, "arch": getattr(net, "arch", "")}
