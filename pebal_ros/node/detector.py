@@ -197,7 +197,8 @@ class PebalDetector(Node):
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             new[p.name] = float(p.value) if isinstance(PARAMS[p.name].default, float) else p.value
-        reload = (any(new[k] != self._values[k] for k in ("model", "runtime", "device", "input_size"))
+        reload = (any(new[k] != self._values[k] for k in ("model", "runtime", "device", "input_size", "precision",
+                                                          "cuda_graph", "compile", "threads"))
                   or self._pipeline is None or self._settings is None)
         settings = self._settings
         if not reload and any(new[k] != self._values[k] for k in ("threshold", "min_region_area")):
