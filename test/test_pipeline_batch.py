@@ -275,6 +275,6 @@ def test_cuda_fast_path_batch_matches_and_repeats(net, factory):
         if first is None:
             first = [r.outputs.copy() for r in four]
         else:
-            for a, b in zip(first, four):
-                np.testing.assert_array_equal(a.score, b.score)
+            for a, b in zip(first, four):       # a mixed-up buffer would be off by whole units
+                np.testing.assert_allclose(a.score, b.score, atol=1e-4)
     assert spy.batches == [4, 2] * 3
