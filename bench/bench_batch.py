@@ -3,7 +3,8 @@
 each camera) vs N ``process`` calls, per tick, through the whole pipeline (decode, resize, inference,
 outputs back to camera size, regions, every requested message).
 
-The PyTorch runtime runs the N frames as one network call; ONNX Runtime has no batch dimension in
+The PyTorch runtime runs the N frames as one network call (``batch=True``: by default it batches on
+CUDA only, because on a CPU a batch of N costs as much as N calls or more); ONNX Runtime has no batch dimension in
 the fused graph, so its batched tick is N calls (the ratio shows what the batch API costs there:
 about nothing). Both ways run on the same frames in the same run, interleaved (the order alternates
 every iteration); medians of ``--iters`` ticks after a warm-up (CUDA graphs are captured then).
@@ -58,7 +59,8 @@ def _models(args) -> list[tuple[str, torch.nn.Module, tuple[int, int]]]:
 def _runtime(kind: str, net, hw, device: str, threads: int, tmp: Path):
     if kind == "torch":
         from pebal_ros.runtime.torch import TorchRuntime
-        return TorchRuntime(net, device=device, input_size=hw), ""
+        # batch=True: the CPU default runs N calls (a batch does not pay there); measure the batch anyway
+        return TorchRuntime(net, device=device, input_size=hw, batch=True), ""
     import onnxruntime as ort
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         return None, f"ONNX Runtime CUDA skipped (providers: {ort.get_available_providers()})"

@@ -24,7 +24,7 @@ echo "=== 2/3 bench_gpu_paths"
 (cd bench && timeout -k 5 330 python3 bench_gpu_paths.py --iters 50 --json "$out/gpu_paths.json" "$@") \
   2>&1 | tee "$out/gpu_paths.txt" || status=1
 echo "=== 3/3 bench_batch"
-(cd bench && timeout -k 5 150 python3 bench_batch.py --device cuda --iters 30 --outputs all --outputs status \
+(cd bench && timeout -k 5 200 python3 bench_batch.py --device cuda --iters 30 --outputs all --outputs status \
   --json "$out/batch.json") 2>&1 | tee "$out/batch.txt" || status=1
 echo "=== done (status $status)"
 exit $status

@@ -105,17 +105,23 @@ def _assert_same(one, got, exact):
     assert got.status.image_width == one.status.image_width
 
 
-def test_runtimes_declare_their_batch_capability(net, onnx_static):
-    assert supports_batch(TorchRuntime(net, device="cpu"))
+def test_runtimes_declare_their_batch_capability(net, onnx_static, factory):
     ort = load_runtime(onnx_static, device="cpu")
     assert not supports_batch(ort) and ort.describe()["supports_batch"] is False
-    assert TorchRuntime(net, device="cpu").describe()["supports_batch"] is True
+    forced = TorchRuntime(net, device="cpu", batch=True)
+    assert supports_batch(forced) and forced.describe()["supports_batch"] is True
+    # on the CPU a batch does not pay (see TorchRuntime): by default process_batch makes N calls
+    cpu = TorchRuntime(net, device="cpu", input_size=(H, W))
+    assert not supports_batch(cpu) and cpu.describe()["supports_batch"] is False
+    spy = Spy(cpu)
+    got = _pipe(cpu, factory).process_batch(_msgs(factory, _frames([(H, W)] * 3)))
+    assert spy.batches == [] and spy.single == 3 and [r.timings["batch"] for r in got] == [3, 3, 3]
 
 
 def test_torch_batch_is_one_call_and_equals_frame_by_frame(net, factory):
     """Fixed input size, three cameras of three sizes (two resized, one already at 48x64, one BGR):
     one network call, and each frame gets what process() gives it alone."""
-    rt = TorchRuntime(net, device="cpu", input_size=(H, W))
+    rt = TorchRuntime(net, device="cpu", input_size=(H, W), batch=True)
     frames = _frames([(96, 128), (H, W), (72, 80)])
     msgs = _msgs(factory, frames, ["rgb8", "bgr8", "rgb8"])
     pipe = _pipe(rt, factory)
@@ -130,7 +136,7 @@ def test_torch_batch_is_one_call_and_equals_frame_by_frame(net, factory):
 
 
 def test_any_size_runtime_groups_frames_by_size(net, factory):
-    rt = TorchRuntime(net, device="cpu")          # a bare module: input_size None
+    rt = TorchRuntime(net, device="cpu", batch=True)          # a bare module: input_size None
     assert rt.input_size is None
     frames = _frames([(H, W), (40, 56), (H, W), (H, W)], seed=3)
     pipe = _pipe(rt, factory, outputs=("anomaly_score", "status"))
@@ -179,8 +185,9 @@ def test_bad_frame_in_the_middle_costs_only_itself(onnx_static, net, factory):
     broken.data = broken.data[:-5]                                # truncated payload
     unknown = factory.image(factory.header(8, 0, "odd"), good[0], "rgb8")
     unknown.encoding = "yuv422_weird"
-    for rt in (load_runtime(onnx_static, device="cpu", reuse_outputs=True), TorchRuntime(net, device="cpu",
-                                                                                       input_size=(H, W))):
+    runtimes = (load_runtime(onnx_static, device="cpu", reuse_outputs=True),
+                TorchRuntime(net, device="cpu", input_size=(H, W), batch=True))
+    for rt in runtimes:
         pipe = _pipe(rt, factory)
         singles = [_owned(pipe.process(m)) for m in msgs]
         got = pipe.process_batch([msgs[0], broken, unknown, msgs[1]])
@@ -222,7 +229,7 @@ def test_process_batch_argument_checks(onnx_static, factory):
 
 def test_infer_many_batch_fallback_and_copies(net, onnx_static):
     frames = _frames([(H, W), (H, W), (32, 32), (H, W)], seed=6)
-    rt = TorchRuntime(net, device="cpu", input_size=(H, W))
+    rt = TorchRuntime(net, device="cpu", input_size=(H, W), batch=True)
     with pytest.raises(ValueError, match="exported for"):
         infer_many(rt, frames, THR)
     spy = Spy(rt)
@@ -254,6 +261,8 @@ def test_cuda_fast_path_batch_matches_and_repeats(net, factory):
     frames = _frames([(96, 128), (H, W), (72, 80), (H, W)], seed=8)
     msgs = _msgs(factory, frames, ["bgr8", "rgb8", "bgr8", "rgb8"])
     pipe = _pipe(rt, factory, outputs=("anomaly_score", "status"))
+    assert supports_batch(rt)                   # the CUDA default
+    spy = Spy(rt)
     first = None
     for _ in range(3):
         singles = [pipe.process(m) for m in msgs]
@@ -266,8 +275,9 @@ def test_cuda_fast_path_batch_matches_and_repeats(net, factory):
         if first is None:
             first = [r.outputs.copy() for r in four]
         else:
-            for a, b in zip(first, four):
-                np.testing.assert_array_equal(a.score, b.score)
+            for a, b in zip(first, four):       # a mixed-up buffer would be off by whole units
+                np.testing.assert_allclose(a.score, b.score, atol=1e-4)
+    assert spy.batches == [4, 2] * 3
 
 
 def test_emit_per_camera_status_first_and_a_failing_publisher_costs_only_its_camera(net, factory):

@@ -7,8 +7,9 @@ runtime: in the fused graph for ONNX/TensorRT, in the fused nn.Module for PyTorc
 
 Several frames at once (one per camera): a runtime whose network has a real batch dimension sets
 ``supports_batch = True`` and implements ``infer_batch(images, threshold)`` (frames of one size, one
-network call). Today that is the PyTorch runtime only: the fused ONNX graph (and so the TensorRT
-engine built from it) takes one HxWx3 frame, so ONNX Runtime and TensorRT run N frames as N calls.
+network call). Today that is the PyTorch runtime only, and by default only on CUDA, where a batch
+pays (see ``TorchRuntime``): the fused ONNX graph (and so the TensorRT engine built from it) takes
+one HxWx3 frame, so ONNX Runtime and TensorRT run N frames as N calls.
 Callers do not need to know which: :func:`infer_many` takes the batched call where there is one
 and loops ``infer`` otherwise.
 """

@@ -89,18 +89,24 @@ class TorchRuntime:
     """``input_size``: "auto" = the config's ``inference.input_size`` for a checkpoint (what
     ``pebal export`` would bake in), any size for an ``nn.Module``; ``None`` = any size.
 
-    ``half``, ``channels_last``, ``cuda_graph``: None = on for CUDA, off for the CPU (see the module
-    doc). ``reuse_outputs``: return the same three arrays every frame (no per-frame allocation; a
-    caller that keeps a result copies it before the next ``infer``), as ONNX Runtime's option."""
+    ``half``, ``channels_last``, ``cuda_graph``, ``batch``: None = on for CUDA, off for the CPU (see
+    the module doc). ``reuse_outputs``: return the same three arrays every frame (no per-frame
+    allocation; a caller that keeps a result copies it before the next ``infer``), as ONNX Runtime's
+    option. ``batch``: whether ``runtime.base.infer_many`` (and so ``FramePipeline.process_batch``)
+    runs several cameras as one ``infer_batch`` call (``supports_batch``). A GPU running a real-time
+    network is launch-bound and idles between small kernels, so a batch of N costs far less than N
+    calls; a CPU is compute-bound and a batch only grows the working set out of cache (measured
+    with bench/bench_batch.py: 0.5-0.8x the speed of N calls at 512x1024), so there ``infer_many``
+    loops unless ``batch=True``. ``infer_batch`` itself works either way."""
 
     name = "torch"
-    supports_batch = True       # infer_batch: N same-size frames in one network call
 
     def __init__(self, model: str | Path | nn.Module, device: str = "auto", half: bool | None = None,
                  channel_order: str = "rgb", input_size: tuple[int, int] | None | str = "auto",
                  net_size: tuple[int, int] | None = None, fast: bool | None = None,
                  config=None, arch: str | None = None, channels_last: bool | None = None,
-                 cuda_graph: bool | None = None, compile: bool = False, reuse_outputs: bool = False):
+                 cuda_graph: bool | None = None, compile: bool = False, reuse_outputs: bool = False,
+                 batch: bool | None = None):
         from ..config import Config, InferenceConfig
         from ..graph.fused import build_fused
 
@@ -126,6 +132,7 @@ class TorchRuntime:
         if self.cuda_graph and not on_cuda:
             raise ValueError("cuda_graph=True needs CUDA")
         self.compiled = bool(compile)
+        self.supports_batch = on_cuda if batch is None else bool(batch)
         self.reuse_outputs = reuse_outputs
         self.fused = build_fused(network.eval(), inf, channel_order, net_size, fast).to(self.device)
         if self.half:
