@@ -338,3 +338,34 @@ def test_fresh_arrays_are_kept_not_copied_where_the_library_allows(factory):
     assert not np.shares_memory(factory.image(factory.header(), ro, "mono8", fresh=True).data, ro)
     copies = MessageFactory(factory.types, lambda a: bytes(a), "bytes-only")
     assert copies.image(copies.header(), arr, "mono8", fresh=True).data == arr.tobytes()
+
+
+class ReusingRuntime(PaletteRuntime):
+    """Writes every result into the same three arrays, like ONNX Runtime with reuse_outputs."""
+
+    reuse_outputs = True
+
+    def infer(self, image, threshold):
+        out = super().infer(image, threshold)
+        if not hasattr(self, "_bufs"):
+            self._bufs = FrameOutputs(np.empty_like(out.semantic), np.empty_like(out.score), np.empty_like(out.mask))
+        for name in ("semantic", "score", "mask"):
+            np.copyto(getattr(self._bufs, name), getattr(out, name))
+        return self._bufs
+
+
+def test_camera_size_maps_are_made_only_when_used_and_survive_the_next_frame(factory):
+    rt = ReusingRuntime(input_size=(24, 48))
+    pipe = FramePipeline(rt, PipelineConfig(threshold=0.0), factory)
+    scenes = [make_scene(48, 96, blob=(20, 30, 10, 16)), make_scene(48, 96, blob=(5, 60, 12, 20))]
+    only_status = pipe.process(image_msg(factory, scenes[0]), outputs=["status"])
+    lazy = vars(only_status.outputs)
+    assert not {"semantic", "score", "mask"} & set(lazy)          # nothing upsampled for the status
+    assert only_status.outputs.size == (48, 96)
+    pipe.process(image_msg(factory, scenes[1]))                   # the runtime overwrites its arrays
+    # upsampled now, from the first frame's own outputs, equal to what an eager pipeline publishes
+    eager = FramePipeline(PaletteRuntime(input_size=(24, 48)), PipelineConfig(threshold=0.0), factory)
+    ref = eager.process(image_msg(factory, scenes[0]))
+    np.testing.assert_array_equal(only_status.outputs.semantic, image_view(ref.messages["semantic"])[0])
+    np.testing.assert_array_equal(only_status.outputs.score, float_image_from_msg(ref.messages["anomaly_score"]))
+    np.testing.assert_array_equal(only_status.outputs.mask * 255, image_view(ref.messages["anomaly_mask"])[0])

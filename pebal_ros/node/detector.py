@@ -303,7 +303,7 @@ class PebalDetector(Node):
                 continue
             if want_info and cam.info_pub is not None:
                 try:
-                    self._publish_camera_info(cam, result.header, result.outputs.mask.shape)
+                    self._publish_camera_info(cam, result.header, result.outputs.size)
                 except Exception as exc:  # noqa: BLE001 - e.g. a publisher destroyed by a parameter change
                     self._frame_failed(cam, exc)
                     continue

@@ -16,6 +16,7 @@ runtime has a batch dimension, N calls otherwise), then post-processes each fram
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Collection, Sequence
@@ -81,6 +82,33 @@ def check_outputs(outputs: Collection[str]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown output(s) {unknown}; known: {list(OUTPUT_NAMES)}")
     return tuple(o for o in OUTPUT_NAMES if o in set(outputs))
+
+
+class CameraOutputs(FrameOutputs):
+    """The network's outputs upsampled to the camera size, each map on first use: a frame whose
+    subscribers want only the status (computed at network resolution) never pays for upsampling."""
+
+    def __init__(self, net: FrameOutputs, size: tuple[int, int], threshold: float):  # noqa: D107
+        self._net, self._size, self._threshold = net, size, threshold
+
+    @functools.cached_property
+    def semantic(self) -> np.ndarray:  # type: ignore[override]
+        h, w = self._size
+        return cv2.resize(self._net.semantic, (w, h), interpolation=cv2.INTER_NEAREST)
+
+    @functools.cached_property
+    def score(self) -> np.ndarray:  # type: ignore[override]
+        h, w = self._size
+        return cv2.resize(self._net.score, (w, h), interpolation=cv2.INTER_LINEAR)
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:  # type: ignore[override]
+        # the upsampled score thresholded, so the published mask agrees with the published score
+        return (self.score > self._threshold).view(np.uint8)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._size
 
 
 @dataclass
@@ -156,12 +184,9 @@ class FramePipeline:
                 )
 
     def _to_camera(self, out: FrameOutputs, cam: tuple[int, int]) -> FrameOutputs:
-        h, w = cam
-        semantic = cv2.resize(out.semantic, (w, h), interpolation=cv2.INTER_NEAREST)
-        score = cv2.resize(out.score, (w, h), interpolation=cv2.INTER_LINEAR)
-        # Threshold the upsampled score so the published mask agrees with the published score.
-        mask = (score > self.cfg.threshold).view(np.uint8)
-        return FrameOutputs(semantic=semantic, score=score, mask=mask)
+        # the runtime may overwrite its output arrays on the next call, before these are upsampled
+        keep = out.copy() if getattr(self.runtime, "reuse_outputs", False) else out
+        return CameraOutputs(keep, cam, self.cfg.threshold)
 
     # -- the frame ----------------------------------------------------------------------------
     def process(self, msg: Any, outputs: Collection[str] | None = None, received_at: float | None = None,
@@ -226,7 +251,7 @@ class FramePipeline:
         else:
             res = raw
             base_img = net_in
-        oh, ow = res.mask.shape
+        oh, ow = res.size
         upsampled = res is not raw     # then the output arrays are this frame's own, else the runtime's
 
         # The status (fraction, max/mean score, regions) describes the network-resolution outputs

@@ -70,7 +70,7 @@ def overlay(
     mask: np.ndarray,
     alpha: float = 0.5,
     anomaly_color: Sequence[int] = ANOMALY_COLOR,
-    boxes: Sequence[tuple[int, int, int, int]] = (),
+    boxes: Sequence[tuple[float, float, float, float]] = (),
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Camera image blended with the semantic colours, anomalous pixels tinted and outlined, regions boxed.
@@ -102,8 +102,9 @@ def overlay(
         # a region's edge stays visible where the tint is faint against a similar background.
         ring = cv2.subtract(cv2.dilate(roi, _ring_kernel(r)), roi)
         cv2.copyTo(solid, ring, out_roi)
-    for x, y, w, h in boxes:
-        cv2.rectangle(buf, (int(x), int(y)), (int(x + w - 1), int(y + h - 1)), tuple(int(c) for c in anomaly_color), 2)
+    for bx, by, bw, bh in boxes:
+        cv2.rectangle(buf, (int(bx), int(by)), (int(bx + bw - 1), int(by + bh - 1)),
+                      tuple(int(c) for c in anomaly_color), 2)
     return buf
 
 

@@ -30,6 +30,11 @@ class FrameOutputs:
     def copy(self) -> "FrameOutputs":
         return FrameOutputs(self.semantic.copy(), self.score.copy(), self.mask.copy())
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the three maps."""
+        return int(self.mask.shape[0]), int(self.mask.shape[1])
+
 
 @runtime_checkable
 class Runtime(Protocol):
