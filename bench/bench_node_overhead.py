@@ -4,10 +4,10 @@
 Per frame the node decodes the camera message, pre-processes (resize to the network size if
 needed), runs the runtime, post-processes (upsampling to camera size, regions, colours, overlay)
 and encodes every output into message objects. This script times exactly that code
-(``FramePipeline.process`` with every output requested), with the node's rclpy-style payload
-handling (``array.array`` filled by one memcpy per image), against ``runtime.infer`` alone on the
-same frames, using the fused ONNX model with ONNX Runtime. It also reports the cost of CDR
-serialisation of all outputs (rosbags; rclpy's C serialiser does the same memcpy-bound work).
+(``FramePipeline.process`` with every output requested, each serialised to CDR bytes as the node
+publishes it, see pebal_ros/node/wire.py) against ``runtime.infer`` alone on the same frames, using
+the fused ONNX model with ONNX Runtime. Handing the bytes to DDS is measured over real DDS by
+bench/bench_ros_dds.py.
 
   python3 bench/bench_node_overhead.py                         # 1024x512 camera, bgr8, ESPNetv2 s=2
   python3 bench/bench_node_overhead.py --camera 1920x1080 --encoding bayer_rggb8
@@ -60,11 +60,11 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    from rosbags.typesys import Stores, get_typestore
 
-    from pebal_ros.pipeline import FramePipeline, MessageFactory, PipelineConfig
+    from pebal_ros.pipeline import FramePipeline, PipelineConfig
     from pebal_ros.pipeline.convert import encode_compressed
-    from pebal_ros.pipeline.messages import OUTPUT_NAMES, OUTPUT_TYPES, _copy_to_array_array
+    from pebal_ros.node.wire import Wire
+    from pebal_ros.pipeline.messages import OUTPUT_NAMES
     from pebal_ros.runtime.onnx import OnnxRuntime
 
     if args.model:
@@ -80,13 +80,11 @@ def main() -> int:
     net_hw = rt.input_size or args.network
     cam_h, cam_w = args.camera or net_hw
 
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    rosbags_factory = MessageFactory.for_rosbags(store)
-    # What the node does with rclpy messages: payloads as array.array (one memcpy), same classes otherwise.
-    node_factory = MessageFactory(rosbags_factory.types, _copy_to_array_array, "rclpy-like")
+    wire = Wire(compressed_input=args.compressed)
+    store = wire.factory.typestore
+    rosbags_factory = wire.factory
     pipe = FramePipeline(rt, PipelineConfig(threshold=float(rt.describe().get("default_threshold", -10.0)),
-                                            output_resolution=args.output_resolution), node_factory)
-    ser_pipe = FramePipeline(rt, pipe.cfg, rosbags_factory)
+                                            output_resolution=args.output_resolution), wire.factory)
 
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:cam_h, 0:cam_w]
@@ -100,6 +98,8 @@ def main() -> int:
     else:
         msg = rosbags_factory.image(hdr, ENCODE[args.encoding](rgb), args.encoding)
         in_desc = f"Image {args.encoding}"
+    # what arrives at the node: the serialized frame
+    raw_in = bytes(store.serialize_cdr(msg, wire.input_type))
     net_input = pipe._network_input(pipe.decode(msg)).copy()
     if args.anomaly_fraction < 1.0:
         score = rt.infer(net_input, 0.0).score
@@ -107,27 +107,34 @@ def main() -> int:
     else:
         pipe.cfg.threshold = -1e30
     thr = pipe.cfg.threshold
+    sent: list[bytes] = []
+
+    def node_frame():
+        """The node's worker for one frame, without DDS: bytes in, every output serialised to bytes."""
+        sent.clear()
+        t0 = time.perf_counter()
+        m = wire.take(raw_in)
+        t1 = time.perf_counter()
+        res = pipe.process(m, outputs=OUTPUT_NAMES, emit=lambda name, out: sent.append(wire.serialize(name, out)))
+        res.timings["deserialize"] = (t1 - t0) * 1e3
+        return res
 
     # warm-up, then interleave so both see the same machine state
     for _ in range(2):
         rt.infer(net_input, thr)
-        pipe.process(msg, outputs=OUTPUT_NAMES)
-    t_inf, t_all, t_over, t_ser = [], [], [], []
-    stages: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "postprocess", "encode")}
+        node_frame()
+    t_inf, t_all, t_over = [], [], []
+    stages: dict[str, list[float]] = {k: [] for k in ("deserialize", "decode", "preprocess", "postprocess",
+                                                      "encode", "publish")}
     for _ in range(args.iters):
         t0 = time.perf_counter()
         rt.infer(net_input, thr)
         t_inf.append((time.perf_counter() - t0) * 1e3)
-        res = pipe.process(msg, outputs=OUTPUT_NAMES)
-        t_all.append(res.timings["total"])
-        t_over.append(res.timings["total"] - res.timings["inference"])
+        res = node_frame()
+        t_all.append(res.timings["total"] + res.timings["deserialize"])
+        t_over.append(t_all[-1] - res.timings["inference"])
         for k in stages:
             stages[k].append(res.timings[k])
-        r2 = ser_pipe.process(msg, outputs=OUTPUT_NAMES)
-        t0 = time.perf_counter()
-        for name, m in r2.messages.items():
-            store.serialize_cdr(m, OUTPUT_TYPES[name])
-        t_ser.append((time.perf_counter() - t0) * 1e3)
 
     med = statistics.median
     inf = med(t_inf)
@@ -138,12 +145,11 @@ def main() -> int:
           f"camera {cam_h}x{cam_w} {in_desc}, outputs at {args.output_resolution} size, all 6 outputs, "
           f"{100 * args.anomaly_fraction:g} % anomalous pixels")
     print(f"{'inference alone (runtime.infer)':44s} {inf:8.2f} ms")
-    print(f"{'node per-frame work (pipeline.process)':44s} {total:8.2f} ms")
+    print(f"{'node per-frame work (bytes in -> bytes out)':44s} {total:8.2f} ms")
     for k, v in stages.items():
         print(f"  {k:42s} {med(v):8.2f} ms")
     print(f"{'non-inference work':44s} {overhead:8.2f} ms = {100 * overhead / inf:5.1f} % of inference")
-    ser = med(t_ser)
-    print(f"{'+ CDR serialisation of all outputs':44s} {ser:8.2f} ms = {100 * ser / inf:5.1f} % of inference")
+    print(f"({sum(len(b) for b in sent) / 1e6:.1f} MB of CDR per frame; 'publish' here is serialisation only)")
     return 0
 
 

@@ -3,6 +3,7 @@
     ros2 launch pebal_ros detector.launch.py camera_topic:=/camera/image_raw model:=/path/model.onnx
     ros2 launch pebal_ros detector.launch.py compressed:=true rviz:=true
     ros2 launch pebal_ros detector.launch.py cameras:="front:/cam_front/image_raw,rear:/cam_rear/image_raw"
+    ros2 launch pebal_ros detector.launch.py cameras:="front:/cam_front/image_raw,rear:/cam_rear/image_raw" batch:=true
 
 Each detector publishes under <namespace>/pebal/ (overlay, semantic, semantic_color, anomaly_score,
 anomaly_mask, status) and reports on /diagnostics. See docs/ros2.md.
@@ -17,7 +18,8 @@ from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch_ros.actions import Node
 
-from pebal_ros.node.launch_utils import camera_info_topic, input_remapping, parse_cameras, rviz_config_for
+from pebal_ros.node.launch_utils import (batched_remappings, camera_info_topic, input_remapping, parse_cameras,
+                                         rviz_config_for)
 
 PACKAGE = "pebal_ros"
 TRUE = ("true", "1", "yes", "on")
@@ -44,6 +46,8 @@ ARGUMENTS = (
     ("namespace", "", "Namespace of the detector (outputs on <namespace>/pebal/...)"),
     ("cameras", "", "Several cameras: 'ns1:topic1,ns2:topic2' starts one detector per camera in namespace nsN "
                     "(prefixed by namespace:=); overrides camera_topic"),
+    ("batch", "false", "With cameras:=..., one detector serves them all (one batched inference per tick, "
+                       "outputs still on <namespace>/<camera>/pebal/...) instead of one detector per camera"),
     ("params_file", "", "Parameters YAML (default: the package's config/detector.yaml)"),
     ("compressed", "false", "Subscribe to sensor_msgs/CompressedImage on <camera_topic>/compressed"),
     ("use_camera_info", "false", "Also subscribe to the camera's camera_info and republish it for the outputs"),
@@ -67,17 +71,24 @@ def _detectors(context: LaunchContext) -> list:
         overrides["threshold"] = float(arg["threshold"])
     cameras = parse_cameras(arg["cameras"], arg["namespace"], arg["camera_topic"])
 
+    common = {"package": PACKAGE, "executable": "detector_node", "name": "pebal_detector", "output": "screen",
+              "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
     actions: list = []
-    for cam in cameras:
-        remaps = [input_remapping(cam.topic, compressed)]
-        if use_info:
-            remaps.append(("camera_info", camera_info_topic(cam.topic)))
-        actions.append(LogInfo(msg=f"pebal detector '/{cam.namespace}' on {remaps[0][1]}"))
-        actions.append(Node(
-            package=PACKAGE, executable="detector_node", name="pebal_detector", namespace=cam.namespace,
-            parameters=[params_file, overrides], remappings=remaps, output="screen", emulate_tty=True,
-            arguments=["--ros-args", "--log-level", arg["log_level"]],
-        ))
+    if arg["batch"].lower() in TRUE and len(cameras) > 1:
+        # one process and one model for all cameras, their newest frames batched per tick
+        ns = arg["namespace"].strip("/")
+        names, remaps = batched_remappings(cameras, ns, compressed, use_info)
+        actions.append(LogInfo(msg=f"pebal detector '/{ns}' serving cameras {', '.join(names)} in one batch"))
+        actions.append(Node(namespace=ns, parameters=[params_file, {**overrides, "cameras": names}],
+                            remappings=remaps, **common))
+    else:
+        for cam in cameras:
+            remaps = [input_remapping(cam.topic, compressed)]
+            if use_info:
+                remaps.append(("camera_info", camera_info_topic(cam.topic)))
+            actions.append(LogInfo(msg=f"pebal detector '/{cam.namespace}' on {remaps[0][1]}"))
+            actions.append(Node(namespace=cam.namespace, parameters=[params_file, overrides], remappings=remaps,
+                                **common))
     if arg["rviz"].lower() in TRUE and not _have_package("rviz2"):
         # a headless vehicle computer or a minimal ROS install: the detectors matter, RViz does not
         actions.append(LogInfo(msg="rviz:=true but rviz2 is not installed (no package 'rviz2' in the ament index): "

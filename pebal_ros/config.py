@@ -18,7 +18,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -117,6 +117,22 @@ class InferenceConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How the backend runs the model, not what it computes (pebal_ros.open_model hands these to
+    load_runtime; pebal_ros.model_settings validates them against the backend and device).
+
+    "auto" means the backend's fast default: PyTorch on CUDA runs FP16 in a CUDA graph, on the CPU
+    FP32 eager; ONNX Runtime and TensorRT run the precision their file was exported/built with."""
+    PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "fp16")
+    SWITCHES: ClassVar[tuple[str, ...]] = ("auto", "on", "off")
+    precision: str = "auto"
+    # YAML 1.1 reads a bare on/off as true/false: "switch" fields take either spelling
+    cuda_graph: str = field(default="auto", metadata={"switch": True})
+    compile: bool = False             # torch.compile (PyTorch only; minutes at load)
+    threads: int = 0                  # ONNX Runtime intra-op threads; 0 = the library's default
+
+
+@dataclass
 class Config:
     model: str = "models/pebal_synthetic_espnetv2.pt"
     arch: str | None = None
@@ -125,6 +141,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
@@ -137,6 +154,8 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         default = getattr(cls(), name)  # type: ignore[call-arg]
+        if fields[name].metadata.get("switch") and isinstance(value, bool):
+            value = "on" if value else "off"
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{where}.{name}".lstrip("."))
         elif isinstance(default, tuple) and isinstance(value, list):

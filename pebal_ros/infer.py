@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "model through ONNX Runtime")
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    from .model_settings import add_runtime_arguments
+    add_runtime_arguments(p)
     from .config import add_config_arguments
     from .replay.model import MODEL_PRESET_HELP
     add_config_arguments(p, MODEL_PRESET_HELP)

@@ -46,6 +46,7 @@ class ModelInfo:
     stored: dict[str, Any] = field(default_factory=dict)   # the inference settings the file stores
     stored_source: str = ""                       # "checkpoint meta", "ONNX metadata", "engine sidecar"
     baked: tuple[str, ...] = ()                   # inference fields the file fixes
+    precision: str | None = None                  # an export's/engine's network precision (fixed in the file)
     bundled_preset: str | None = None
 
     def summary(self) -> str:
@@ -181,6 +182,7 @@ def _spec_info(info: ModelInfo, spec: Any, source: str) -> None:
             stored[key] = extra[key]
     info.stored, info.stored_source = stored, source
     info.baked = tuple(k for k in BAKED_FIELDS if k in stored)
+    info.precision = "fp16" if spec.net_dtype == "float16" else "fp32"
     if spec.threshold_calibrated:
         info.calibrated_threshold = float(spec.threshold)
         info.calibrated_from = spec.threshold_source or source
@@ -202,6 +204,8 @@ def _engine_info(info: ModelInfo) -> None:
     if isinstance(meta.get("model"), dict):     # the ONNX metadata, copied by pebal build-engine
         try:
             _spec_info(info, ExportSpec.from_metadata(meta["model"]), "engine sidecar")
+            # the builder's precision, not the graph's: an FP32 graph builds FP16 or INT8 engines
+            info.precision = str(meta["precision"]) if meta.get("precision") else None
             return
         except ValueError:
             pass
@@ -211,3 +215,4 @@ def _engine_info(info: ModelInfo) -> None:
         info.stored["threshold"] = float(meta["threshold"])
     info.stored_source = "engine sidecar"
     info.baked = ("channel_order",)
+    info.precision = str(meta["precision"]) if meta.get("precision") else None

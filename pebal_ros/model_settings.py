@@ -9,7 +9,7 @@ smoothing and threshold everywhere. Layers, lowest to highest priority:
    ``ExportSpec`` metadata, an engine's sidecar; for the bundled model, its preset;
 3. the model's calibration record (``pebal calibrate``; threshold only);
 4. the user's files: ``--preset``, ``--config``, a params file;
-5. explicit overrides: ``--set``, dedicated flags (``--threshold``), node parameters.
+5. explicit overrides: ``--set``, dedicated flags (``--threshold``, ``--precision``), node parameters.
 
 Only the keys a layer actually sets are applied: a preset or ``--set`` changes what it names and
 nothing else (a ``--set inference.threshold`` once replaced the bundled model's whole preset).
@@ -17,6 +17,11 @@ nothing else (a ``--set inference.threshold`` once replaced the bundled model's 
 An ONNX graph or engine has its input size, channel order, normalisation and smoothing baked in.
 A file layer (preset, config, params file) naming a different value is ignored with a warning; an
 explicit override is refused (re-export instead). Threshold and ``min_region_area`` are free.
+
+The ``runtime`` section (precision, CUDA graph, torch.compile, threads: how the backend runs, not
+what it computes) layers the same way and is checked against the chosen backend and device
+(:func:`validate_runtime`): a combination that cannot work is a SettingsError naming the setting
+and where it came from, never silently dropped.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from .config import Config, InferenceConfig, from_dict, to_dict
+from .config import Config, InferenceConfig, RuntimeConfig, from_dict, to_dict
 from .model_info import (BAKED_FIELDS, BUNDLED_CALIBRATED, KINDS, ModelFileError, ModelInfo,  # noqa: F401
                          model_format, read_model_info, sub_mapping)
 
@@ -71,6 +76,11 @@ class ModelSettings:
     def threshold(self) -> float:
         return float(self.config.inference.threshold)
 
+    @property
+    def options(self) -> RuntimeConfig:
+        """The ``runtime`` section: how the backend runs (``self.runtime`` names the backend)."""
+        return self.config.runtime
+
     def source(self, name: str) -> str:
         return self.sources.get(name, "default")
 
@@ -81,7 +91,14 @@ class ModelSettings:
         return (f"model {self.info.summary()}; running {size} ({self.source('input_size')}), "
                 f"{inf.channel_order}, threshold {inf.threshold:.4g} ({self.source('threshold')}"
                 f"{'' if self.threshold_calibrated else ', NOT calibrated for this model'}), "
-                f"runtime {self.runtime} on {self.device}")
+                f"runtime {self.runtime} on {self.device}{self._options_summary()}")
+
+    def _options_summary(self) -> str:
+        """The runtime options someone set (the defaults say nothing), each with its origin."""
+        default = RuntimeConfig()
+        set_ = [f"{f.name} {getattr(self.options, f.name)} ({self.source('runtime.' + f.name)})"
+                for f in fields(RuntimeConfig) if getattr(self.options, f.name) != getattr(default, f.name)]
+        return f" [{', '.join(set_)}]" if set_ else ""
 
     def as_key_values(self) -> list[tuple[str, str]]:
         """(key, value) pairs for /diagnostics and reports: each setting and its origin."""
@@ -95,6 +112,9 @@ class ModelSettings:
             if isinstance(value, tuple):
                 value = "x".join(str(v) for v in value) if f.name == "input_size" else list(value)
             kv.append((f"setting_{f.name}", f"{value} ({self.source(f.name)})"))
+        for f in fields(RuntimeConfig):
+            kv.append((f"setting_runtime_{f.name}", f"{getattr(self.options, f.name)} "
+                                                    f"({self.source('runtime.' + f.name)})"))
         for i, w in enumerate(self.warnings):
             kv.append((f"settings_warning_{i}", w))
         return kv
@@ -149,8 +169,29 @@ def parse_set(text: str) -> dict[str, Any]:
     return out
 
 
+RUNTIME_FLAGS = ("precision", "cuda_graph", "compile", "threads")
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser, threads: bool = True) -> None:
+    """``--precision/--cuda-graph/--compile/--threads``: the ``runtime`` section as flags, read back by
+    :func:`cli_layers` (``threads=False``: the command declares its own ``--threads``)."""
+    p.add_argument("--precision", choices=RuntimeConfig.PRECISIONS, default=None,
+                   help="network precision: auto (FP16 for PyTorch on CUDA, else the model file's own), fp32 "
+                        "or fp16; an .onnx/.engine has its precision baked in (= runtime.precision)")
+    p.add_argument("--cuda-graph", choices=RuntimeConfig.SWITCHES, default=None,
+                   help="capture the whole step in a CUDA graph: auto (on for PyTorch on CUDA, off for ONNX "
+                        "Runtime), on (needs CUDA) or off (= runtime.cuda_graph)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the PyTorch model (minutes at start-up; --runtime torch only) "
+                        "(= runtime.compile)")
+    if threads:
+        p.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="ONNX Runtime intra-op threads (default: all cores) (= runtime.threads)")
+
+
 def cli_layers(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> list[Layer]:
-    """The layers a command line gives: --preset < --config < --set < dedicated flags."""
+    """The layers a command line gives: --preset < --config < --set < dedicated flags (``flags``:
+    inference values; the runtime flags of :func:`add_runtime_arguments` are read from ``args``)."""
     layers = []
     if getattr(args, "preset", None):
         layers.append(Layer(f"preset {args.preset}", preset_values(args.preset), explicit=False,
@@ -159,10 +200,15 @@ def cli_layers(args: argparse.Namespace, flags: dict[str, Any] | None = None) ->
         layers.append(Layer(f"config {args.config}", _read_yaml(Path(args.config), "--config"), explicit=False))
     for text in getattr(args, "overrides", None) or []:
         layers.append(Layer("--set", parse_set(text)))
-    if flags:
-        vals = {k: v for k, v in flags.items() if v is not None}
-        if vals:
-            layers.append(Layer("command-line flag", {"inference": vals}))
+    values: dict[str, Any] = {}
+    inference = {k: v for k, v in (flags or {}).items() if v is not None}
+    if inference:
+        values["inference"] = inference
+    runtime = {k: getattr(args, k) for k in RUNTIME_FLAGS if getattr(args, k, None) is not None}
+    if runtime:
+        values["runtime"] = runtime
+    if values:
+        layers.append(Layer("command-line flag", values))
     return layers
 
 
@@ -196,6 +242,64 @@ def validate_inference(inf: InferenceConfig) -> list[str]:
     if inf.min_region_area < 1:
         problems.append(f"inference.min_region_area must be at least 1 pixel, got {inf.min_region_area}")
     return problems
+
+
+def validate_runtime(opts: RuntimeConfig, kind: str, device: str, info: ModelInfo,
+                     sources: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the runtime options for backend ``kind`` on ``device``.
+
+    What cannot work is a problem (a SettingsError): a GPU-only option on ``device=cpu``, an
+    option of another backend (torch.compile under ONNX Runtime), a precision other than the one an
+    .onnx/.engine was exported/built with (re-export instead). An option that merely has no effect
+    (threads outside ONNX Runtime) is a warning."""
+    def named(key: str) -> str:
+        return f"runtime.{key}={getattr(opts, key)} ({sources.get('runtime.' + key, 'default')})"
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    if opts.precision not in RuntimeConfig.PRECISIONS:
+        problems.append(f"runtime.precision must be one of {', '.join(RuntimeConfig.PRECISIONS)}, "
+                        f"got {opts.precision!r}")
+    if opts.cuda_graph not in RuntimeConfig.SWITCHES:
+        problems.append(f"runtime.cuda_graph must be one of {', '.join(RuntimeConfig.SWITCHES)}, "
+                        f"got {opts.cuda_graph!r}")
+    if opts.threads < 0:
+        problems.append(f"runtime.threads must be 0 (the library's default) or a number of threads, "
+                        f"got {opts.threads}")
+    if problems:
+        return problems, warnings
+    baked = info.format in ("onnx", "engine")
+    if opts.precision != "auto" and baked:
+        how = ("re-export it (pebal export" + (" --half)" if opts.precision == "fp16" else " without --half)")
+               if info.format == "onnx" else f"rebuild it (pebal build-engine --precision {opts.precision})")
+        if info.precision is None:
+            warnings.append(f"{named('precision')}: {info.path.name} does not record its precision; it runs "
+                            "with whatever it was built with")
+        elif info.precision != opts.precision:
+            problems.append(f"{named('precision')}, but {info.path.name} has its network in "
+                            f"{info.precision.upper()}, baked in when it was made ({info.stored_source}): "
+                            f"{how}, or leave runtime.precision at auto")
+    elif opts.precision == "fp16" and device == "cpu":
+        problems.append(f"{named('precision')} needs a CUDA device, but the device is cpu (FP16 is a GPU "
+                        "setting): use device cuda or auto, or precision auto/fp32")
+    if opts.cuda_graph == "on":
+        if device == "cpu":
+            problems.append(f"{named('cuda_graph')} needs a CUDA device, but the device is cpu: use device "
+                            "cuda or auto, or cuda_graph auto/off")
+        elif kind == "tensorrt":
+            problems.append(f"{named('cuda_graph')} is an option of the torch and onnxruntime runtimes; "
+                            "the TensorRT runtime runs its engine as built: leave cuda_graph at auto")
+        elif kind == "onnxruntime" and info.format == "onnx" and info.input_size is None:
+            problems.append(f"{named('cuda_graph')} needs a static-size export; {info.path.name} has "
+                            "dynamic height/width: export one graph per camera size")
+    if opts.compile and kind != "torch":
+        problems.append(f"{named('compile')} is torch.compile, an option of the torch runtime; the {kind} "
+                        "runtime runs a compiled graph already: use --runtime torch with a .pt, or "
+                        "compile false")
+    if opts.threads and kind != "onnxruntime":
+        warnings.append(f"{named('threads')} sets ONNX Runtime's thread pool; the {kind} runtime does not "
+                        "use it (ignored)")
+    return problems, warnings
 
 
 def _merge(data: dict[str, Any], layer: dict[str, Any]) -> None:
@@ -244,6 +348,7 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
     data = to_dict(Config())
     sources: dict[str, str] = {}
     inf_fields = {f.name for f in fields(InferenceConfig)}
+    rt_fields = {f.name for f in fields(RuntimeConfig)}
     warnings: list[str] = []
     vouched = False
     calibrated = False
@@ -264,6 +369,9 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
                 sources[key] = layer.source
                 if key == "threshold":
                     vouched, calibrated = layer.vouches_threshold, False
+        for key in sub_mapping(values, "runtime"):
+            if key in rt_fields:
+                sources[f"runtime.{key}"] = layer.source
         rest = dict(values)
         if inference:
             rest["inference"] = {k: v for k, v in inference.items()
@@ -306,6 +414,11 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
     # 4./5. the user's
     for layer in layers:
         apply(layer)
+    if not isinstance(data.get("runtime"), dict):
+        # `--set runtime=torch` reads like choosing the backend, which is --runtime / the runtime parameter
+        raise SettingsError(f"runtime is the section of the runtime options (runtime.precision, "
+                            f"runtime.cuda_graph, runtime.compile, runtime.threads), got {data.get('runtime')!r}; "
+                            "choose the backend with --runtime (node: the runtime parameter)")
     try:
         config: Config = from_dict(data)
     except (ValueError, TypeError) as exc:
@@ -315,6 +428,10 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
         raise SettingsError("invalid model settings: " + "; ".join(problems))
     config.model = str(path)
     kind = resolve_runtime(path, runtime, bundled_default=not model)
+    problems, rt_warnings = validate_runtime(config.runtime, kind, device, info, sources)
+    if problems:
+        raise SettingsError("invalid runtime settings: " + "; ".join(problems))
+    warnings.extend(rt_warnings)
     if cal is not None and cal.input_size is not None and tuple(cal.input_size) != tuple(config.inference.input_size):
         warnings.append(f"the calibration in {cal_path} was made at {cal.input_size[0]}x{cal.input_size[1]}, "
                         f"the model now runs at {config.inference.input_size[0]}x{config.inference.input_size[1]}: "

@@ -7,6 +7,7 @@ import pytest
 
 from pebal_ros.node.launch_utils import (
     Camera,
+    batched_remappings,
     camera_info_topic,
     input_remapping,
     output_topic,
@@ -40,6 +41,20 @@ def test_topics():
     assert output_topic("/car/front/", "status") == "/car/front/pebal/status"
     with pytest.raises(ValueError):
         output_topic("", "heatmap")
+
+
+def test_one_node_for_several_cameras_keeps_their_topics():
+    cams = parse_cameras("l:/x/img,r:/y/image_raw", namespace="car")
+    names, remaps = batched_remappings(cams, "car", compressed=True, use_camera_info=True)
+    assert names == ["l", "r"]
+    assert remaps == [("l/image/compressed", "/x/img/compressed"), ("l/camera_info", "/x/camera_info"),
+                      ("r/image/compressed", "/y/image_raw/compressed"), ("r/camera_info", "/y/camera_info")]
+    # the node in /car publishes l/pebal/... = /car/l/pebal/..., where one node per camera would
+    assert [output_topic(f"car/{n}", "status") for n in names] == [output_topic(c.namespace, "status") for c in cams]
+    names, remaps = batched_remappings(parse_cameras("front,rear"), "", compressed=False, use_camera_info=False)
+    assert names == ["front", "rear"] and remaps == [("front/image", "/front/image_raw"), ("rear/image", "/rear/image_raw")]
+    with pytest.raises(ValueError, match="not inside"):
+        batched_remappings([Camera("other/front", "/a")], "car", False, False)
 
 
 def test_rviz_config_rewrite():

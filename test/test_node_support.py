@@ -13,7 +13,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from pebal_ros.node.camera_info import CameraInfoScaleError, camera_info_for_output, scaled_intrinsics
 from pebal_ros.node.params import DEFAULT_THRESHOLD, PARAMS, defaults, pipeline_config, validate
-from pebal_ros.node.worker import LatestFrameSlot, RunningStats, diagnostic_values
+from pebal_ros.node.worker import LatestFrames, RunningStats, SlotCounts, diagnostic_values
 from pebal_ros.pipeline.messages import OUTPUT_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +43,10 @@ def test_defaults_are_valid_and_match_yaml():
     ("max_regions", 2.5, "must be a integer"),
     ("input_encoding_override", "8UC3", "not a supported encoding"),
     ("overlay_boxes", 1, "must be a bool"),
+    ("cameras", [], "at least one"),
+    ("cameras", ["front", "/front/"], "twice"),
+    ("cameras", ["front", "rear-left"], "invalid namespace"),
+    ("cameras", "front", "must be a string array"),
 ])
 def test_bad_values_rejected_with_reason(name, value, reason):
     msg = validate(name, value)
@@ -56,6 +60,7 @@ def test_good_values_and_foreign_params():
     assert validate("outputs", ["status"]) is None
     assert validate("outputs", []) is None
     assert validate("use_sim_time", True) is None     # not ours
+    assert validate("cameras", ["front", "vehicle/rear"]) is None
 
 
 def test_pipeline_config_from_params():
@@ -71,7 +76,8 @@ def test_pipeline_config_from_params():
 
 def test_read_only_parameters_are_the_startup_ones():
     ro = {n for n, s in PARAMS.items() if s.read_only}
-    assert ro == {"input_type", "use_camera_info", "input_qos", "output_qos", "qos_depth", "diagnostics_period"}
+    assert ro == {"input_type", "use_camera_info", "cameras", "input_qos", "output_qos", "qos_depth",
+                  "diagnostics_period"}
     for spec in PARAMS.values():
         assert len(spec.description) > 20
 
@@ -79,45 +85,63 @@ def test_read_only_parameters_are_the_startup_ones():
 # --- latest-frame slot -------------------------------------------------------------------------
 
 def test_slot_keeps_only_the_newest_and_counts_drops():
-    slot = LatestFrameSlot()
-    assert slot.put("a", 1.0) is True
-    assert slot.put("b", 2.0) is False     # "a" never taken: dropped
-    assert slot.put("c", 3.0) is False
-    assert slot.take(0) == ("c", 3.0)
-    assert slot.take(0.01) is None
-    assert (slot.received, slot.dropped) == (3, 2)
+    slot = LatestFrames()
+    assert slot.put("", "a", 1.0) is True
+    assert slot.put("", "b", 2.0) is False     # "a" never taken: dropped
+    assert slot.put("", "c", 3.0) is False
+    assert slot.take_all(0) == [("", "c", 3.0)]
+    assert slot.take_all(0.01) == []
+    assert slot.counts() == SlotCounts(received=3, dropped=2)
 
 
 def test_slot_with_a_slow_worker_never_backs_up():
-    slot = LatestFrameSlot()
+    slot = LatestFrames()
     seen: list[int] = []
 
     def worker():
         while True:
-            item = slot.take(1.0)
-            if item is None:
+            items = slot.take_all(1.0)
+            if not items:
                 return
-            seen.append(item[0])
-            time.sleep(0.02)   # "inference" slower than the camera
+            seen.append(items[0][1])
+            time.sleep(0.01)
 
     t = threading.Thread(target=worker)
     t.start()
     for i in range(50):
-        slot.put(i)
-        time.sleep(0.002)
-    time.sleep(0.1)
+        slot.put("", i)
+        time.sleep(0.001)
+    time.sleep(0.05)
     slot.close()
     t.join(2)
     assert not t.is_alive()
     assert seen == sorted(seen) and seen[-1] == 49          # in order, and the newest frame was processed
-    assert len(seen) + slot.dropped == 50 and slot.dropped > 20
+    assert len(seen) + slot.counts().dropped == 50 and slot.counts().dropped > 20
+
+
+def test_several_cameras_are_taken_together_newest_each():
+    frames = LatestFrames(["front", "rear", "left"])
+    frames.put("rear", "r1", 1.0)
+    frames.put("front", "f1", 2.0)
+    frames.put("rear", "r2", 3.0)                            # r1 dropped
+    assert frames.take_all(0) == [("front", "f1", 2.0), ("rear", "r2", 3.0)]   # camera order, left had none
+    assert frames.counts("rear") == SlotCounts(2, 1) and frames.counts("left") == SlotCounts(0, 0)
+    got: list = []
+    t = threading.Thread(target=lambda: got.extend(frames.take_all(5.0)))
+    t.start()
+    time.sleep(0.05)
+    frames.put("left", "l1", 4.0)                            # wakes the waiting worker
+    t.join(2)
+    assert got == [("left", "l1", 4.0)]
+    with pytest.raises(ValueError, match="distinct"):
+        LatestFrames(["a", "a"])
 
 
 # --- statistics ------------------------------------------------------------------------------
 
 def test_running_stats_percentiles_and_rate():
     stats = RunningStats(window=100)
-    slot = LatestFrameSlot()
+    slot = SlotCounts(101, 0)
     for i in range(101):   # 101 frames at 20 Hz; the window keeps the last 100
         stats.record(e2e_ms=float(i), inference_ms=float(i) / 2, now=100.0 + i * 0.05)
     stats.record_bad("unsupported encoding")
@@ -129,6 +153,27 @@ def test_running_stats_percentiles_and_rate():
     assert kv["frames_processed"] == "101" and kv["frames_bad"] == "1" and kv["runtime_name"] == "onnxruntime"
     assert kv["last_error"] == "unsupported encoding" and kv["rate_hz"] == "20.00"
     assert stats.snapshot(slot, now=200.0).rate_hz == 0.0     # nothing recent
+
+
+
+def test_running_stats_report_the_non_inference_work_by_stage():
+    stats = RunningStats(window=10)
+    rng = np.random.default_rng(0)
+    rows = [{"decode": float(a), "encode": float(b), "publish": float(c)} for a, b, c in rng.uniform(0, 5, (15, 3))]
+    for i, st in enumerate(rows):
+        stats.record(e2e_ms=30.0, inference_ms=20.0 + i, stages=st, now=float(i))
+    snap = stats.snapshot(SlotCounts(15, 0), now=15.0)
+    last = rows[-10:]                                       # the window
+    for k in ("decode", "encode", "publish"):
+        assert snap.stages_ms[k] == pytest.approx(np.median([r[k] for r in last]))
+    assert snap.non_inference_ms == pytest.approx(np.median([sum(r.values()) for r in last]))
+    kv = dict(diagnostic_values(snap, {}))
+    assert float(kv["stage_publish_ms_p50"]) == pytest.approx(snap.stages_ms["publish"], abs=0.01)
+    share = snap.non_inference_ms / np.percentile(np.arange(25, 35, dtype=float), 50)
+    assert float(kv["non_inference_share"]) == pytest.approx(share, abs=1e-3)
+    assert "non_inference_share" not in dict(diagnostic_values(RunningStats().snapshot(SlotCounts(0, 0)), {}))
+    stats.record(30.0, 20.0, batch=3)
+    assert stats.snapshot(SlotCounts(16, 0)).frames_per_inference == pytest.approx((9 * 1 + 3) / 10)
 
 
 # --- CameraInfo ------------------------------------------------------------------------------

@@ -278,3 +278,27 @@ def test_cuda_fast_path_batch_matches_and_repeats(net, factory):
             for a, b in zip(first, four):       # a mixed-up buffer would be off by whole units
                 np.testing.assert_allclose(a.score, b.score, atol=1e-4)
     assert spy.batches == [4, 2] * 3
+
+
+def test_emit_per_camera_status_first_and_a_failing_publisher_costs_only_its_camera(net, factory):
+    """The node publishes each camera's outputs from its own ``emit``: the status first, only that
+    camera's messages, and a camera whose publishing fails does not lose the others their results."""
+    rt = TorchRuntime(net, device="cpu", input_size=(H, W))
+    pipe = FramePipeline(rt, PipelineConfig(threshold=THR), factory)
+    msgs = _msgs(factory, _frames([(H, W), (2 * H, 2 * W), (H, W)], seed=3))
+    seen: list[list[tuple[str, object]]] = [[], [], []]
+
+    def failing(name, m):
+        raise RuntimeError("publisher destroyed")
+
+    emits = [lambda n, m: seen[0].append((n, m)), failing, lambda n, m: seen[2].append((n, m))]
+    res = pipe.process_batch(msgs, outputs=[ALL, ALL, ["status", "anomaly_mask"]], emit=emits)
+    assert isinstance(res[1], RuntimeError) and "publisher destroyed" in str(res[1])
+    assert [n for n, _ in seen[0]][0] == "status" and sorted(n for n, _ in seen[0]) == sorted(ALL)
+    assert [n for n, _ in seen[2]] == ["status", "anomaly_mask"]
+    for k in (0, 2):
+        assert all(res[k].messages[n] is m for n, m in seen[k])
+        assert res[k].messages["status"].header.frame_id == f"cam{k}"
+        assert res[k].timings["batch"] == 3.0          # the failing camera still shared the inference
+    with pytest.raises(ValueError, match="emit has 1 entries for 3"):
+        pipe.process_batch(msgs, emit=[None])

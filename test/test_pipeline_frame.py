@@ -291,3 +291,50 @@ def test_encoding_override(factory):
     np.testing.assert_array_equal(pipe.process(msg).outputs.semantic, reference_semantic(scene))
     with pytest.raises(ValueError, match="encoding_override"):
         PipelineConfig(encoding_override="8UC3").validate()
+
+
+@pytest.mark.parametrize("camera", [(48, 96), (50, 97), (24, 48)])
+def test_semantic_colour_equals_the_palette_of_the_published_ids(factory, camera):
+    """Colours are looked up at network resolution and upsampled nearest-neighbour (16x fewer lookups
+    at 4x upsampling): this must equal the palette applied to the published semantic ids exactly,
+    whatever the scale (also non-integer)."""
+    h, w = camera
+    rt = PaletteRuntime(input_size=(24, 48))
+    pipe = FramePipeline(rt, PipelineConfig(threshold=0.0), factory)
+    res = pipe.process(image_msg(factory, make_scene(h, w, blob=(h // 3, w // 3, 8, 12))))
+    sem, _ = image_view(res.messages["semantic"])
+    colour, _ = image_view(res.messages["semantic_color"])
+    np.testing.assert_array_equal(colour, PALETTE[sem])      # independent: numpy gather on the ids
+    assert len(np.unique(sem)) > 2
+
+
+def test_emit_gets_the_status_first_then_each_image(factory):
+    """The node publishes from ``emit``: the status must not wait for the images, and every message
+    emitted is the one returned."""
+    rt = PaletteRuntime(input_size=(24, 48))
+    pipe = FramePipeline(rt, PipelineConfig(threshold=0.0, min_region_area=20), factory)
+    seen: list[tuple[str, object, float]] = []
+    res = pipe.process(image_msg(factory, make_scene(48, 96, blob=(20, 30, 10, 16))),
+                       emit=lambda name, m: (seen.append((name, m, time.perf_counter())), time.sleep(0.002)))
+    assert [n for n, _, _ in seen][0] == "status"
+    assert sorted(n for n, _, _ in seen) == sorted(OUTPUT_NAMES)
+    assert all(res.messages[n] is m for n, m, _ in seen)
+    # time spent inside emit is reported as publishing, not as encoding
+    assert res.timings["publish"] >= 2.0 * len(OUTPUT_NAMES) * 0.9
+    assert res.timings["encode"] + res.timings["publish"] <= res.timings["total"]
+    # the status' own latency ends before the images were built
+    assert res.status.end_to_end_latency_ms < res.timings["end_to_end"]
+    only = pipe.process(image_msg(factory, make_scene(48, 96)), outputs=["anomaly_mask"], emit=lambda n, m: None)
+    assert set(only.messages) == {"anomaly_mask"} and only.status.end_to_end_latency_ms > 0
+
+
+def test_fresh_arrays_are_kept_not_copied_where_the_library_allows(factory):
+    arr = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    kept = factory.image(factory.header(), arr, "mono8", fresh=True)
+    assert np.shares_memory(kept.data, arr)                     # rosbags holds numpy arrays: no copy
+    assert not np.shares_memory(factory.image(factory.header(), arr, "mono8").data, arr)
+    ro = arr.copy()
+    ro.flags.writeable = False                                  # e.g. a view of received bytes
+    assert not np.shares_memory(factory.image(factory.header(), ro, "mono8", fresh=True).data, ro)
+    copies = MessageFactory(factory.types, lambda a: bytes(a), "bytes-only")
+    assert copies.image(copies.header(), arr, "mono8", fresh=True).data == arr.tobytes()

@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model (.onnx/.pt/.pth/.engine); default: the bundled model")
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    from ..model_settings import add_runtime_arguments
+    add_runtime_arguments(p)
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help="network input size of a .pt/.pth checkpoint (default: its config's); the "
                    "threshold holds for this size only")

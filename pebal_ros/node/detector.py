@@ -5,24 +5,32 @@ Subscribes to ``image`` (sensor_msgs/Image) or ``image/compressed`` (CompressedI
 ``pebal/anomaly_mask``, ``pebal/overlay``, ``pebal/status`` (pebal_msgs/PebalStatus) and
 ``pebal/camera_info`` with the input header, plus ``/diagnostics``.
 
-Threading: the subscription callback only puts the frame into a one-deep slot; a worker thread
-takes the newest frame, runs the shared ``FramePipeline`` and publishes. Frames replaced in the
-slot before the worker took them are counted as dropped, so inference never builds a backlog.
+With the ``cameras`` parameter (e.g. ``[front, rear]``) one node serves several cameras: it
+subscribes ``<camera>/image`` and publishes ``<camera>/pebal/...`` for each, and runs the newest
+frame of every camera in one batched inference per tick where the runtime has a batch dimension.
+
+Threading: the subscription callbacks only put the frame into a one-deep mailbox per camera; a
+worker thread takes the newest frame of each camera, runs the shared ``FramePipeline`` and
+publishes. Frames replaced before the worker took them are counted as dropped, so inference never
+builds a backlog.
 
     ros2 run pebal_ros detector_node --ros-args -r image:=/camera/image_raw -p model:=/path/model.onnx
 """
 from __future__ import annotations
 
 import array
+import functools
 import os
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from pebal_msgs.msg import PebalStatus  # type: ignore[import-not-found]
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -33,12 +41,13 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 
 from ..pipeline.convert import FrameError
 from ..pipeline.frame import FramePipeline, RuntimeOutputError
-from ..pipeline.messages import OUTPUT_NAMES, MessageFactory
+from ..pipeline.messages import OUTPUT_NAMES
 from ..paths import bundled_model
 from ..runtime.base import Runtime
 from .camera_info import CameraInfoScaleError, camera_info_for_output
 from .params import PARAMS, ParamSpec, pipeline_config, resolve_node_settings, validate
-from .worker import LatestFrameSlot, RunningStats, diagnostic_values
+from .wire import Wire
+from .worker import LatestFrames, RunningStats, diagnostic_values
 
 OUTPUT_NAMESPACE = "pebal"
 PACKAGE = "pebal_ros"
@@ -75,6 +84,19 @@ def default_model_path() -> str:
         return ""
 
 
+@dataclass
+class CameraChannel:
+    """One camera the node serves: its topics' publishers, latest CameraInfo and statistics."""
+    name: str                                   # "" (the node's own topics) or a relative namespace
+    pubs: dict[str, Publisher] = field(default_factory=dict)
+    info_pub: Publisher | None = None
+    camera_info: CameraInfo | None = None
+    stats: RunningStats = field(default_factory=RunningStats)
+
+    def topic(self, relative: str) -> str:
+        return f"{self.name}/{relative}" if self.name else relative
+
+
 class PebalDetector(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("pebal_detector", **kwargs)
@@ -86,14 +108,17 @@ class PebalDetector(Node):
                 raise ValueError(f"parameter {reason}")
             self._values[name] = float(value) if isinstance(spec.default, float) else value
 
-        self.factory = MessageFactory.for_rclpy()
-        self.slot = LatestFrameSlot()
-        self.stats = RunningStats()
+        # Frames arrive and outputs leave as serialized bytes, handled with rosbags' message classes
+        # (the same as replay); rclpy's classes only name the topics' types.
+        self.wire = Wire(compressed_input=self._values["input_type"] == "compressed")
+        self.factory = self.wire.factory
+        self._topic_types = {name: PebalStatus if name == "status" else Image for name in OUTPUT_NAMES}
+        self.cameras = [CameraChannel(str(c).strip("/")) for c in self._values["cameras"]]
+        self.frames = LatestFrames([c.name for c in self.cameras])
         self._lock = threading.Lock()   # guards pipeline / publisher swaps against the worker
         self._pipeline: FramePipeline | None = None
         self._runtime_info: dict[str, Any] = {}
         self._model_error = ""
-        self._camera_info: CameraInfo | None = None
         self._model_threshold: float | None = None
         self._settings: Any = None          # pebal_ros.model_settings.ModelSettings in use
         self._warned: set[str] = set()
@@ -109,27 +134,31 @@ class PebalDetector(Node):
 
         depth = int(self._values["qos_depth"])
         self._out_qos = make_qos(str(self._values["output_qos"]), depth)
-        self._pubs: dict[str, Publisher] = {}
         self._update_publishers(list(self._values["outputs"]))
-        self._info_pub: Publisher | None = None
         in_qos = make_qos(str(self._values["input_qos"]), max(depth, 1))
-        if self._values["input_type"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, in_qos)
-        else:
-            self.create_subscription(Image, "image", self._on_image, in_qos)
-        if self._values["use_camera_info"]:
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, in_qos)
-            self._info_pub = self.create_publisher(CameraInfo, f"{OUTPUT_NAMESPACE}/camera_info", self._out_qos)
+        compressed = self._values["input_type"] == "compressed"
+        for cam in self.cameras:
+            on_image = functools.partial(self._on_image, cam.name)
+            if compressed:
+                self.create_subscription(CompressedImage, cam.topic("image/compressed"), on_image, in_qos, raw=True)
+            else:
+                self.create_subscription(Image, cam.topic("image"), on_image, in_qos, raw=True)
+            if self._values["use_camera_info"]:
+                self.create_subscription(CameraInfo, cam.topic("camera_info"),
+                                         functools.partial(self._on_camera_info, cam), in_qos)
+                cam.info_pub = self.create_publisher(CameraInfo, cam.topic(f"{OUTPUT_NAMESPACE}/camera_info"),
+                                                     self._out_qos)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(float(self._values["diagnostics_period"]), self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._worker = threading.Thread(target=self._work, name="pebal_worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(
-            f"pebal detector ready: input {self._values['input_type']} on "
-            f"{self.resolve_topic_name('image' if self._values['input_type'] == 'raw' else 'image/compressed')}, "
-            f"outputs under {self.resolve_topic_name(OUTPUT_NAMESPACE)}, runtime {self._runtime_info or 'none'}")
+        inputs = ", ".join(self.resolve_topic_name(c.topic("image/compressed" if compressed else "image"))
+                           for c in self.cameras)
+        outputs = ", ".join(self.resolve_topic_name(c.topic(OUTPUT_NAMESPACE)) for c in self.cameras)
+        self.get_logger().info(f"pebal detector ready: input {self._values['input_type']} on {inputs}, outputs "
+                               f"under {outputs}, runtime {self._runtime_info or 'none'}")
 
     # -- model / parameters -------------------------------------------------------------------
     def _build_pipeline(self, values: dict[str, Any], settings: Any = None) -> tuple[FramePipeline, dict[str, Any], Any]:
@@ -168,7 +197,8 @@ class PebalDetector(Node):
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             new[p.name] = float(p.value) if isinstance(PARAMS[p.name].default, float) else p.value
-        reload = (any(new[k] != self._values[k] for k in ("model", "runtime", "device", "input_size"))
+        reload = (any(new[k] != self._values[k] for k in ("model", "runtime", "device", "input_size", "precision",
+                                                          "cuda_graph", "compile", "threads"))
                   or self._pipeline is None or self._settings is None)
         settings = self._settings
         if not reload and any(new[k] != self._values[k] for k in ("threshold", "min_region_area")):
@@ -199,71 +229,106 @@ class PebalDetector(Node):
         return SetParametersResult(successful=True)
 
     def _update_publishers(self, outputs: list[str]) -> None:
-        for name in OUTPUT_NAMES:
-            if name in outputs and name not in self._pubs:
-                msg_type = self.factory.types[
-                    "pebal_msgs/msg/PebalStatus" if name == "status" else "sensor_msgs/msg/Image"]
-                self._pubs[name] = self.create_publisher(msg_type, f"{OUTPUT_NAMESPACE}/{name}", self._out_qos)
-            elif name not in outputs and name in self._pubs:
-                self.destroy_publisher(self._pubs.pop(name))
+        for cam in self.cameras:
+            for name in OUTPUT_NAMES:
+                if name in outputs and name not in cam.pubs:
+                    cam.pubs[name] = self.create_publisher(self._topic_types[name],
+                                                           cam.topic(f"{OUTPUT_NAMESPACE}/{name}"), self._out_qos)
+                elif name not in outputs and name in cam.pubs:
+                    self.destroy_publisher(cam.pubs.pop(name))
 
-    # -- callbacks ----------------------------------------------------------------------------
-    def _on_image(self, msg: Any) -> None:
-        self.slot.put(msg, time.perf_counter())
+    # -- callbacks: only hand over, never work (the executor must keep up with every camera) ----
+    def _on_image(self, camera: str, raw: bytes) -> None:
+        self.frames.put(camera, raw, time.perf_counter())
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+    def _on_camera_info(self, cam: CameraChannel, msg: CameraInfo) -> None:
+        cam.camera_info = msg
 
+    # -- the worker ---------------------------------------------------------------------------
     def _work(self) -> None:
-        while rclpy.ok() and not self.slot.closed:
-            item = self.slot.take(timeout=0.5)
-            if item is None:
-                continue
-            msg, received_at = item
-            with self._lock:
-                pipeline = self._pipeline
-                pubs = dict(self._pubs)
-            if pipeline is None:
-                self.stats.record_failure(f"no model loaded: {self._model_error}")
-                self.get_logger().error(f"frame skipped, no model loaded: {self._model_error}",
-                                        throttle_duration_sec=float(self._values["warn_throttle_s"]))
-                continue
-            wanted = [name for name, pub in pubs.items() if pub.get_subscription_count() > 0]
-            info_pub = self._info_pub
-            want_info = info_pub is not None and info_pub.get_subscription_count() > 0
-            if not wanted and not want_info and self._values["idle_without_subscribers"]:
-                self.stats.record_idle()
-                continue
-            try:
-                result = pipeline.process(msg, outputs=wanted, received_at=received_at)
-            except FrameError as exc:
-                self.stats.record_bad(str(exc))
-                self.get_logger().warning(f"bad frame skipped: {exc}",
-                                          throttle_duration_sec=float(self._values["warn_throttle_s"]))
-                continue
-            except RuntimeOutputError as exc:
-                self.stats.record_failure(str(exc))
-                self.get_logger().error(str(exc), throttle_duration_sec=float(self._values["warn_throttle_s"]))
-                continue
-            except Exception as exc:  # noqa: BLE001 - keep serving the next frame whatever happened
-                self.stats.record_failure(f"{type(exc).__name__}: {exc}")
-                self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=float(self._values["warn_throttle_s"]))
-                continue
-            try:
-                for name, out in result.messages.items():
-                    pubs[name].publish(out)
-                if want_info and info_pub is not None:
-                    self._publish_camera_info(info_pub, result.header, result.outputs.mask.shape)
-            except Exception as exc:  # noqa: BLE001 - e.g. a publisher destroyed by a parameter change
-                self.stats.record_failure(f"publish failed: {exc}")
-                self.get_logger().error(f"publish failed: {exc}", throttle_duration_sec=5.0)
-                continue
-            self.stats.record(result.timings["end_to_end"], result.timings["inference"])
+        while rclpy.ok() and not self.frames.closed:
+            items = self.frames.take_all(timeout=0.5)
+            if items:
+                self._tick(items)
 
-    def _publish_camera_info(self, pub: Publisher, header: Any, shape: tuple[int, ...]) -> None:
-        info = self._camera_info
-        if info is None:
+    def _tick(self, items: list[tuple[str, bytes, float]]) -> None:
+        """The newest frame of each camera that sent one: one (batched) inference, then publish."""
+        throttle = float(self._values["warn_throttle_s"])
+        with self._lock:
+            pipeline = self._pipeline
+            pubs = {c.name: dict(c.pubs) for c in self.cameras}
+        by_name = {c.name: c for c in self.cameras}
+        jobs: list[tuple[CameraChannel, Any, float, list[str], bool, float]] = []
+        for name, raw, received_at in items:
+            cam = by_name[name]
+            if pipeline is None:
+                cam.stats.record_failure(f"no model loaded: {self._model_error}")
+                self.get_logger().error(f"frame skipped, no model loaded: {self._model_error}",
+                                        throttle_duration_sec=throttle)
+                continue
+            wanted = [n for n, pub in pubs[name].items() if pub.get_subscription_count() > 0]
+            want_info = cam.info_pub is not None and cam.info_pub.get_subscription_count() > 0
+            if not wanted and not want_info and self._values["idle_without_subscribers"]:
+                cam.stats.record_idle()
+                continue
+            try:
+                t0 = time.perf_counter()
+                msg = self.wire.take(raw)
+            except FrameError as exc:
+                self._frame_failed(cam, exc)
+                continue
+            jobs.append((cam, msg, received_at, wanted, want_info, (time.perf_counter() - t0) * 1e3))
+        if not jobs or pipeline is None:
+            return
+
+        def publisher(cam: CameraChannel) -> Any:
+            cam_pubs, wire = pubs[cam.name], self.wire
+            # each output leaves as soon as it is built, the status first
+            return lambda name, out: cam_pubs[name].publish(wire.serialize(name, out))
+
+        results: list[Any]
+        try:
+            if len(jobs) == 1:
+                cam, msg, received_at, wanted, _, _ = jobs[0]
+                results = [pipeline.process(msg, outputs=wanted, received_at=received_at, emit=publisher(cam))]
+            else:
+                results = pipeline.process_batch([j[1] for j in jobs], outputs=[j[3] for j in jobs],
+                                                 received_at=[j[2] for j in jobs],
+                                                 emit=[publisher(j[0]) for j in jobs])
+        except Exception as exc:  # noqa: BLE001 - one frame's error (single camera) or the batch call's
+            results = [exc] * len(jobs)
+        for (cam, _, _, _, want_info, deserialize_ms), result in zip(jobs, results):
+            if isinstance(result, Exception):
+                self._frame_failed(cam, result)
+                continue
+            if want_info and cam.info_pub is not None:
+                try:
+                    self._publish_camera_info(cam, result.header, result.outputs.mask.shape)
+                except Exception as exc:  # noqa: BLE001 - e.g. a publisher destroyed by a parameter change
+                    self._frame_failed(cam, exc)
+                    continue
+            stages = {k: result.timings[k] for k in ("decode", "preprocess", "postprocess", "encode", "publish")}
+            stages["deserialize"] = deserialize_ms
+            cam.stats.record(result.timings["end_to_end"], result.timings["inference"], stages,
+                             batch=int(result.timings.get("batch", 1)))
+
+    def _frame_failed(self, cam: CameraChannel, exc: Exception) -> None:
+        """Count and report a frame that produced no result; the node goes on with the next one."""
+        throttle = float(self._values["warn_throttle_s"])
+        where = f" (camera {cam.name})" if cam.name else ""
+        if isinstance(exc, FrameError):
+            cam.stats.record_bad(str(exc))
+            self.get_logger().warning(f"bad frame skipped{where}: {exc}", throttle_duration_sec=throttle)
+        elif isinstance(exc, RuntimeOutputError):
+            cam.stats.record_failure(str(exc))
+            self.get_logger().error(f"{exc}{where}", throttle_duration_sec=throttle)
+        else:   # anything else, e.g. a publisher destroyed by a parameter change while publishing
+            cam.stats.record_failure(f"{type(exc).__name__}: {exc}")
+            self.get_logger().error(f"frame failed{where}: {type(exc).__name__}: {exc}", throttle_duration_sec=throttle)
+
+    def _publish_camera_info(self, cam: CameraChannel, header: Any, shape: tuple[int, ...]) -> None:
+        info, pub = cam.camera_info, cam.info_pub
+        if info is None or pub is None:
             return
         try:
             out = camera_info_for_output(info, header, int(shape[1]), int(shape[0]), CameraInfo, RegionOfInterest,
@@ -274,9 +339,15 @@ class PebalDetector(Node):
         pub.publish(out)
 
     def _publish_diagnostics(self) -> None:
-        snap = self.stats.snapshot(self.slot)
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [self._camera_status(cam) for cam in self.cameras]
+        self._diag_pub.publish(arr)
+
+    def _camera_status(self, cam: CameraChannel) -> DiagnosticStatus:
+        snap = cam.stats.snapshot(self.frames.counts(cam.name))
         st = DiagnosticStatus()
-        st.name = f"{self.get_fully_qualified_name()}: PEBAL anomaly detector"
+        st.name = f"{self.get_fully_qualified_name()}: PEBAL anomaly detector" + (f" ({cam.name})" if cam.name else "")
         st.hardware_id = str(self._runtime_info.get("name", "none"))
         if self._pipeline is None:
             st.level, st.message = DiagnosticStatus.ERROR, f"no model loaded: {self._model_error}"
@@ -297,14 +368,13 @@ class PebalDetector(Node):
         pipeline = self._pipeline
         if pipeline is not None:   # the threshold in use (parameter or the model's), not just the model's default
             kv.append(("threshold", f"{pipeline.cfg.threshold:g}"))
+        if len(self.cameras) > 1:
+            kv.append(("cameras", ",".join(c.name for c in self.cameras)))   # served together, one batch per tick
         st.values = [KeyValue(key=k, value=v) for k, v in kv]
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [st]
-        self._diag_pub.publish(arr)
+        return st
 
     def destroy_node(self) -> None:
-        self.slot.close()
+        self.frames.close()
         if self._worker.is_alive():
             self._worker.join(timeout=1.5)   # Ctrl-C must end the node within 2 s, even mid-inference
         super().destroy_node()

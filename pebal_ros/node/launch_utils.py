@@ -72,6 +72,26 @@ def input_remapping(topic: str, compressed: bool) -> tuple[str, str]:
     return "image", topic
 
 
+def batched_remappings(cameras: list[Camera], namespace: str, compressed: bool,
+                       use_camera_info: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """One node in ``namespace`` serving all ``cameras``: its ``cameras`` parameter (each camera's
+    namespace relative to the node's, so the outputs land where one node per camera would put
+    them) and the remappings of each camera's inputs to its driver's topics."""
+    ns = namespace.strip("/")
+    names: list[str] = []
+    remaps: list[tuple[str, str]] = []
+    for cam in cameras:
+        if ns and not cam.namespace.startswith(ns + "/"):
+            raise ValueError(f"camera namespace {cam.namespace!r} is not inside the node's namespace {ns!r}")
+        name = cam.namespace[len(ns) + 1:] if ns else cam.namespace
+        local, topic = input_remapping(cam.topic, compressed)
+        names.append(name)
+        remaps.append((f"{name}/{local}", topic))
+        if use_camera_info:
+            remaps.append((f"{name}/camera_info", camera_info_topic(cam.topic)))
+    return names, remaps
+
+
 def camera_info_topic(topic: str) -> str:
     """The CameraInfo beside an image topic (image_transport convention: same namespace)."""
     base = topic[: -len("/compressed")] if topic.endswith("/compressed") else topic

@@ -8,10 +8,11 @@ callback: a bad value is rejected with the returned reason and the node keeps th
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import InferenceConfig
+from ..config import InferenceConfig, RuntimeConfig
 from ..pipeline.convert import SUPPORTED_ENCODINGS
 from ..pipeline.frame import OUTPUT_RESOLUTIONS, PipelineConfig
 from ..pipeline.messages import OUTPUT_NAMES
@@ -21,6 +22,7 @@ RUNTIMES = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_TYPES = ("raw", "compressed")
 QOS_CHOICES = ("sensor_data", "reliable", "best_effort")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,18 @@ def _outputs(v: Any) -> str | None:
     return None
 
 
+def _cameras(v: Any) -> str | None:
+    if not v:
+        return "must list at least one camera ('' = the node's own topics)"
+    names = [str(c).strip("/") for c in v]
+    if len(set(names)) != len(names):
+        return f"lists a camera twice: {list(v)}"
+    bad = [c for c in names if c and not all(_NAME.match(part) for part in c.split("/"))]
+    if bad:
+        return f"has invalid namespace(s) {bad}: use letters, digits and '_' (parts separated by '/')"
+    return None
+
+
 def _encoding(v: Any) -> str | None:
     if v == "" or v in SUPPORTED_ENCODINGS:
         return None
@@ -74,6 +88,19 @@ PARAMS: dict[str, ParamSpec] = {
     "runtime": ParamSpec("auto", "Inference backend; 'auto' picks it from the model file's suffix.", choices=RUNTIMES),
     "device": ParamSpec("auto", "Where the runtime runs: 'auto' (GPU if the backend can use one), 'cpu' or 'cuda'.",
                         choices=DEVICES),
+    "precision": ParamSpec("auto", "Network precision: 'auto' (FP16 for a .pt on CUDA, FP32 on the CPU; an .onnx/"
+                                   ".engine runs as exported), 'fp32' or 'fp16' (needs CUDA). An .onnx/.engine has "
+                                   "its precision baked in: asking for another one is refused (re-export).",
+                           choices=RuntimeConfig.PRECISIONS),
+    "cuda_graph": ParamSpec("auto", "Replay the whole inference step as one CUDA graph: 'auto' (on for a .pt on "
+                                    "CUDA, off for ONNX Runtime), 'on' (needs CUDA; a static-size .onnx) or 'off'. "
+                                    "Quote the value on the command line (ros2 param set ... cuda_graph \"'on'\"): "
+                                    "bare on/off are YAML booleans.",
+                            choices=RuntimeConfig.SWITCHES),
+    "compile": ParamSpec(False, "torch.compile the PyTorch model (runtime torch only; compiling takes minutes "
+                                "at every (re)load)."),
+    "threads": ParamSpec(0, "ONNX Runtime intra-op threads; 0: the library's default (all cores).",
+                         int_range=(0, 1024)),
     "input_type": ParamSpec("raw", "Subscribe to sensor_msgs/Image ('raw', topic 'image') or sensor_msgs/"
                                    "CompressedImage ('compressed', topic 'image/compressed').",
                             read_only=True, choices=INPUT_TYPES),
@@ -83,6 +110,11 @@ PARAMS: dict[str, ParamSpec] = {
     "use_camera_info": ParamSpec(False, "Subscribe to 'camera_info' and republish it, scaled to the output "
                                         "resolution and stamped like the outputs, on pebal/camera_info.",
                                  read_only=True),
+    "cameras": ParamSpec([""], "Cameras this node serves, as namespaces relative to the node: for each, it "
+                               "subscribes <camera>/image (or image/compressed, camera_info) and publishes "
+                               "<camera>/pebal/...; the newest frame of every camera runs in one batched "
+                               "inference per tick where the runtime has a batch dimension. [\"\"]: one camera "
+                               "on the node's own topics.", read_only=True, check=_cameras),
     "threshold": ParamSpec(math.nan, "Anomaly threshold on the PEBAL score (free energy): score > threshold is "
                                      "anomalous. NaN: the model's own (its calibration record, the threshold "
                                      "stored in the model file or its preset; a warning when none was "
@@ -184,7 +216,7 @@ def settings_layers(values: dict[str, Any]) -> list[Any]:
     """The node parameters that override the model's own settings (threshold NaN and input_size ''
     mean "the model's own"); one explicit layer for pebal_ros.model_settings.resolve_settings."""
     from ..graph.contract import parse_hw
-    from ..model_settings import Layer
+    from ..model_settings import RUNTIME_FLAGS, Layer
 
     inference: dict[str, Any] = {"min_region_area": int(values["min_region_area"])}
     threshold = float(values["threshold"])
@@ -192,7 +224,8 @@ def settings_layers(values: dict[str, Any]) -> list[Any]:
         inference["threshold"] = threshold
     if values.get("input_size"):
         inference["input_size"] = list(parse_hw(str(values["input_size"])))
-    return [Layer("node parameter", {"inference": inference})]
+    runtime = {k: values[k] for k in RUNTIME_FLAGS}   # the parameters share the runtime section's names
+    return [Layer("node parameter", {"inference": inference, "runtime": runtime})]
 
 
 def resolve_node_settings(values: dict[str, Any], info: Any = None) -> Any:

@@ -1,50 +1,66 @@
-"""Real-time plumbing of the node, ROS-free: the latest-frame slot and the running statistics.
+"""Real-time plumbing of the node, ROS-free: the latest-frame mailboxes and the running statistics.
 
 Inference never builds a backlog: the subscription callback only drops the frame into a one-deep
-slot (replacing, and counting as dropped, a frame the worker has not taken yet) and the worker
-thread always takes the newest frame.
+mailbox per camera (replacing, and counting as dropped, a frame the worker has not taken yet) and
+the worker thread always takes the newest frame of each camera.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 
 
-class LatestFrameSlot:
-    """A one-deep, thread-safe mailbox: ``put`` never blocks, ``take`` waits for the newest item."""
+@dataclass(frozen=True)
+class SlotCounts:
+    received: int
+    dropped: int
 
-    def __init__(self) -> None:
+
+class LatestFrames:
+    """One-deep, thread-safe mailboxes, one per camera, behind one condition.
+
+    ``put`` never blocks; ``take_all`` waits until any camera has a frame and returns the newest
+    frame of every camera that has one, so a worker serving several cameras runs them together
+    (one batched inference per tick) and each camera's frames are never more than one tick old.
+    """
+
+    def __init__(self, cameras: Sequence[str] = ("",)) -> None:
+        if len(set(cameras)) != len(cameras) or not cameras:
+            raise ValueError(f"cameras must be distinct and at least one, got {list(cameras)}")
         self._cond = threading.Condition()
-        self._item: tuple[Any, float] | None = None
+        self._items: dict[str, tuple[Any, float]] = {}
+        self._received = dict.fromkeys(cameras, 0)
+        self._dropped = dict.fromkeys(cameras, 0)
         self._closed = False
-        self.received = 0
-        self.dropped = 0
+        self.cameras = tuple(cameras)
 
-    def put(self, msg: Any, received_at: float | None = None) -> bool:
-        """Store ``msg``; returns False when it replaced a frame nobody took (that one is dropped)."""
+    def put(self, camera: str, msg: Any, received_at: float | None = None) -> bool:
+        """Store ``msg`` for ``camera``; False when it replaced a frame nobody took (that one is dropped)."""
         with self._cond:
-            replaced = self._item is not None
+            replaced = camera in self._items
             if replaced:
-                self.dropped += 1
-            self.received += 1
-            self._item = (msg, time.perf_counter() if received_at is None else received_at)
+                self._dropped[camera] += 1
+            self._received[camera] += 1
+            self._items[camera] = (msg, time.perf_counter() if received_at is None else received_at)
             self._cond.notify()
             return not replaced
 
-    def take(self, timeout: float | None = None) -> tuple[Any, float] | None:
-        """The newest (msg, received_at), or None on timeout / after ``close``."""
+    def take_all(self, timeout: float | None = None) -> list[tuple[str, Any, float]]:
+        """[(camera, msg, received_at)] in camera order; [] on timeout or after ``close``."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._item is not None or self._closed, timeout):
-                return None
-            if self._closed:
-                return None
-            item, self._item = self._item, None
-            return item
+            if not self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout) or self._closed:
+                return []
+            items, self._items = self._items, {}
+        return [(c, *items[c]) for c in self.cameras if c in items]
+
+    def counts(self, camera: str = "") -> SlotCounts:
+        with self._cond:
+            return SlotCounts(self._received[camera], self._dropped[camera])
 
     def close(self) -> None:
         with self._cond:
@@ -68,6 +84,9 @@ class StatsSnapshot:
     e2e_ms: dict[str, float]       # p50/p90/p99/max of end-to-end latency over the window
     inference_ms: dict[str, float]
     last_error: str
+    stages_ms: dict[str, float] = field(default_factory=dict)   # median per non-inference stage
+    non_inference_ms: float = 0.0   # median of the node's own work besides inference, per frame
+    frames_per_inference: float = 0.0   # mean number of frames (cameras) that shared an inference call
 
 
 class RunningStats:
@@ -80,18 +99,30 @@ class RunningStats:
         self._e2e: deque[float] = deque(maxlen=window)
         self._inf: deque[float] = deque(maxlen=window)
         self._times: deque[float] = deque(maxlen=window)
+        self._stages: dict[str, deque[float]] = {}
+        self._work: deque[float] = deque(maxlen=window)
+        self._batch: deque[int] = deque(maxlen=window)
+        self._window = window
         self.processed = 0
         self.bad_frames = 0
         self.failed = 0
         self.skipped_idle = 0
         self.last_error = ""
 
-    def record(self, e2e_ms: float, inference_ms: float, now: float | None = None) -> None:
+    def record(self, e2e_ms: float, inference_ms: float, stages: dict[str, float] | None = None,
+               now: float | None = None, batch: int = 1) -> None:
+        """One processed frame: its latency, inference time, the node's other work by stage (ms) and
+        how many frames shared its inference call."""
         with self._lock:
             self.processed += 1
+            self._batch.append(int(batch))
             self._e2e.append(e2e_ms)
             self._inf.append(inference_ms)
             self._times.append(time.perf_counter() if now is None else now)
+            if stages:
+                for k, v in stages.items():
+                    self._stages.setdefault(k, deque(maxlen=self._window)).append(v)
+                self._work.append(sum(stages.values()))
 
     def record_bad(self, reason: str) -> None:
         with self._lock:
@@ -116,7 +147,7 @@ class RunningStats:
         out["max"] = float(arr.max())
         return out
 
-    def snapshot(self, slot: LatestFrameSlot, now: float | None = None, rate_window_s: float = 5.0) -> StatsSnapshot:
+    def snapshot(self, slot: SlotCounts, now: float | None = None, rate_window_s: float = 5.0) -> StatsSnapshot:
         now = time.perf_counter() if now is None else now
         with self._lock:
             recent = [t for t in self._times if now - t <= rate_window_s]
@@ -129,6 +160,9 @@ class RunningStats:
                 bad_frames=self.bad_frames, failed=self.failed, skipped_idle=self.skipped_idle, rate_hz=rate,
                 e2e_ms=self._percentiles(list(self._e2e)), inference_ms=self._percentiles(list(self._inf)),
                 last_error=self.last_error,
+                stages_ms={k: float(np.median(v)) for k, v in self._stages.items() if v},
+                non_inference_ms=float(np.median(self._work)) if self._work else 0.0,
+                frames_per_inference=float(np.mean(self._batch)) if self._batch else 0.0,
             )
 
 
@@ -146,6 +180,16 @@ def diagnostic_values(snap: StatsSnapshot, runtime_info: dict[str, Any]) -> list
     for name, d in (("latency_ms", snap.e2e_ms), ("inference_ms", snap.inference_ms)):
         for k, v in d.items():
             kv.append((f"{name}_{k}", f"{v:.2f}"))
+    if snap.stages_ms:
+        # what the node spends per frame besides inference (medians): where to look when it is slow
+        for k, v in snap.stages_ms.items():
+            kv.append((f"stage_{k}_ms_p50", f"{v:.2f}"))
+        kv.append(("non_inference_ms_p50", f"{snap.non_inference_ms:.2f}"))
+    if snap.frames_per_inference:
+        kv.append(("frames_per_inference", f"{snap.frames_per_inference:.2f}"))
+        inf = snap.inference_ms.get("p50", 0.0)
+        if inf > 0:
+            kv.append(("non_inference_share", f"{snap.non_inference_ms / inf:.3f}"))
     for k, v in runtime_info.items():
         kv.append((f"runtime_{k}", str(v)))
     if snap.last_error:

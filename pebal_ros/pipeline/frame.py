@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import cv2
 import numpy as np
@@ -31,6 +31,7 @@ from .regions import Region, find_regions
 from .visualize import colorize, overlay
 
 OUTPUT_RESOLUTIONS = ("camera", "network")
+Emit = Callable[[str, Any], None]    # (output name, message), called as each message is ready
 
 
 class RuntimeOutputError(RuntimeError):
@@ -90,7 +91,7 @@ class FrameResult:
     status: StatusFields
     messages: dict[str, Any] = field(default_factory=dict)   # output name -> message
     timings: dict[str, float] = field(default_factory=dict)  # ms: decode, preprocess, inference,
-    #                                                          postprocess, encode, total, end_to_end
+    #                                             postprocess, encode, publish (in emit), total, end_to_end
 
 
 class _Relabelled:
@@ -163,22 +164,26 @@ class FramePipeline:
         return FrameOutputs(semantic=semantic, score=score, mask=mask)
 
     # -- the frame ----------------------------------------------------------------------------
-    def process(self, msg: Any, outputs: Collection[str] | None = None, received_at: float | None = None) -> FrameResult:
+    def process(self, msg: Any, outputs: Collection[str] | None = None, received_at: float | None = None,
+                emit: Emit | None = None) -> FrameResult:
         """Run one Image/CompressedImage message through the detector.
 
         ``outputs``: names from ``OUTPUT_NAMES`` to build messages for (default ``cfg.outputs``);
         the arrays and status fields are always returned. ``received_at``: ``time.perf_counter()``
         when the frame arrived (end-to-end latency includes the wait before processing).
+        ``emit(name, message)``: called for each message as soon as it is built, the status first
+        (the node publishes from it; its time is reported as ``timings["publish"]``).
         Raises a :class:`~pebal_ros.pipeline.convert.FrameError` subclass for a bad frame.
         """
         t0 = time.perf_counter()
         image = self.decode(msg)
         t1 = time.perf_counter()
         return self._run(image, msg.header, outputs, received_at if received_at is not None else t0,
-                         t0, {"decode": (t1 - t0) * 1e3})
+                         t0, {"decode": (t1 - t0) * 1e3}, emit)
 
     def process_image(self, image: np.ndarray, header: Any = None, order: str = "rgb",
-                      outputs: Collection[str] | None = None, received_at: float | None = None) -> FrameResult:
+                      outputs: Collection[str] | None = None, received_at: float | None = None,
+                      emit: Emit | None = None) -> FrameResult:
         """Same as :meth:`process` for an array (uint8 HxWx3 in ``order``); header defaults to zero/empty."""
         t0 = time.perf_counter()
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -189,10 +194,11 @@ class FramePipeline:
             image = image[..., ::-1]
         if header is None:
             header = self.factory.header()
-        return self._run(image, header, outputs, received_at if received_at is not None else t0, t0, {"decode": 0.0})
+        return self._run(image, header, outputs, received_at if received_at is not None else t0, t0,
+                         {"decode": 0.0}, emit)
 
     def _run(self, image: np.ndarray, header: Any, outputs: Collection[str] | None, received_at: float,
-             t0: float, timings: dict[str, float]) -> FrameResult:
+             t0: float, timings: dict[str, float], emit: Emit | None = None) -> FrameResult:
         cfg = self.cfg
         wanted = check_outputs(cfg.outputs if outputs is None else outputs)
         cam = (int(image.shape[0]), int(image.shape[1]))
@@ -203,11 +209,11 @@ class FramePipeline:
         raw = self.runtime.infer(net_in, cfg.threshold)
         tc = time.perf_counter()
         timings.update(preprocess=(tb - ta) * 1e3, inference=(tc - tb) * 1e3)
-        return self._finish(image, net_in, raw, header, wanted, received_at, t0, tc, timings)
+        return self._finish(image, net_in, raw, header, wanted, received_at, t0, tc, timings, emit)
 
     def _finish(self, image: np.ndarray, net_in: np.ndarray, raw: FrameOutputs, header: Any,
                 wanted: tuple[str, ...], received_at: float, t0: float, tc: float,
-                timings: dict[str, float]) -> FrameResult:
+                timings: dict[str, float], emit: Emit | None = None) -> FrameResult:
         """One frame's runtime outputs -> its FrameResult (shared by process and process_batch).
         ``timings`` already holds decode, preprocess and inference; ``tc``: when inference ended."""
         cfg = self.cfg
@@ -221,6 +227,7 @@ class FramePipeline:
             res = raw
             base_img = net_in
         oh, ow = res.mask.shape
+        upsampled = res is not raw     # then the output arrays are this frame's own, else the runtime's
 
         # The status (fraction, max/mean score, regions) describes the network-resolution outputs
         # (what the model computed; 4x fewer pixels than a 2x camera); region geometry is scaled
@@ -234,35 +241,58 @@ class FramePipeline:
             regions = [r.scaled(rsx, rsy) for r in find_regions(raw.mask, raw.score, min_area, cfg.max_regions)]
         td = time.perf_counter()
 
-        msgs: dict[str, Any] = {}
-        f = self.factory
-        sem_rgb = colorize(res.semantic) if ("semantic_color" in wanted or "overlay" in wanted) else None
-        if "semantic" in wanted:
-            msgs["semantic"] = f.image(header, res.semantic, OUTPUT_ENCODINGS["semantic"])
-        if "semantic_color" in wanted and sem_rgb is not None:
-            msgs["semantic_color"] = f.image(header, sem_rgb, "rgb8")
-        if "anomaly_score" in wanted:
-            msgs["anomaly_score"] = f.image(header, res.score, "32FC1")
-        if "anomaly_mask" in wanted:
-            msgs["anomaly_mask"] = f.image(header, res.mask * np.uint8(255), "mono8")
-        if "overlay" in wanted:
-            rgb = base_img if self.runtime.channel_order == "rgb" else cv2.cvtColor(base_img, cv2.COLOR_BGR2RGB)
-            bx, by = ow / cam[1], oh / cam[0]
-            boxes = ([(r.x_offset * bx, r.y_offset * by, r.width * bx, r.height * by) for r in regions]
-                     if cfg.overlay_boxes else [])
-            msgs["overlay"] = f.image(header, overlay(rgb, sem_rgb, res.mask, cfg.overlay_alpha, boxes=boxes), "rgb8")
-        te = time.perf_counter()
-
         status = StatusFields(
             image_width=cam[1], image_height=cam[0], threshold=cfg.threshold, anomaly_fraction=fraction,
             max_score=float(raw.score.max()), mean_score=float(raw.score.mean(dtype=np.float64)),
             inference_latency_ms=timings["inference"], end_to_end_latency_ms=0.0,
             regions=regions,
         )
-        timings.update(postprocess=(td - tc) * 1e3, encode=(te - td) * 1e3)
-        status.end_to_end_latency_ms = (time.perf_counter() - received_at) * 1e3
+        msgs: dict[str, Any] = {}
+        f = self.factory
+        spent_emitting = 0.0
+
+        def put(name: str, message: Any) -> None:
+            nonlocal spent_emitting
+            msgs[name] = message
+            if emit is not None:
+                t = time.perf_counter()
+                emit(name, message)
+                spent_emitting += time.perf_counter() - t
+
+        # The status first: it is what a planner reads, and it must not wait for the images.
         if "status" in wanted:
-            msgs["status"] = f.status(header, status)
+            status.end_to_end_latency_ms = (time.perf_counter() - received_at) * 1e3
+            put("status", f.status(header, status))
+
+        if "semantic_color" in wanted or "overlay" in wanted:
+            # Colour at network resolution, then nearest-neighbour upsampling: identical to colouring the
+            # upsampled ids (a lookup commutes with nearest-neighbour), and the lookup runs on 16x fewer pixels.
+            sem_rgb = colorize(raw.semantic)
+            if sem_rgb.shape[:2] != (oh, ow):
+                sem_rgb = cv2.resize(sem_rgb, (ow, oh), interpolation=cv2.INTER_NEAREST)
+        else:
+            sem_rgb = None
+        if "semantic" in wanted:
+            put("semantic", f.image(header, res.semantic, OUTPUT_ENCODINGS["semantic"], fresh=upsampled))
+        if "semantic_color" in wanted and sem_rgb is not None:
+            put("semantic_color", f.image(header, sem_rgb, "rgb8", fresh=True))
+        if "anomaly_score" in wanted:
+            put("anomaly_score", f.image(header, res.score, "32FC1", fresh=upsampled))
+        if "anomaly_mask" in wanted:
+            put("anomaly_mask", f.image(header, res.mask * np.uint8(255), "mono8", fresh=True))
+        if "overlay" in wanted:
+            rgb = base_img if self.runtime.channel_order == "rgb" else cv2.cvtColor(base_img, cv2.COLOR_BGR2RGB)
+            bx, by = ow / cam[1], oh / cam[0]
+            boxes = ([(r.x_offset * bx, r.y_offset * by, r.width * bx, r.height * by) for r in regions]
+                     if cfg.overlay_boxes else [])
+            put("overlay", f.image(header, overlay(rgb, sem_rgb, res.mask, cfg.overlay_alpha, boxes=boxes), "rgb8",
+                                   fresh=True))
+        te = time.perf_counter()
+
+        if "status" not in wanted:
+            status.end_to_end_latency_ms = (te - received_at) * 1e3
+        timings.update(postprocess=(td - tc) * 1e3, encode=(te - td - spent_emitting) * 1e3,
+                       publish=spent_emitting * 1e3)
         t_end = time.perf_counter()
         timings["total"] = (t_end - t0) * 1e3
         timings["end_to_end"] = (t_end - received_at) * 1e3
@@ -270,7 +300,8 @@ class FramePipeline:
 
     # -- several cameras per tick -------------------------------------------------------------
     def process_batch(self, msgs: Sequence[Any], outputs: Sequence[Collection[str] | None] | None = None,
-                      received_at: float | Sequence[float | None] | None = None) -> list[FrameResult | Exception]:
+                      received_at: float | Sequence[float | None] | None = None,
+                      emit: Sequence[Emit | None] | None = None) -> list[FrameResult | Exception]:
         """Run several Image/CompressedImage messages (e.g. the newest frame of each camera) with
         one inference call per network input size (one in all when the runtime has a fixed
         ``input_size``); see :func:`~pebal_ros.runtime.base.infer_many`.
@@ -282,7 +313,9 @@ class FramePipeline:
         ``ValueError`` from the runtime for a frame it refuses, a ``RuntimeOutputError``), so one
         bad frame does not cost the others their results. Timings are per frame except
         ``inference``, the shared call's time, and ``total``, from the start of the batch;
-        ``timings["batch"]`` is the number of frames that shared the call.
+        ``timings["batch"]`` is the number of frames that shared the call. ``emit``: None or one
+        callable (or None) per message, as in :meth:`process`; an exception it raises becomes that
+        frame's entry.
         """
         t0 = time.perf_counter()
         n = len(msgs)
@@ -296,6 +329,8 @@ class FramePipeline:
             if len(received_at) != n:
                 raise ValueError(f"received_at has {len(received_at)} entries for {n} messages")
             recv = [t0 if r is None else float(r) for r in received_at]
+        if emit is not None and len(emit) != n:
+            raise ValueError(f"emit has {len(emit)} entries for {n} messages")
         default = check_outputs(self.cfg.outputs)
         wanted = [default if outputs is None or outputs[i] is None else check_outputs(outputs[i])  # type: ignore[arg-type]
                   for i in range(n)]
@@ -336,8 +371,8 @@ class FramePipeline:
         for i in sorted(raw):
             try:
                 results[i] = self._finish(images[i], net_ins[i], raw[i], msgs[i].header, wanted[i], recv[i], t0,
-                                          time.perf_counter(), timings[i])
-            except RuntimeOutputError as exc:
+                                          time.perf_counter(), timings[i], None if emit is None else emit[i])
+            except Exception as exc:  # noqa: BLE001 - RuntimeOutputError, or emit's (e.g. publishing) error
                 results[i] = exc
         return results  # type: ignore[return-value]  # every slot is filled above
 

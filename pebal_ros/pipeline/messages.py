@@ -176,6 +176,7 @@ class MessageFactory:
         store = default_typestore() if typestore is None else register_pebal_types(typestore)
         factory = cls(store.types, lambda a: np.array(a, dtype=np.uint8, copy=True).reshape(-1), "rosbags")
         factory.typestore = store
+        factory._keeps_arrays = True
         return factory
 
     @classmethod
@@ -188,6 +189,7 @@ class MessageFactory:
                     STATUS_TYPE: PebalStatus, REGION_TYPE: AnomalyRegion}, _copy_to_array_array, "rclpy")
 
     typestore: Any = None   # set for rosbags factories (serialisation)
+    _keeps_arrays = False   # uint8[] fields may be numpy arrays (rosbags), not a library's own type
 
     # -- messages -----------------------------------------------------------------------------
     def header(self, sec: int = 0, nanosec: int = 0, frame_id: str = "") -> Any:
@@ -197,10 +199,17 @@ class MessageFactory:
             time_cls = Time
         return self.types[HEADER_TYPE](stamp=time_cls(sec=int(sec), nanosec=int(nanosec)), frame_id=str(frame_id))
 
-    def image(self, header: Any, image: np.ndarray, encoding: str) -> Any:
-        """sensor_msgs/Image from an array (uint8 HxW / HxWxC, or float32 HxW for 32FC1)."""
+    def image(self, header: Any, image: np.ndarray, encoding: str, fresh: bool = False) -> Any:
+        """sensor_msgs/Image from an array (uint8 HxW / HxWxC, or float32 HxW for 32FC1).
+
+        ``fresh``: the array was made for this message and nobody else writes to it, so a library
+        that can hold a numpy array (rosbags) keeps it as it is instead of copying it.
+        """
         fields = float_image_fields(image) if encoding == "32FC1" else array_to_image_fields(image, encoding)
-        fields["data"] = self._data(fields["data"])
+        data = fields["data"]
+        if not (fresh and self._keeps_arrays and data.flags.writeable):
+            data = self._data(data)
+        fields["data"] = data
         return self._Image(header=header, **fields)
 
     def compressed_image(self, header: Any, image: np.ndarray, kind: str = "jpeg", order: str = "rgb",

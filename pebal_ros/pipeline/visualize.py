@@ -88,19 +88,20 @@ def overlay(
     # Anomalies: a strong tint rather than a flat fill so the object stays recognisable. Whole-frame
     # cv2 ops plus a masked copy are ~10x faster than boolean fancy indexing on large masks.
     if cv2.countNonZero(mask):
-        solid = _solid(image_rgb.shape, anomaly_color)
-        tint = cv2.addWeighted(image_rgb, 1.0 - TINT, solid, TINT, 0.0)
-        cv2.copyTo(tint, mask, buf)
-        # Outline: the ring just outside each region in the full colour, so even a few pixels show and
-        # a region's edge stays visible where the tint is faint against a similar background.
-        # Only inside the anomalies' bounding box (grown by the width): typically a small part of the frame.
+        # Tint and outline only inside the anomalies' bounding box (grown by the outline width):
+        # typically a small part of the frame.
         r = outline_width(mask.shape)
         x, y, w, h = cv2.boundingRect(mask)
         x0, y0 = max(0, x - r), max(0, y - r)
         x1, y1 = min(mask.shape[1], x + w + r), min(mask.shape[0], y + h + r)
-        roi = mask[y0:y1, x0:x1]
+        roi, out_roi = mask[y0:y1, x0:x1], buf[y0:y1, x0:x1]
+        solid = _solid(image_rgb.shape, anomaly_color)[y0:y1, x0:x1]
+        tint = cv2.addWeighted(image_rgb[y0:y1, x0:x1], 1.0 - TINT, solid, TINT, 0.0)
+        cv2.copyTo(tint, roi, out_roi)
+        # Outline: the ring just outside each region in the full colour, so even a few pixels show and
+        # a region's edge stays visible where the tint is faint against a similar background.
         ring = cv2.subtract(cv2.dilate(roi, _ring_kernel(r)), roi)
-        cv2.copyTo(solid[y0:y1, x0:x1], ring, buf[y0:y1, x0:x1])
+        cv2.copyTo(solid, ring, out_roi)
     for x, y, w, h in boxes:
         cv2.rectangle(buf, (int(x), int(y)), (int(x + w - 1), int(y + h - 1)), tuple(int(c) for c in anomaly_color), 2)
     return buf

@@ -46,10 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     add_config_arguments(p, MODEL_PRESET_HELP)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    from ..model_settings import add_runtime_arguments
+    add_runtime_arguments(p, threads=False)
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help="input size of the network (inference.input_size; default: the model's own)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per worker "
-                   "(default: cores / jobs)")
+                   "(default: cores / jobs) (= runtime.threads)")
     p.add_argument("--jobs", "-j", type=int, default=1, help="bags replayed in parallel (processes)")
     p.add_argument("--topics", nargs="+", default=None, help="image topics (default: all Image/CompressedImage)")
     p.add_argument("--label-topic", default="auto", help="mono8 label image topic; 'auto' takes a single "
@@ -237,7 +239,8 @@ def main(args: argparse.Namespace) -> int:
     opts.min_region_area = settings.inference.min_region_area
     opts.settings = settings_report(settings)
     jobs = max(1, min(args.jobs, len(bags)))
-    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+    # runtime.threads (--threads, --set, --config) wins; else the cores shared among the workers
+    threads = settings.options.threads or max(1, (os.cpu_count() or 1) // jobs)
     try:
         model = runtime_path(settings)   # once, here: workers must not race to export
         runtime = None if jobs > 1 else open_runtime(settings, threads=threads, path=model)

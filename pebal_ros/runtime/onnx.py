@@ -69,6 +69,7 @@ class OnnxRuntime:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = int(threads)
+        self.threads = int(threads or 0)
         if optimized_model_path:
             so.optimized_model_filepath = optimized_model_path
         self.providers = _providers(device, cuda_graph)
@@ -141,6 +142,7 @@ class OnnxRuntime:
         s = self.spec
         return {"runtime": self.name, "model": str(self.path), "providers": self.session.get_providers(),
                 "cuda_graph": self.cuda_graph, "supports_batch": self.supports_batch,
+                "threads": self.threads or "default", "precision": "fp16" if s.net_dtype == "float16" else "fp32",
                 "input_size": self.input_size, "dynamic_range": (s.min_hw, s.max_hw) if s.image_size is None else None,
                 "channel_order": self.channel_order, "fast": s.fast, "net_size": s.net_size,
                 "default_threshold": s.threshold, "opset": s.opset, "exporter": s.exporter, "arch": s.arch}

@@ -21,6 +21,7 @@ takes minutes and its speed-up depends on the network. On the CPU none of this a
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,11 @@ from torch import nn
 
 from .base import FrameOutputs
 from .common import RuntimeUnavailable, check_file, check_image
+
+# The fused step only reads its input, and frames straight from a received message are read-only
+# views of its bytes: torch's warning about non-writable arrays says nothing useful here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
+                        module=__name__)
 
 
 def _pick_device(device: str) -> torch.device:

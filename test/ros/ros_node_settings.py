@@ -67,11 +67,11 @@ class Probe:
         return _level(st.level), st.message, {kv.key: kv.value for kv in st.values}
 
     def send_frame(self, seq: int) -> None:
-        before = self.detector.stats.processed
+        before = self.detector.cameras[0].stats.processed
         assert self.spin_until(lambda: self.pub.get_subscription_count() > 0
                                and self.node.count_publishers("pebal/status") > 0, 10)
         self.pub.publish(image_msg(pixels(H, W, seq), "rgb8", (seq, 0)))
-        assert self.spin_until(lambda: self.detector.stats.processed > before, 60), "frame not processed"
+        assert self.spin_until(lambda: self.detector.cameras[0].stats.processed > before, 60), "frame not processed"
 
     def close(self) -> None:
         self.executor.shutdown()
