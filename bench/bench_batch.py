@@ -4,7 +4,7 @@ each camera) vs N ``process`` calls, per tick, through the whole pipeline (decod
 outputs back to camera size, regions, every requested message).
 
 The PyTorch runtime runs the N frames as one network call (``batch=True``: by default it batches on
-CUDA only, because on a CPU a batch of N costs as much as N calls or more); ONNX Runtime has no batch dimension in
+CUDA only, because on a CPU a batch pays for small frames only); ONNX Runtime has no batch dimension in
 the fused graph, so its batched tick is N calls (the ratio shows what the batch API costs there:
 about nothing). Both ways run on the same frames in the same run, interleaved (the order alternates
 every iteration); medians of ``--iters`` ticks after a warm-up (CUDA graphs are captured then).

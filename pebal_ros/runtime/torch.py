@@ -95,9 +95,11 @@ class TorchRuntime:
     option. ``batch``: whether ``runtime.base.infer_many`` (and so ``FramePipeline.process_batch``)
     runs several cameras as one ``infer_batch`` call (``supports_batch``). A GPU running a real-time
     network is launch-bound and idles between small kernels, so a batch of N costs far less than N
-    calls; a CPU is compute-bound and a batch only grows the working set out of cache (measured
-    with bench/bench_batch.py: 0.5-0.8x the speed of N calls at 512x1024), so there ``infer_many``
-    loops unless ``batch=True``. ``infer_batch`` itself works either way."""
+    calls. On a CPU, measured with bench/bench_batch.py (1 thread, 2-4 cameras): 0.6-0.8x the speed of
+    N calls at 512x1024 (compute-bound; a batch only grows the working set out of cache) but
+    1.2-1.4x at 128x256 (eager PyTorch's per-operator overhead dominates small frames). So by default
+    ``infer_many`` loops on the CPU; pass ``batch=True`` for small frames. ``infer_batch`` itself
+    works either way."""
 
     name = "torch"
 
