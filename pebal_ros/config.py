@@ -130,6 +130,9 @@ class RuntimeConfig:
     cuda_graph: str = field(default="auto", metadata={"switch": True})
     compile: bool = False             # torch.compile (PyTorch only; minutes at load)
     threads: int = 0                  # ONNX Runtime intra-op threads; 0 = the library's default
+    # several cameras' frames in one network call (PyTorch: on for CUDA, off on the CPU where it
+    # pays only for small frames; the fused ONNX/TensorRT graphs take one frame)
+    batch: str = field(default="auto", metadata={"switch": True})
 
 
 @dataclass

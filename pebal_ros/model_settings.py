@@ -169,7 +169,7 @@ def parse_set(text: str) -> dict[str, Any]:
     return out
 
 
-RUNTIME_FLAGS = ("precision", "cuda_graph", "compile", "threads")
+RUNTIME_FLAGS = ("precision", "cuda_graph", "compile", "threads", "batch")   # batch: the node's only
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser, threads: bool = True) -> None:
@@ -263,6 +263,8 @@ def validate_runtime(opts: RuntimeConfig, kind: str, device: str, info: ModelInf
     if opts.cuda_graph not in RuntimeConfig.SWITCHES:
         problems.append(f"runtime.cuda_graph must be one of {', '.join(RuntimeConfig.SWITCHES)}, "
                         f"got {opts.cuda_graph!r}")
+    if opts.batch not in RuntimeConfig.SWITCHES:
+        problems.append(f"runtime.batch must be one of {', '.join(RuntimeConfig.SWITCHES)}, got {opts.batch!r}")
     if opts.threads < 0:
         problems.append(f"runtime.threads must be 0 (the library's default) or a number of threads, "
                         f"got {opts.threads}")
@@ -296,6 +298,10 @@ def validate_runtime(opts: RuntimeConfig, kind: str, device: str, info: ModelInf
         problems.append(f"{named('compile')} is torch.compile, an option of the torch runtime; the {kind} "
                         "runtime runs a compiled graph already: use --runtime torch with a .pt, or "
                         "compile false")
+    if opts.batch == "on" and kind != "torch":
+        problems.append(f"{named('batch')}: the fused {kind} graph takes one frame per call (no batch "
+                        "dimension); several cameras run one after another in the same tick. Use the torch "
+                        "runtime with a .pt to batch, or batch auto/off")
     if opts.threads and kind != "onnxruntime":
         warnings.append(f"{named('threads')} sets ONNX Runtime's thread pool; the {kind} runtime does not "
                         "use it (ignored)")

@@ -94,7 +94,7 @@ def backend_options(settings: ModelSettings, threads: int | None = None) -> tupl
     if settings.runtime == "torch":
         opts.update(config=settings.config, channel_order=settings.inference.channel_order,
                     half={"auto": None, "fp32": False, "fp16": True}[o.precision],
-                    cuda_graph=_SWITCH[o.cuda_graph], compile=o.compile)
+                    cuda_graph=_SWITCH[o.cuda_graph], compile=o.compile, batch=_SWITCH[o.batch])
     elif settings.runtime == "onnxruntime":
         # ONNX Runtime's CUDA graph needs every node on the CUDA provider: opt-in ("auto" = off)
         opts["cuda_graph"] = o.cuda_graph == "on"

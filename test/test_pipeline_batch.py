@@ -115,7 +115,8 @@ def test_runtimes_declare_their_batch_capability(net, onnx_static, factory):
     assert not supports_batch(cpu) and cpu.describe()["supports_batch"] is False
     spy = Spy(cpu)
     got = _pipe(cpu, factory).process_batch(_msgs(factory, _frames([(H, W)] * 3)))
-    assert spy.batches == [] and spy.single == 3 and [r.timings["batch"] for r in got] == [3, 3, 3]
+    # one call per frame: no frame shared a network call
+    assert spy.batches == [] and spy.single == 3 and [r.timings["batch"] for r in got] == [1, 1, 1]
 
 
 def test_torch_batch_is_one_call_and_equals_frame_by_frame(net, factory):
@@ -283,7 +284,7 @@ def test_cuda_fast_path_batch_matches_and_repeats(net, factory):
 def test_emit_per_camera_status_first_and_a_failing_publisher_costs_only_its_camera(net, factory):
     """The node publishes each camera's outputs from its own ``emit``: the status first, only that
     camera's messages, and a camera whose publishing fails does not lose the others their results."""
-    rt = TorchRuntime(net, device="cpu", input_size=(H, W))
+    rt = TorchRuntime(net, device="cpu", input_size=(H, W), batch=True)
     pipe = FramePipeline(rt, PipelineConfig(threshold=THR), factory)
     msgs = _msgs(factory, _frames([(H, W), (2 * H, 2 * W), (H, W)], seed=3))
     seen: list[list[tuple[str, object]]] = [[], [], []]

@@ -309,12 +309,12 @@ def test_node_parameters_validate(name: str, value, reason: str) -> None:
 
 
 def test_node_parameters_are_the_runtime_layer(ckpt: Path) -> None:
-    for name in ("precision", "cuda_graph", "compile", "threads"):
+    for name in ("precision", "cuda_graph", "compile", "threads", "batch"):
         assert validate(name, PARAMS[name].default) is None and len(PARAMS[name].description) > 20
     values = defaults()
     values.update(model=str(ckpt), device="cpu", threads=2, precision="fp32", cuda_graph="off")
     assert settings_layers(values)[0].values["runtime"] == {"precision": "fp32", "cuda_graph": "off",
-                                                            "compile": False, "threads": 2}
+                                                            "compile": False, "threads": 2, "batch": "auto"}
     s = resolve_node_settings(values)
     assert s.options.threads == 2 and s.source("runtime.threads") == "node parameter"
     assert dict(s.as_key_values())["setting_runtime_precision"] == "fp32 (node parameter)"
@@ -328,6 +328,23 @@ def test_node_parameters_are_the_runtime_layer(ckpt: Path) -> None:
     values.update(model="", cuda_graph="auto", compile=True)
     with pytest.raises(SettingsError, match="torch.compile"):
         resolve_node_settings(values)                # the bundled model runs on ONNX Runtime
+    values.update(compile=False, batch="on")
+    with pytest.raises(SettingsError, match="one frame per call"):
+        resolve_node_settings(values)                # the fused graph has no batch dimension
+
+
+def test_batch_switch_reaches_the_torch_runtime(ckpt: Path) -> None:
+    """runtime.batch chooses whether several cameras share one network call (off by default on the CPU)."""
+    from pebal_ros.runtime.base import supports_batch
+
+    values = defaults()
+    values.update(model=str(ckpt), device="cpu")
+    assert not supports_batch(open_runtime(resolve_node_settings(values)))
+    values.update(batch="on")
+    s = resolve_node_settings(values)
+    assert s.source("runtime.batch") == "node parameter" and supports_batch(open_runtime(s))
+    with pytest.raises(SettingsError, match="runtime.batch must be one of"):
+        resolve_node_settings({**values, "batch": "sometimes"})
 
 
 def test_node_yaml_quotes_the_switch() -> None:

@@ -198,7 +198,7 @@ class PebalDetector(Node):
                 return SetParametersResult(successful=False, reason=reason)
             new[p.name] = float(p.value) if isinstance(PARAMS[p.name].default, float) else p.value
         reload = (any(new[k] != self._values[k] for k in ("model", "runtime", "device", "input_size", "precision",
-                                                          "cuda_graph", "compile", "threads"))
+                                                          "cuda_graph", "compile", "threads", "batch"))
                   or self._pipeline is None or self._settings is None)
         settings = self._settings
         if not reload and any(new[k] != self._values[k] for k in ("threshold", "min_region_area")):

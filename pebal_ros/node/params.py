@@ -101,6 +101,10 @@ PARAMS: dict[str, ParamSpec] = {
                                 "at every (re)load)."),
     "threads": ParamSpec(0, "ONNX Runtime intra-op threads; 0: the library's default (all cores).",
                          int_range=(0, 1024)),
+    "batch": ParamSpec("auto", "With several cameras: run their frames in one network call. 'auto' (on for a "
+                               ".pt on CUDA, off on the CPU, where it pays only for small frames), 'on' (PyTorch "
+                               "only: the fused .onnx/.engine graphs take one frame) or 'off'. Quote on/off on "
+                               "the command line, as for cuda_graph.", choices=RuntimeConfig.SWITCHES),
     "input_type": ParamSpec("raw", "Subscribe to sensor_msgs/Image ('raw', topic 'image') or sensor_msgs/"
                                    "CompressedImage ('compressed', topic 'image/compressed').",
                             read_only=True, choices=INPUT_TYPES),

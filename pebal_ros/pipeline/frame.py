@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from ..config import InferenceConfig
-from ..runtime.base import FrameOutputs, Runtime, infer_many
+from ..runtime.base import FrameOutputs, Runtime, infer_many, supports_batch
 from .convert import SUPPORTED_ENCODINGS, FrameError, is_compressed, msg_to_array
 from .messages import OUTPUT_ENCODINGS, OUTPUT_NAMES, MessageFactory, StatusFields
 from .regions import Region, find_regions
@@ -338,7 +338,8 @@ class FramePipeline:
         ``ValueError`` from the runtime for a frame it refuses, a ``RuntimeOutputError``), so one
         bad frame does not cost the others their results. Timings are per frame except
         ``inference``, the shared call's time, and ``total``, from the start of the batch;
-        ``timings["batch"]`` is the number of frames that shared the call. ``emit``: None or one
+        ``timings["batch"]`` is the number of frames that shared the call (1 where the runtime
+        has no batch dimension and ran them one by one; ``inference`` is then the frame's share). ``emit``: None or one
         callable (or None) per message, as in :meth:`process`; an exception it raises becomes that
         frame's entry.
         """
@@ -382,12 +383,15 @@ class FramePipeline:
         for i, x in net_ins.items():
             groups.setdefault(x.shape, []).append(i)
         raw: dict[int, FrameOutputs] = {}
+        batched = supports_batch(self.runtime)
         for idx in groups.values():
             tb = time.perf_counter()
             outs = infer_many(self.runtime, [net_ins[i] for i in idx], self.cfg.threshold, errors="return")
             ms = (time.perf_counter() - tb) * 1e3
+            # frames that really shared one network call, and each frame's part of the time spent
+            shared = len(idx) if batched else 1
             for i, out in zip(idx, outs):
-                timings[i].update(inference=ms, batch=float(len(idx)))
+                timings[i].update(inference=ms if batched else ms / len(idx), batch=float(shared))
                 if isinstance(out, ValueError):
                     results[i] = out
                 else:

@@ -1,5 +1,6 @@
 """launch_testing, real ROS 2: ``detector.launch.py cameras:=... batch:=true`` starts ONE detector
-serving two cameras of different sizes with the bundled ``.pt`` on PyTorch (a real batch dimension).
+serving two cameras of different sizes with the bundled ``.pt`` on PyTorch with ``batch: on`` (a real
+batch dimension).
 Each camera's outputs arrive in its own namespace, where one node per camera would put them, with
 the camera's header and size; /diagnostics has one status per camera; with both cameras streaming
 faster than inference, ticks run both frames in one inference (frames_per_inference > 1).
@@ -7,6 +8,7 @@ faster than inference, ticks run both frames in one inference (frames_per_infere
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import unittest
 
@@ -29,10 +31,15 @@ CAMERAS = {"front": ("/cam_front/image_raw", (120, 200)), "rear": ("/cam_rear/im
 @pytest.mark.launch_test
 def generate_test_description():
     launch_file = os.path.join(get_package_share_directory("pebal_ros"), "launch", "detector.launch.py")
+    # runtime batching is off on the CPU by default (it pays there only for small frames, like the
+    # bundled model's 128x256): the params file switches it on
+    fd, params = tempfile.mkstemp(prefix="pebal_batch_", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        fh.write('/**:\n  ros__parameters:\n    batch: "on"\n')
     detector = launch.actions.IncludeLaunchDescription(
         PythonLaunchDescriptionSource(launch_file),
         launch_arguments={"cameras": ",".join(f"{ns}:{t}" for ns, (t, _) in CAMERAS.items()), "batch": "true",
-                          "runtime": "torch", "device": "cpu"}.items(),
+                          "runtime": "torch", "device": "cpu", "params_file": params}.items(),
     )
     return launch.LaunchDescription([detector, launch_testing.actions.ReadyToTest()])
 
