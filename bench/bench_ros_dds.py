@@ -172,7 +172,7 @@ def run(args) -> None:
     print(f"camera: {camera_frame(64, 32)[1]}; node outputs at {args.output_resolution} resolution; 'share' = the "
           "node's own non-inference work "
           "(deserialize, decode, pre/post-processing, encoding, publishing) / inference, from its /diagnostics")
-    for compressed in (False, True):
+    for compressed in [kind == "jpeg" for kind in args.inputs.split(",")]:
         for w, h in [tuple(int(v) for v in sz.split("x")) for sz in args.sizes.split(",")]:
             for label, names in sets.items():
                 with detector(args, compressed, names):
@@ -196,6 +196,7 @@ if __name__ == "__main__":
                     help="node's input_qos: large best-effort frames need bigger DDS socket buffers (docs/ros2.md)")
     ap.add_argument("--sizes", default="640x480,1024x512,2048x1024")
     ap.add_argument("--output-resolution", default="camera", choices=("camera", "network"))
+    ap.add_argument("--inputs", default="rgb8,jpeg", help="camera formats to drive the node with: rgb8, jpeg")
     ap.add_argument("--frames", type=int, default=10, help="frames per latency measurement")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per throughput measurement")
     run(ap.parse_args())
