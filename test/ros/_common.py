@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
@@ -171,3 +172,21 @@ class Diagnostics:
 def ros2(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     """The real ``ros2`` CLI, as a user would type it (in this test's environment)."""
     return subprocess.run(["ros2", *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+@pytest.fixture
+def ros():
+    """rclpy initialised for one test (the node runs in this process)."""
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+def assert_clean_exit(case: Any, proc_info: Any, proc_output: Any) -> None:
+    """After a launch test: launch ends the nodes with SIGINT and escalates to SIGTERM after 5 s, so
+    exit code 0 means SIGINT alone ended them; and nothing printed a traceback."""
+    import launch_testing.asserts
+
+    launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0])
+    text = "".join(o.text.decode(errors="replace") for o in proc_output)
+    case.assertNotIn("Traceback", text)

@@ -16,14 +16,14 @@ import launch
 import launch.actions
 import launch_testing
 import launch_testing.actions
-import launch_testing.asserts
 import pytest
 import rclpy
 from ament_index_python.packages import get_package_share_directory
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from sensor_msgs.msg import Image
 
-from _common import RVIZ_QOS, Diagnostics, Outputs, image_msg, pixels, send_and_wait, spin_until
+from _common import (RVIZ_QOS, Diagnostics, Outputs, assert_clean_exit, image_msg, pixels, send_and_wait,
+                     spin_until)
 
 CAMERAS = {"front": ("/cam_front/image_raw", (120, 200)), "rear": ("/cam_rear/image_raw", (96, 160))}
 
@@ -97,6 +97,4 @@ class TestBatchedCameras(unittest.TestCase):
 @launch_testing.post_shutdown_test()
 class TestShutdown(unittest.TestCase):
     def test_clean_exit(self, proc_info, proc_output):
-        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0])
-        text = "".join(o.text.decode(errors="replace") for o in proc_output)
-        self.assertNotIn("Traceback", text)
+        assert_clean_exit(self, proc_info, proc_output)

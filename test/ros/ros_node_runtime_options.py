@@ -5,22 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import rclpy
-from _common import tiny_onnx
+from _common import ros, tiny_onnx  # noqa: F401 - ros is a fixture
 from rclpy.parameter import Parameter
 
 from pebal_ros.node.detector import PebalDetector
 from pebal_ros.node.params import PARAMS
 
 H, W = 48, 80
-
-
-@pytest.fixture
-def ros():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
 
 
 def test_runtime_parameters_reload_or_are_refused(ros, tmp_path: Path) -> None:

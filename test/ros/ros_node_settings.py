@@ -7,10 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 import rclpy
 import torch
-from _common import image_msg, pixels, tiny_onnx
+from _common import image_msg, pixels, ros, tiny_onnx  # noqa: F401 - ros is a fixture
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from pebal_msgs.msg import PebalStatus
 from rclpy.executors import SingleThreadedExecutor
@@ -21,13 +20,6 @@ from pebal_ros.models import build_model, save_checkpoint
 from pebal_ros.node.detector import PebalDetector
 
 H, W = 48, 80
-
-
-@pytest.fixture
-def ros():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
 
 
 class Probe:
