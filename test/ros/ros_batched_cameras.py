@@ -2,7 +2,7 @@
 serving two cameras of different sizes with the bundled ``.pt`` on PyTorch with ``batch: on`` (a real
 batch dimension).
 Each camera's outputs arrive in its own namespace, where one node per camera would put them, with
-the camera's header and size; /diagnostics has one status per camera; with both cameras streaming
+the camera's header and size, and its camera_info republished for them; /diagnostics has one status per camera; with both cameras streaming
 faster than inference, ticks run both frames in one inference (frames_per_inference > 1).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import rclpy
 from ament_index_python.packages import get_package_share_directory
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 
 from _common import (RVIZ_QOS, Diagnostics, Outputs, assert_clean_exit, image_msg, pixels, send_and_wait,
                      spin_until)
@@ -39,7 +39,8 @@ def generate_test_description():
     detector = launch.actions.IncludeLaunchDescription(
         PythonLaunchDescriptionSource(launch_file),
         launch_arguments={"cameras": ",".join(f"{ns}:{t}" for ns, (t, _) in CAMERAS.items()), "batch": "true",
-                          "runtime": "torch", "device": "cpu", "params_file": params}.items(),
+                          "runtime": "torch", "device": "cpu", "params_file": params,
+                          "use_camera_info": "true"}.items(),
     )
     return launch.LaunchDescription([detector, launch_testing.actions.ReadyToTest()])
 
@@ -58,14 +59,33 @@ class TestBatchedCameras(unittest.TestCase):
     def test_one_node_serves_both_cameras_in_one_batch(self):
         pubs = {ns: self.node.create_publisher(Image, topic, RVIZ_QOS) for ns, (topic, _) in CAMERAS.items()}
         outs = {ns: Outputs(self.node, ns, ["semantic", "anomaly_mask", "status"]) for ns in CAMERAS}
+        infos = {ns: self.node.create_publisher(CameraInfo, topic.rsplit("/", 1)[0] + "/camera_info", RVIZ_QOS)
+                 for ns, (topic, _) in CAMERAS.items()}
+        info_out: dict[str, list] = {ns: [] for ns in CAMERAS}
+        for ns in CAMERAS:
+            self.node.create_subscription(CameraInfo, f"/{ns}/pebal/camera_info", info_out[ns].append, RVIZ_QOS)
         for i, (ns, (_, (h, w))) in enumerate(CAMERAS.items()):
             img = pixels(h, w, 3 + i)
-            got = send_and_wait(self.node, pubs[ns], lambda st, img=img, ns=ns: image_msg(img, "rgb8", st, f"{ns}_cam"),
-                                outs[ns], 10 + i, timeout=240, resend=3.0)
+
+            def frame(st, img=img, ns=ns, h=h, w=w):
+                info = CameraInfo()
+                info.header.stamp.sec, info.header.stamp.nanosec = st
+                info.width, info.height = w, h
+                info.k = [100.0, 0.0, w / 2, 0.0, 100.0, h / 2, 0.0, 0.0, 1.0]
+                info.p = [100.0, 0.0, w / 2, 0.0, 0.0, 100.0, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+                infos[ns].publish(info)
+                return image_msg(img, "rgb8", st, f"{ns}_cam")
+
+            got = send_and_wait(self.node, pubs[ns], frame, outs[ns], 10 + i, timeout=240, resend=3.0)
             self.assertEqual(set(got), {"semantic", "anomaly_mask", "status"}, ns)
             for name in ("semantic", "anomaly_mask"):
                 self.assertEqual((got[name].height, got[name].width, got[name].header.frame_id), (h, w, f"{ns}_cam"))
             self.assertEqual((got["status"].image_height, got["status"].image_width), (h, w))
+            # each camera's own calibration, republished for its outputs
+            spin_until(self.node, lambda ns=ns: bool(info_out[ns]), 20)
+            self.assertTrue(info_out[ns], f"no camera_info for {ns}")
+            self.assertEqual((info_out[ns][-1].width, info_out[ns][-1].height, info_out[ns][-1].header.frame_id),
+                             (w, h, f"{ns}_cam"))
 
         # both cameras streaming at 20 Hz, faster than the model runs here: the worker finds both
         # cameras' newest frames waiting and runs them in one inference
