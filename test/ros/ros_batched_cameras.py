@@ -111,6 +111,26 @@ class TestBatchedCameras(unittest.TestCase):
             streamed = [m for (name, st), m in outs[ns].got.items() if name == "status" and st[0] > 2000]
             self.assertTrue(streamed, ns)
             self.assertTrue(all((m.image_height, m.image_width) == (h, w) for m in streamed), ns)
+
+        # the rear camera sends frames with a wrong step while the front one streams on: the rear's
+        # are counted bad, the front's still processed (in the same ticks)
+        processed = {ns: int(diags[ns].wait(lambda v: "frames_processed" in v)["frames_processed"]) for ns in CAMERAS}
+        bad_before = int(diags["rear"].wait(lambda v: "frames_bad" in v)["frames_bad"])
+
+        def front_good_rear_bad():
+            seq[0] += 1
+            pubs["front"].publish(image_msg(imgs["front"], "rgb8", (3000 + seq[0], 0), "front_cam"))
+            h, w = CAMERAS["rear"][1]
+            pubs["rear"].publish(image_msg(imgs["rear"], "rgb8", (3000 + seq[0], 0), "rear_cam", step=w * 3 + 1))
+
+        spin_until(self.node, lambda: False, 4.0, step=front_good_rear_bad, period=0.1)
+        rear = diags["rear"].wait(lambda v: int(v.get("frames_bad", "0")) > bad_before, timeout=30)
+        self.assertGreater(int(rear.get("frames_bad", "0")), bad_before, rear)
+        self.assertIn("step", rear.get("last_error", ""), rear)
+        self.assertEqual(int(rear["frames_processed"]), processed["rear"], rear)
+        front = diags["front"].wait(lambda v: int(v["frames_processed"]) > processed["front"], timeout=30)
+        self.assertGreater(int(front["frames_processed"]), processed["front"], front)
+        self.assertEqual(front.get("frames_bad"), "0", front)
         time.sleep(0.1)
 
 
