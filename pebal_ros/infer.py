@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from .data.io import collect_images
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,28 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", action="store_true", help="also write the binary anomaly mask")
     p.add_argument("--min-region-area", type=int, default=None,
                    help="smallest region to box, in pixels (default: the model's settings, 50)")
-
-
-def collect_images(inputs: Iterable[str | Path], recursive: bool = False) -> tuple[list[Path], list[str]]:
-    """The image files named or contained in ``inputs`` (sorted per folder) and the problems found."""
-    files: list[Path] = []
-    problems: list[str] = []
-    for item in map(Path, inputs):
-        try:
-            if item.is_dir():
-                pattern = "**/*" if recursive else "*"
-                found = sorted(p for p in item.glob(pattern)
-                               if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-                if not found:
-                    problems.append(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-                files.extend(found)
-            elif item.is_file():
-                files.append(item)
-            else:
-                problems.append(f"{item}: no such file or folder")
-        except OSError as exc:   # e.g. under a folder the user may not enter: skip it, keep the rest
-            problems.append(f"{item}: cannot be read: {exc.strerror or exc}")
-    return files, problems
 
 
 def _out_names(files: list[Path]) -> list[str]:

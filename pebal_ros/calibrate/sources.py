@@ -63,7 +63,7 @@ class NormalFrames:
 
     def __init__(self, inputs: list[str | Path], topics: list[str] | None = None, every: int = 1,
                  max_frames: int | None = None, recursive: bool = False) -> None:
-        from ..infer import collect_images
+        from ..data.io import collect_images
         from ..replay.bag import is_bag
 
         if every < 1:
@@ -221,7 +221,7 @@ class LabelledFrames:
 
 
 def _pair_folders(images: Path, labels: Path) -> list[tuple[Path, Path]]:
-    from ..infer import IMAGE_SUFFIXES
+    from ..data.io import IMAGE_SUFFIXES
 
     for d in (images, labels):
         if not d.is_dir():

@@ -1,10 +1,14 @@
-"""Image and label-map reading shared by the dataset readers (OpenCV, RGB out)."""
+"""Image and label-map reading shared by the dataset readers and the tools (OpenCV, RGB out)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
+
+# What cv2.imread reads and people keep camera frames in
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -41,3 +45,25 @@ def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, labe
     if image.shape[:2] != label.shape[:2]:
         raise ValueError(f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]}, "
                          f"label {label_path} is {label.shape[1]}x{label.shape[0]}")
+
+
+def collect_images(inputs: Iterable[str | Path], recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """The image files named or contained in ``inputs`` (sorted per folder) and the problems found."""
+    files: list[Path] = []
+    problems: list[str] = []
+    for item in map(Path, inputs):
+        try:
+            if item.is_dir():
+                pattern = "**/*" if recursive else "*"
+                found = sorted(p for p in item.glob(pattern)
+                               if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                if not found:
+                    problems.append(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                files.extend(found)
+            elif item.is_file():
+                files.append(item)
+            else:
+                problems.append(f"{item}: no such file or folder")
+        except OSError as exc:   # e.g. under a folder the user may not enter: skip it, keep the rest
+            problems.append(f"{item}: cannot be read: {exc.strerror or exc}")
+    return files, problems
