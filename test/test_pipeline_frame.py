@@ -369,3 +369,92 @@ def test_camera_size_maps_are_made_only_when_used_and_survive_the_next_frame(fac
     np.testing.assert_array_equal(only_status.outputs.semantic, image_view(ref.messages["semantic"])[0])
     np.testing.assert_array_equal(only_status.outputs.score, float_image_from_msg(ref.messages["anomaly_score"]))
     np.testing.assert_array_equal(only_status.outputs.mask * 255, image_view(ref.messages["anomaly_mask"])[0])
+
+
+# --- JPEG decoded at reduced scale for the network ---------------------------------------------
+
+class InputSpy(PaletteRuntime):
+    """Keeps a copy of every network input it was given."""
+
+    def infer(self, image, threshold):
+        self.inputs = getattr(self, "inputs", []) + [np.array(image, copy=True)]
+        return super().infer(image, threshold)
+
+
+def _jpeg_msg(factory, rgb, quality=95):
+    fmt, payload = encode_compressed(rgb, "jpeg", quality=quality)
+    C = factory.types["sensor_msgs/msg/CompressedImage"]
+    return cdr(factory, C(header=factory.header(1, 2, "cam"), format=fmt, data=payload), C.__msgtype__), payload
+
+
+def test_jpeg_reduction_factor():
+    from pebal_ros.pipeline.convert import jpeg_reduction
+
+    assert jpeg_reduction((1024, 2048), (128, 256)) == 8
+    assert jpeg_reduction((1000, 2000), (128, 256)) == 4        # 1/8 would give 125 < 128 rows
+    assert jpeg_reduction((100, 190), (24, 48)) == 4            # ceil: 25 x 48
+    assert jpeg_reduction((512, 1024), (512, 1024)) == 1 and jpeg_reduction((480, 640), (512, 1024)) == 1
+
+
+def test_a_large_jpeg_feeds_the_network_from_a_reduced_decode(factory):
+    """The network input is libjpeg's 1/4-scale decode (not a full decode averaged down): the same
+    pixels as OpenCV's IMREAD_REDUCED_COLOR_4, within a grey level or two of the full decode
+    area-resized; everything at camera size (outputs, overlay) still uses the whole frame."""
+    scene = cv2.GaussianBlur(make_scene(96, 192, blob=(40, 60, 20, 32)), (5, 5), 1.5)
+    msg, payload = _jpeg_msg(factory, scene)
+    rt = InputSpy(input_size=(24, 48))
+    pipe = FramePipeline(rt, PipelineConfig(threshold=1e9, overlay_boxes=False), factory)   # no anomalies
+    res = pipe.process(msg)
+    reduced = cv2.cvtColor(cv2.imdecode(payload, cv2.IMREAD_REDUCED_COLOR_4), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(rt.inputs[-1], reduced)
+    full = cv2.cvtColor(cv2.imdecode(payload, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    area = cv2.resize(full, (48, 24), interpolation=cv2.INTER_AREA)
+    assert np.abs(reduced.astype(int) - area).mean() < 2.0
+    assert res.camera_size == (96, 192) and res.status.image_width == 192
+    sem, _ = image_view(res.messages["semantic"])
+    ov, _ = image_view(res.messages["overlay"])
+    assert sem.shape == (96, 192) and ov.shape == (96, 192, 3)
+    # the overlay blends the whole decoded frame, not an upsampled network input
+    np.testing.assert_array_equal(ov, cv2.addWeighted(full, 0.5, PALETTE[sem], 0.5, 0.0))
+    # PNG, and a JPEG no larger than the network: decoded whole, then resized (as before)
+    fmt, png = encode_compressed(scene, "png")
+    C = factory.types["sensor_msgs/msg/CompressedImage"]
+    pipe.process(cdr(factory, C(header=factory.header(), format=fmt, data=png), C.__msgtype__))
+    np.testing.assert_array_equal(rt.inputs[-1], cv2.resize(scene, (48, 24), interpolation=cv2.INTER_AREA))
+
+
+def test_reduced_jpeg_decoding_is_the_same_alone_and_in_a_batch(factory):
+    scenes = [cv2.GaussianBlur(make_scene(h, w), (5, 5), 1.5) for h, w in ((96, 192), (100, 190), (24, 48))]
+    msgs = [_jpeg_msg(factory, s)[0] for s in scenes]
+    alone = InputSpy(input_size=(24, 48))
+    pipe = FramePipeline(alone, PipelineConfig(threshold=0.0), factory)
+    singles = [pipe.process(m) for m in msgs]
+    together = InputSpy(input_size=(24, 48))
+    batch = FramePipeline(together, PipelineConfig(threshold=0.0), factory).process_batch(msgs)
+    for a, b, x, y in zip(singles, batch, alone.inputs, together.inputs):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(a.outputs.mask, b.outputs.mask)
+        assert a.camera_size == b.camera_size
+        np.testing.assert_array_equal(image_view(a.messages["overlay"])[0], image_view(b.messages["overlay"])[0])
+    assert [r.camera_size for r in singles] == [(96, 192), (100, 190), (24, 48)]
+
+
+def test_reduced_decoding_keeps_every_bad_frame_check(factory):
+    from pebal_ros.pipeline.convert import compressed_to_array, jpeg_size
+
+    scene = make_scene(96, 192)
+    msg, payload = _jpeg_msg(factory, scene)
+    assert jpeg_size(msg) == (96, 192)
+    pipe = FramePipeline(PaletteRuntime(input_size=(24, 48)), PipelineConfig(threshold=0.0), factory)
+    C = factory.types["sensor_msgs/msg/CompressedImage"]
+    truncated = C(header=factory.header(), format="jpeg", data=payload[: payload.size // 2].copy())
+    with pytest.raises(CorruptCompressedImageError, match="end-of-image"):
+        pipe.process(truncated)                               # header fine, data cut: still refused
+    fmt, png = encode_compressed(scene, "png")
+    png_msg = C(header=factory.header(), format=fmt, data=png)
+    assert jpeg_size(png_msg) is None
+    with pytest.raises(ValueError, match="needs a JPEG"):
+        compressed_to_array(png_msg, "rgb", reduce=2)
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        compressed_to_array(msg, "rgb", reduce=3)
+    assert compressed_to_array(msg, "rgb", reduce=8).shape == (12, 24, 3)

@@ -13,6 +13,7 @@ it as the reason a frame was skipped.
 from __future__ import annotations
 
 import array
+import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,10 +281,54 @@ def compressed_format_kind(fmt: str) -> str:
     raise UnsupportedEncodingError(f"CompressedImage format {fmt!r} is not supported; expected jpeg or png")
 
 
-def compressed_to_array(msg: Any, order: str = "rgb") -> np.ndarray:
-    """Decode a ``sensor_msgs/CompressedImage``-like message (JPEG or PNG) to uint8 HxWx3."""
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def jpeg_size(msg: Any) -> tuple[int, int] | None:
+    """(H, W) of a JPEG CompressedImage from its header alone (no decoding); None for anything else
+    (PNG, unreadable header). Pillow reads just the frame header."""
+    buf = _as_u8_buffer(msg.data)
+    if not buf[:3].tobytes().startswith(_JPEG_SOI):
+        return None
+    from PIL import Image as PILImage
+
+    try:
+        # the frame header sits before the entropy-coded data, within the first 64 KiB (the
+        # largest APPn segment) unless a file carries several: then read it all
+        for head in (buf[:65536], buf):
+            try:
+                with PILImage.open(io.BytesIO(head.tobytes()), formats=["JPEG"]) as im:
+                    w, h = im.size
+                return int(h), int(w)
+            except OSError:
+                if head.size == buf.size:
+                    raise
+    except Exception:  # noqa: BLE001 - a bad header: the full decode will say what is wrong
+        return None
+    return None
+
+
+def jpeg_reduction(size: tuple[int, int], target: tuple[int, int]) -> int:
+    """The largest libjpeg scale factor (8, 4, 2; else 1) that still decodes a ``size`` JPEG to at
+    least ``target`` (H, W): decoding at 1/8 costs a fifth of a full decode and is a proper
+    low-pass (the DCT's), where a full decode would be averaged down to the network size anyway."""
+    for f in (8, 4, 2):
+        if -(-size[0] // f) >= target[0] and -(-size[1] // f) >= target[1]:
+            return f
+    return 1
+
+
+def compressed_to_array(msg: Any, order: str = "rgb", reduce: int = 1) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage``-like message (JPEG or PNG) to uint8 HxWx3.
+
+    ``reduce`` (2, 4 or 8; JPEG only): decode at that fraction of the size in libjpeg's DCT, giving
+    ceil(H / reduce) x ceil(W / reduce) pixels.
+    """
     if order not in ("rgb", "bgr"):
         raise ValueError(f"order must be 'rgb' or 'bgr', got {order!r}")
+    if reduce not in _REDUCED:
+        raise ValueError(f"reduce must be one of {sorted(_REDUCED)}, got {reduce!r}")
     declared = compressed_format_kind(str(msg.format))
     buf = _as_u8_buffer(msg.data)
     if buf.size == 0:
@@ -308,7 +353,9 @@ def compressed_to_array(msg: Any, order: str = "rgb") -> np.ndarray:
         )
     if declared and declared != actual:
         raise CorruptCompressedImageError(f"CompressedImage format says {declared} but the payload is {actual}")
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if reduce != 1 and actual != "jpeg":
+        raise ValueError(f"reduce={reduce} needs a JPEG payload, got {actual}")
+    img = cv2.imdecode(buf, _REDUCED[reduce])
     if img is None or img.size == 0:
         raise CorruptCompressedImageError(f"{actual.upper()} payload of {buf.size} bytes does not decode")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if order == "rgb" else img
