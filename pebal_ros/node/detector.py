@@ -92,6 +92,7 @@ class CameraChannel:
     info_pub: Publisher | None = None
     camera_info: CameraInfo | None = None
     stats: RunningStats = field(default_factory=RunningStats)
+    logger: Any = None                          # its own logger: one camera's warnings never throttle another's
 
     def topic(self, relative: str) -> str:
         return f"{self.name}/{relative}" if self.name else relative
@@ -114,6 +115,8 @@ class PebalDetector(Node):
         self.factory = self.wire.factory
         self._topic_types = {name: PebalStatus if name == "status" else Image for name in OUTPUT_NAMES}
         self.cameras = [CameraChannel(str(c).strip("/")) for c in self._values["cameras"]]
+        for cam in self.cameras:
+            cam.logger = self.get_logger().get_child(cam.name.replace("/", ".")) if cam.name else self.get_logger()
         self.frames = LatestFrames([c.name for c in self.cameras])
         self._lock = threading.Lock()   # guards pipeline / publisher swaps against the worker
         self._pipeline: FramePipeline | None = None
@@ -263,8 +266,7 @@ class PebalDetector(Node):
             cam = by_name[name]
             if pipeline is None:
                 cam.stats.record_failure(f"no model loaded: {self._model_error}")
-                self.get_logger().error(f"frame skipped, no model loaded: {self._model_error}",
-                                        throttle_duration_sec=throttle)
+                cam.logger.error(f"frame skipped, no model loaded: {self._model_error}", throttle_duration_sec=throttle)
                 continue
             wanted = [n for n, pub in pubs[name].items() if pub.get_subscription_count() > 0]
             want_info = cam.info_pub is not None and cam.info_pub.get_subscription_count() > 0
@@ -315,16 +317,15 @@ class PebalDetector(Node):
     def _frame_failed(self, cam: CameraChannel, exc: Exception) -> None:
         """Count and report a frame that produced no result; the node goes on with the next one."""
         throttle = float(self._values["warn_throttle_s"])
-        where = f" (camera {cam.name})" if cam.name else ""
         if isinstance(exc, FrameError):
             cam.stats.record_bad(str(exc))
-            self.get_logger().warning(f"bad frame skipped{where}: {exc}", throttle_duration_sec=throttle)
+            cam.logger.warning(f"bad frame skipped: {exc}", throttle_duration_sec=throttle)
         elif isinstance(exc, RuntimeOutputError):
             cam.stats.record_failure(str(exc))
-            self.get_logger().error(f"{exc}{where}", throttle_duration_sec=throttle)
+            cam.logger.error(str(exc), throttle_duration_sec=throttle)
         else:   # anything else, e.g. a publisher destroyed by a parameter change while publishing
             cam.stats.record_failure(f"{type(exc).__name__}: {exc}")
-            self.get_logger().error(f"frame failed{where}: {type(exc).__name__}: {exc}", throttle_duration_sec=throttle)
+            cam.logger.error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=throttle)
 
     def _publish_camera_info(self, cam: CameraChannel, header: Any, shape: tuple[int, ...]) -> None:
         info, pub = cam.camera_info, cam.info_pub
