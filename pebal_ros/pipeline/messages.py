@@ -1,17 +1,13 @@
-"""Output messages, built the same way for rclpy (the node) and rosbags (replay, tests).
+"""Output messages, built the same way for the node, replay and the tools.
 
 A :class:`MessageFactory` knows the message classes of one library and how that library wants a
 ``uint8[]`` field filled; everything else (field values, header copying, region lists) is common
-code. ``MessageFactory.for_rosbags(typestore)`` works anywhere; ``MessageFactory.for_rclpy()``
-needs a sourced ROS 2 install with ``pebal_msgs`` built.
-
-Image payloads are never converted per element: rosbags gets a numpy uint8 array, rclpy gets an
-``array.array('B')`` filled with one ``frombytes`` memcpy (its setter then skips the slow
-per-element checks it applies to lists and bytes).
+code. ``MessageFactory.for_rosbags(typestore)`` is what everything uses: the node too, since it
+publishes serialized bytes (pebal_ros/node/wire.py). Image payloads are never converted per
+element: rosbags holds numpy uint8 arrays.
 """
 from __future__ import annotations
 
-import array
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -143,12 +139,6 @@ class StatusFields:
     regions: list[Region] = field(default_factory=list)
 
 
-def _copy_to_array_array(data: np.ndarray) -> array.array:
-    out = array.array("B")
-    out.frombytes(np.ascontiguousarray(data, dtype=np.uint8).data)
-    return out
-
-
 class MessageFactory:
     """Builds sensor_msgs/Image, CompressedImage and pebal_msgs/PebalStatus for one message library.
 
@@ -178,15 +168,6 @@ class MessageFactory:
         factory.typestore = store
         factory._keeps_arrays = True
         return factory
-
-    @classmethod
-    def for_rclpy(cls) -> "MessageFactory":
-        from pebal_msgs.msg import AnomalyRegion, PebalStatus  # type: ignore[import-not-found]
-        from sensor_msgs.msg import CompressedImage, Image  # type: ignore[import-not-found]
-        from std_msgs.msg import Header  # type: ignore[import-not-found]
-
-        return cls({IMAGE_TYPE: Image, COMPRESSED_IMAGE_TYPE: CompressedImage, HEADER_TYPE: Header,
-                    STATUS_TYPE: PebalStatus, REGION_TYPE: AnomalyRegion}, _copy_to_array_array, "rclpy")
 
     typestore: Any = None   # set for rosbags factories (serialisation)
     _keeps_arrays = False   # uint8[] fields may be numpy arrays (rosbags), not a library's own type
