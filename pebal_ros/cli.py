@@ -23,6 +23,10 @@ COMMANDS: dict[str, str] = {
     "train": "pebal_ros.train.pretrain",
     "make-synthetic": "pebal_ros.data.synthetic",
     "build-coco-ood": "pebal_ros.data.coco_ood",
+    "build-objects": "pebal_ros.data.object_bank",
+    "build-mixed-set": "pebal_ros.road.mixed_set",
+    "build-road-cache": "pebal_ros.road.feature_cache",
+    "finetune-cached": "pebal_ros.road.finetune",
     "export": "pebal_ros.export.onnx",
     "build-engine": "pebal_ros.export.tensorrt",
 }

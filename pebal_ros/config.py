@@ -79,6 +79,29 @@ class TrainConfig:
 
 
 @dataclass
+class RoadConfig:
+    """Real-road fine-tuning from a feature cache (``pebal build-road-cache``, ``pebal finetune-cached``,
+    ``pebal build-mixed-set``): the AnomalyMix pool of real frames and how objects are placed."""
+    input_size: tuple[int, int] = (256, 512)          # (height, width): the node's inference.input_size
+    mixes_per_frame: int = 4                          # pool items per training frame (each its own mix)
+    extra_repeats: int = 8                            # pool items per frame of the extra (Cityscapes) frames
+    objects: str = "both"                             # outlier sources: real | procedural | both | none
+    procedural_count: int = 4000                      # procedural objects to draw from
+    procedural_size: int = 160                        # their longest side in pixels before scaling
+    min_objects: int = 1
+    max_objects: int = 3                              # objects per mixed item: uniform in [min, max]
+    clean_fraction: float = 0.2                       # items without any object
+    p_ground: float = 0.8                             # an object stands on road/sidewalk (else anywhere)
+    height_range: tuple[float, float] = (0.12, 0.8)   # object height / camera height, on the ground
+    free_height_range: tuple[float, float] = (0.04, 0.35)   # object height / frame height, anywhere
+    brightness_range: tuple[float, float] = (0.6, 1.15)
+    zoom_range: tuple[float, float] = (1.0, 1.5)      # frame resized to input_size, zoomed, cropped back
+    flip_probability: float = 0.5
+    feature_dtype: str = "float16"                    # cached encoder outputs: float16 | float32
+    seed: int = 0
+
+
+@dataclass
 class PretrainConfig:
     """``pebal train``: supervised cross-entropy training of an inlier network from scratch."""
     arch: str = "espnetv2"
@@ -144,6 +167,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    road: RoadConfig = field(default_factory=RoadConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 

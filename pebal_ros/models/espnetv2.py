@@ -227,6 +227,11 @@ class EESPNetEncoder(nn.Module):
         self.level4_0 = DownSampler(c[2], c[3], r_lim=RECEPT_LIMIT[2])
         self.level4 = nn.ModuleList(EESP(c[3], c[3], r_lim=RECEPT_LIMIT[3]) for _ in range(LEVEL4_REPEATS))
 
+    def low_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Levels 1 and 2 alone (the first two outputs of ``forward``; cheap to recompute)."""
+        l1 = self.level1(x)
+        return l1, self.level2_0(l1, ImagePyramid(x))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         pyramid = ImagePyramid(x)
         l1 = self.level1(x)
@@ -396,8 +401,14 @@ class ESPNetv2Segmentation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] image batch, got shape {tuple(x.shape)}")
-        size = x.shape[2:]
-        l1, l2, l3, l4 = self.base_net(x)
+        return self.decode(self.base_net(x), x.shape[2:])
+
+    def decode(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """The decoder on the encoder's four levels (``base_net(x)``), logits resized to ``size``.
+
+        ``forward(x) == decode(base_net(x), x.shape[2:])``; split so that fine-tuning with a frozen
+        encoder can feed cached encoder outputs (``pebal_ros.train.feature_cache``)."""
+        l1, l2, l3, l4 = features
         out = self.bu_dec_l1(l4)
         out = self.bu_dec_l2(self.bu_br_l2(self._up_to(out, l3) + self.merge_enc_dec_l2(l3)))
         out = self.bu_dec_l3(self.bu_br_l3(self._up_to(out, l2) + self.merge_enc_dec_l3(l2)))
