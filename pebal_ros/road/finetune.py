@@ -48,11 +48,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def to_input(images: np.ndarray, mean, std, device: torch.device) -> torch.Tensor:
-    """uint8 [B, H, W, 3] RGB -> normalised float [B, 3, H, W] on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return (x - m) / s
+    """uint8 [B, H, W, 3] RGB -> normalised float [B, 3, H, W] on ``device``, computed as
+    ``data.transforms.normalize`` does (x * 1/(255 std) - mean/std in float32), so the recomputed
+    levels 1-2 see the very input the cache's levels 3-4 were computed from."""
+    scale = torch.from_numpy(1.0 / (255.0 * np.asarray(std, dtype=np.float32))).to(device).view(1, 3, 1, 1)
+    shift = torch.from_numpy(np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).to(device)
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+    return (x * scale - shift.view(1, 3, 1, 1)).contiguous()
 
 
 def cached_forward(model: torch.nn.Module, batch: dict[str, np.ndarray], cfg: Config,
@@ -164,7 +166,7 @@ def finetune_cached(cfg: Config, *, model_path: str | None, cache: Path, out: Pa
             if checkpoint_steps and (step + 1) % checkpoint_steps == 0 and step + 1 < n_steps:
                 save_state(epoch, step + 1, sums)
         bar.close()
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": (epoch + 1) * n_steps, "lr": scheduler.get_last_lr()[0],
                                   "seconds": time.perf_counter() - t0, **{k: v / n_steps for k, v in sums.items()}}
         if val is not None:
             record.update(evaluate_val(model, val, cfg, device))
