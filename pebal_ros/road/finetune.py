@@ -81,7 +81,7 @@ def evaluate_val(model: torch.nn.Module, val: Path, cfg: Config, device: torch.d
 def finetune_cached(cfg: Config, *, model_path: str | None, cache: Path, out: Path, resume: str | None = None,
                     val: Path | None = None, checkpoint_steps: int = 50, progress: bool = True) -> Path:
     from pebal_ros.losses import pebal_loss
-    from pebal_ros.models import add_abstention, freeze_all_but_final, load_model
+    from pebal_ros.models import add_abstention, freeze_all_but_final, load_model, save_checkpoint
     from pebal_ros.train.distributed import resolve_device
 
     tc = cfg.train
@@ -175,15 +175,13 @@ def finetune_cached(cfg: Config, *, model_path: str | None, cache: Path, out: Pa
         print(f"epoch {epoch + 1}/{tc.epochs} | {format_terms(record, SHOWN_TERMS)}"
               + (f" | val AUROC {record['val_auroc']:.4f} AP {record['val_ap']:.4f} FPR95 {record['val_fpr95']:.4f}"
                  if val is not None else "") + f" | {record['seconds']:.0f} s", file=sys.stderr)
-        atomic_save(model_payload(model, **meta, epoch=epoch + 1, epoch_summary=record),
-                    out / f"model_epoch_{epoch + 1:03d}.pt")
+        save_checkpoint(model, out / f"model_epoch_{epoch + 1:03d}.pt", **meta, epoch=epoch + 1, epoch_summary=record)
         epoch, pos, state = epoch + 1, 0, None
         save_state(epoch, 0, {})
         history.write(out, "finetune")
 
-    final = atomic_save(model_payload(model, **meta, epoch=tc.epochs,
-                                      final_epoch_summary=history.epochs[-1] if history.epochs else {}),
-                        out / "model.pt")
+    final = save_checkpoint(model, out / "model.pt", **meta, epoch=tc.epochs,
+                            final_epoch_summary=history.epochs[-1] if history.epochs else {})
     history.write(out, "finetune")
     history.plot(out / "loss_curve.png", keys=list(SHOWN_TERMS), title="PEBAL fine-tuning (cached encoder)")
     print(f"wrote {final} (and logs) in {out}", file=sys.stderr)
