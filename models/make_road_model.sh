@@ -70,7 +70,7 @@ echo "   epoch $BEST chosen on val ($SECONDS s)"
 echo "== 5/7 evaluation: CamVid test with held-out objects + CamVid test mIoU, original vs fine-tuned"
 $PEBAL evaluate --preset road --no-progress --num-workers 0 \
   --model original="$WEIGHTS" --model road="$MODEL" \
-  --dataset camvid_objects@fs_static="$WORK/mixed_test" --dataset camvid:test="$CAMVID" --out "$WORK/eval"
+  --dataset camvid_objects@fs_static="$WORK/mixed_test" --dataset camvid_test@camvid:test="$CAMVID" --out "$WORK/eval"
 
 echo "== 6/7 calibration on normal real frames (CamVid val + the Cityscapes frames), 0.1 % pixel FPR"
 $PEBAL calibrate "$CAMVID/val" "$CITY"/*_leftImg8bit.png --model "$MODEL" --pixel-fpr 0.001 --no-progress
