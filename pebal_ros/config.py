@@ -76,6 +76,9 @@ class TrainConfig:
     device: str = "auto"
     # Module-name globs to train instead of the final block (empty = the architecture's final block).
     trainable: tuple[str, ...] = ()
+    # Keep the BatchNorm layers of the trainable blocks in eval mode (running statistics fixed at the
+    # pre-trained values; their scale/shift still train). Not official; pebal finetune-cached only.
+    bn_eval: bool = False
 
 
 @dataclass

@@ -72,15 +72,20 @@ def check(runtime: Any, threshold: float, images: Path, boxes: dict[str, Any],
             "other_flagged": other, "other_flagged_max": max(fr["other_flagged"] for fr in frames.values())}
 
 
+def _short(name: str) -> str:
+    stem = Path(name).stem.replace("_leftImg8bit", "")
+    return stem if len(stem) <= 30 else stem[:12] + "…" + stem[-17:]
+
+
 def format_table(result: dict[str, Any]) -> str:
     lines = ["| frame | obstacle | kind | box flagged | hit |", "|---|---|---|---:|:---:|"]
     for name, fr in result["frames"].items():
         for o in fr["obstacles"]:
-            lines.append(f"| {name[:28]} | {o['id']} | {o['kind']} | {100 * o['flagged']:.1f} % | "
+            lines.append(f"| {_short(name)} | {o['id']} | {o['kind']} | {100 * o['flagged']:.1f} % | "
                          f"{'yes' if o['hit'] else 'no'} |")
     lines += ["", "| frame | other pixels flagged | box-vs-rest AUROC |", "|---|---:|---:|"]
     for name, fr in result["frames"].items():
-        lines.append(f"| {name[:28]} | {100 * fr['other_flagged']:.2f} % | {fr['box_auroc']:.3f} |")
+        lines.append(f"| {_short(name)} | {100 * fr['other_flagged']:.2f} % | {fr['box_auroc']:.3f} |")
     lines.append(f"\n{result['hits']} of {result['obstacles']} obstacles hit (>= {100 * result['hit_fraction']:.0f} % "
                  f"of the box flagged); other pixels flagged {100 * result['other_flagged']:.2f} % overall, "
                  f"at most {100 * result['other_flagged_max']:.2f} % of a frame; threshold {result['threshold']:.4g}")

@@ -12,8 +12,8 @@ road preset trains the whole decoder. The batch order of epoch e is a permutatio
 (train.seed, e), and ``last.pt`` is written every ``--checkpoint-steps`` steps with the position
 in the epoch, so ``--resume auto`` continues exactly where a killed run stopped. Uses CUDA when
 present (``--device``). With ``--val DIR`` (a mixed set from ``pebal build-mixed-set``) every
-epoch is evaluated (AUROC/AP/FPR95 of the PEBAL score) and saved as ``model_epoch_NNN.pt``, so the
-epoch can be chosen on validation data.
+epoch is evaluated (AUROC/AP/FPR95 of the PEBAL score; with ``--val-camvid ROOT`` also the mIoU on
+CamVid val) and saved as ``model_epoch_NNN.pt``, so the epoch can be chosen on validation data.
 """
 from __future__ import annotations
 
@@ -68,18 +68,28 @@ def cached_forward(model: torch.nn.Module, batch: dict[str, np.ndarray], cfg: Co
     return model.decode((l1, l2, l3, l4), x.shape[2:])
 
 
-def evaluate_val(model: torch.nn.Module, val: Path, cfg: Config, device: torch.device) -> dict[str, float]:
+def evaluate_val(model: torch.nn.Module, val: Path, cfg: Config, device: torch.device,
+                 camvid: Path | None = None) -> dict[str, float]:
+    """AUROC/AP/FPR95 of the PEBAL score on the mixed val set; with ``camvid``, also the 11-class
+    mIoU on CamVid val (what fine-tuning costs the semantics)."""
     from pebal_ros.evaluate import DatasetSpec, evaluate_model
     model.eval()
-    res = evaluate_model(model, "val", "", [DatasetSpec("val", "fs_static", val)],
-                         input_size=tuple(cfg.road.input_size), mean=cfg.inference.mean, std=cfg.inference.std,
-                         scorers=["pebal"], resolutions=["input"], device=device, progress=False)
+    specs = [DatasetSpec("val", "fs_static", val)]
+    if camvid is not None:
+        specs.append(DatasetSpec("camvid_val", "camvid", camvid, "val"))
+    res = evaluate_model(model, "val", "", specs, input_size=tuple(cfg.road.input_size), mean=cfg.inference.mean,
+                         std=cfg.inference.std, scorers=["pebal"], resolutions=["input"], device=device,
+                         progress=False)
     m = res.ood["val"]["pebal"]
-    return {"val_auroc": m["auroc"], "val_ap": m["ap"], "val_fpr95": m["fpr95"]}
+    out = {"val_auroc": m["auroc"], "val_ap": m["ap"], "val_fpr95": m["fpr95"]}
+    if camvid is not None:
+        out["val_miou"] = res.seg["camvid_val"]["miou"]
+    return out
 
 
 def finetune_cached(cfg: Config, *, model_path: str | None, cache: Path, out: Path, resume: str | None = None,
-                    val: Path | None = None, checkpoint_steps: int = 50, progress: bool = True) -> Path:
+                    val: Path | None = None, val_camvid: Path | None = None, checkpoint_steps: int = 50,
+                    progress: bool = True) -> Path:
     from pebal_ros.losses import pebal_loss
     from pebal_ros.models import add_abstention, freeze_all_but_final, load_model, save_checkpoint
     from pebal_ros.train.distributed import resolve_device
@@ -137,8 +147,15 @@ def finetune_cached(cfg: Config, *, model_path: str | None, cache: Path, out: Pa
                                   "history": history.state_dict(), "epoch_sums": dict(sums)}
         atomic_save(payload, out / "last.pt")
 
-    while epoch < tc.epochs:
+    def train_mode() -> None:
         model.train()   # trainable blocks train; frozen parts stay in eval mode
+        if tc.bn_eval:
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    while epoch < tc.epochs:
+        train_mode()
         order = epoch_order(len(data), tc.seed, epoch)
         sums: dict[str, float] = dict(state["train_state"].get("epoch_sums", {})) if (state and pos) else {}
         t0 = time.perf_counter()
@@ -169,12 +186,14 @@ def finetune_cached(cfg: Config, *, model_path: str | None, cache: Path, out: Pa
         record: dict[str, Any] = {"epoch": epoch + 1, "step": (epoch + 1) * n_steps, "lr": scheduler.get_last_lr()[0],
                                   "seconds": time.perf_counter() - t0, **{k: v / n_steps for k, v in sums.items()}}
         if val is not None:
-            record.update(evaluate_val(model, val, cfg, device))
-            model.train()
+            record.update(evaluate_val(model, val, cfg, device, val_camvid))
+            train_mode()
         history.log_epoch(record)
         print(f"epoch {epoch + 1}/{tc.epochs} | {format_terms(record, SHOWN_TERMS)}"
               + (f" | val AUROC {record['val_auroc']:.4f} AP {record['val_ap']:.4f} FPR95 {record['val_fpr95']:.4f}"
-                 if val is not None else "") + f" | {record['seconds']:.0f} s", file=sys.stderr)
+                 if val is not None else "")
+              + (f" mIoU {record['val_miou']:.4f}" if "val_miou" in record else "") + f" | {record['seconds']:.0f} s",
+              file=sys.stderr)
         save_checkpoint(model, out / f"model_epoch_{epoch + 1:03d}.pt", **meta, epoch=epoch + 1, epoch_summary=record)
         epoch, pos, state = epoch + 1, 0, None
         save_state(epoch, 0, {})
@@ -195,6 +214,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default=None, metavar="CKPT|auto", help="continue from last.pt ('auto': <out>/last.pt if present)")
     p.add_argument("--val", type=Path, default=None,
                    help="mixed validation set (pebal build-mixed-set, fs_static layout) evaluated after every epoch")
+    p.add_argument("--val-camvid", type=Path, default=None,
+                   help="CamVid root: with --val, also the 11-class mIoU on its val split after every epoch")
     p.add_argument("--checkpoint-steps", type=int, default=50, help="write last.pt every N steps (0: per epoch only)")
     p.add_argument("--epochs", type=int, default=None, help="total epochs")
     p.add_argument("--batch-size", type=int, default=None, help="items per step")
@@ -211,5 +232,5 @@ def main(args: argparse.Namespace) -> int:
                        "device": args.device}}
     cfg = resolve_config(args, flags)
     finetune_cached(cfg, model_path=args.model, cache=args.cache, out=args.out, resume=args.resume, val=args.val,
-                    checkpoint_steps=args.checkpoint_steps, progress=not args.no_progress)
+                    val_camvid=args.val_camvid, checkpoint_steps=args.checkpoint_steps, progress=not args.no_progress)
     return 0
