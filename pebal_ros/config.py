@@ -15,14 +15,43 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import numbers
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
 
+from .safe_yaml import load_file, load_text
+
 T = TypeVar("T")
+
+# The anomaly score is the free energy of the network's logits (|score| stays below about 1e3 for a
+# trained network, and an FP16 network cannot exceed 65504); the runtimes compare it with the
+# threshold in float32, where 1e39 is already infinity and every frame fails. One range for every
+# place a threshold enters (flags, --set, YAML, node parameters, calibration records, ONNX metadata,
+# engine sidecars): it holds every score a network can produce, with a wide margin, and is exact in
+# float32. NaN is not a threshold: where a tool accepts it, it means "the model's own".
+THRESHOLD_LIMIT = 1.0e6
+
+
+def threshold_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a threshold (None: it can); the reason names the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"must be a number, got {short_repr(value)}"
+    if not (math.isfinite(value) and -THRESHOLD_LIMIT <= value <= THRESHOLD_LIMIT):
+        return (f"must be a finite number between {-THRESHOLD_LIMIT:g} and {THRESHOLD_LIMIT:g} (scores are "
+                f"compared in float32), got {value:g}")
+    return None
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr() of a value from a file, cut short: an error message must not quote a huge value."""
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass
@@ -207,8 +236,7 @@ def load_config(path: str | Path | None = None, cls: type[T] = Config) -> T:  # 
     """Load a YAML file into ``cls`` (defaults for missing keys); ``None`` gives the defaults."""
     if path is None:
         return cls()
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    data = load_file(path) or {}
     return from_dict(data, cls)
 
 
@@ -266,8 +294,7 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any], where: str = "") ->
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    data = load_file(path) or {}
     if not isinstance(data, dict):
         raise SystemExit(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
     return data
@@ -278,7 +305,7 @@ def parse_override(text: str) -> dict[str, Any]:
     m = re.fullmatch(r"([A-Za-z_][\w.]*)=(.*)", text.strip(), flags=re.S)
     if not m:
         raise SystemExit(f"--set expects SECTION.KEY=VALUE, got {text!r}")
-    keys, value = m.group(1).split("."), yaml.safe_load(m.group(2))
+    keys, value = m.group(1).split("."), load_text(m.group(2), "--set")
     out: dict[str, Any] = {}
     node = out
     for k in keys[:-1]:

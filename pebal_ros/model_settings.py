@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from .config import Config, InferenceConfig, RuntimeConfig, from_dict, to_dict
+from .config import Config, InferenceConfig, RuntimeConfig, from_dict, threshold_problem, to_dict
 from .model_info import (BAKED_FIELDS, BUNDLED_CALIBRATED, KINDS, ModelFileError, ModelInfo,  # noqa: F401
                          model_format, read_model_info, sub_mapping)
 
@@ -123,15 +123,18 @@ class ModelSettings:
 # -- layering --------------------------------------------------------------------------------------
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     import yaml
+
+    from .safe_yaml import YAMLLimitError, load_file
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        data = load_file(path) or {}
     except FileNotFoundError:
         raise SettingsError(f"{what} {path}: no such file") from None
     except IsADirectoryError:
         raise SettingsError(f"{what} {path}: is a folder, not a YAML file") from None
     except PermissionError:
         raise SettingsError(f"{what} {path}: permission denied") from None
+    except YAMLLimitError as exc:
+        raise SettingsError(f"{what} {path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" (line {where.line + 1})" if where is not None else ""
@@ -153,11 +156,13 @@ def parse_set(text: str) -> dict[str, Any]:
     import re
 
     import yaml
+
+    from .safe_yaml import load_text
     m = re.fullmatch(r"([A-Za-z_][\w.]*)=(.*)", text.strip(), flags=re.S)
     if not m:
         raise SettingsError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
     try:
-        value = yaml.safe_load(m.group(2))
+        value = load_text(m.group(2), "--set")
     except yaml.YAMLError:
         value = m.group(2)
     out: dict[str, Any] = {}
@@ -212,8 +217,9 @@ def cli_layers(args: argparse.Namespace, flags: dict[str, Any] | None = None) ->
     return layers
 
 
-def validate_inference(inf: InferenceConfig) -> list[str]:
-    """Problems with run-time settings, each naming the key (empty: fine)."""
+def validate_inference(inf: InferenceConfig, sources: dict[str, str] | None = None) -> list[str]:
+    """Problems with run-time settings, each naming the key (and, given ``sources``, where the
+    value came from); empty: fine."""
     problems = []
     size = inf.input_size
     if (not isinstance(size, (tuple, list)) or len(size) != 2
@@ -237,8 +243,10 @@ def validate_inference(inf: InferenceConfig) -> list[str]:
                         f"got {inf.smooth_kernel}")
     if not (inf.smooth_sigma > 0 and math.isfinite(inf.smooth_sigma)):
         problems.append(f"inference.smooth_sigma must be a positive number, got {inf.smooth_sigma}")
-    if not math.isfinite(inf.threshold):
-        problems.append(f"inference.threshold must be a finite number, got {inf.threshold}")
+    reason = threshold_problem(inf.threshold)
+    if reason:
+        origin = f" ({sources.get('threshold', 'default')})" if sources is not None else ""
+        problems.append(f"inference.threshold{origin} {reason}")
     if inf.min_region_area < 1:
         problems.append(f"inference.min_region_area must be at least 1 pixel, got {inf.min_region_area}")
     return problems
@@ -406,9 +414,12 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
             info.calibrated_from = f"preset {info.bundled_preset}"
             sources["threshold"] = f"preset {info.bundled_preset}, bundled model's own, calibrated"
     # 3. the calibration record
+    from .cache import CacheError
     from .calibration import find_calibration
     try:
         cal, cal_path, reason = find_calibration(path)
+    except CacheError:
+        raise          # an unsafe cache folder is the user's to fix, not a missing record
     except OSError as exc:
         cal, cal_path, reason = None, None, f"calibration record unreadable ({exc})"
     if reason:
@@ -429,7 +440,7 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
         config: Config = from_dict(data)
     except (ValueError, TypeError) as exc:
         raise SettingsError(f"invalid model settings: {exc}") from None
-    problems = validate_inference(config.inference)
+    problems = validate_inference(config.inference, sources)
     if problems:
         raise SettingsError("invalid model settings: " + "; ".join(problems))
     config.model = str(path)
@@ -480,5 +491,7 @@ def command_settings(args: argparse.Namespace, prog: str, model: str | Path | No
 
 
 def model_problem(exc: BaseException) -> str:
-    """The one line for a failed resolution: a settings problem says so, anything else is the model's."""
-    return str(exc) if isinstance(exc, SettingsError) else f"cannot load the model: {exc}"
+    """The one line for a failed resolution: a settings or cache-folder problem says so, anything
+    else is the model's."""
+    from .cache import CacheError
+    return str(exc) if isinstance(exc, (SettingsError, CacheError)) else f"cannot load the model: {exc}"

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..cache import write_atomic
 from ..graph.engine_cache import (EngineCache, EngineKey, StaleEngineError, read_sidecar, sha256_file,
                            shapes_string, write_sidecar)
 from .onnx import ExportSpec, parse_hw, read_spec
@@ -302,8 +303,10 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
     if blob is None:
         raise RuntimeError("TensorRT failed to build the engine (see the log above)")
     seconds = time.perf_counter() - t0
-    planned.write_bytes(bytes(blob))
-    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    # mkstemp + os.replace: a reader never sees half an engine, and a symlink planted at the
+    # engine's name is replaced, never written through
+    write_atomic(planned, bytes(blob), mode=0o644)
+    write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()), mode=0o644)
     # model: the ONNX file's metadata, so the engine carries what the model is (model_settings)
     write_sidecar(planned, key, onnx_path=str(onnx_path), channel_order=spec.channel_order,
                   threshold=spec.threshold, fast=spec.fast, model=spec.to_metadata(), workspace_mib=workspace_mib,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import array
 import functools
+import math
 import os
 import sys
 import threading
@@ -45,7 +46,8 @@ from ..pipeline.messages import OUTPUT_NAMES
 from ..paths import bundled_model
 from ..runtime.base import Runtime
 from .camera_info import CameraInfoScaleError, camera_info_for_output
-from .params import PARAMS, ParamSpec, pipeline_config, resolve_node_settings, validate
+from .params import (EFFECTIVE_THRESHOLD, EFFECTIVE_THRESHOLD_DESCRIPTION, PARAMS, ParamSpec, pipeline_config,
+                     resolve_node_settings, validate)
 from .wire import Wire
 from .worker import LatestFrames, RunningStats, diagnostic_values
 
@@ -153,7 +155,11 @@ class PebalDetector(Node):
                                                      self._out_qos)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(float(self._values["diagnostics_period"]), self._publish_diagnostics)
+        self._own_set = False     # the node itself updating effective_threshold
+        self.declare_parameter(EFFECTIVE_THRESHOLD, math.nan,
+                               ParameterDescriptor(name=EFFECTIVE_THRESHOLD, description=EFFECTIVE_THRESHOLD_DESCRIPTION))
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._show_effective_threshold()
 
         self._worker = threading.Thread(target=self._work, name="pebal_worker", daemon=True)
         self._worker.start()
@@ -189,7 +195,25 @@ class PebalDetector(Node):
                 self._warned.add(w)
                 self.get_logger().warning(w)
 
+    def _show_effective_threshold(self) -> None:
+        """Publish the threshold that runs as the effective_threshold parameter."""
+        pipeline = self._pipeline
+        value = float(pipeline.cfg.threshold) if pipeline is not None else math.nan
+        old = self.get_parameter(EFFECTIVE_THRESHOLD).value
+        if value == old or (math.isnan(value) and math.isnan(old)):
+            return
+        self._own_set = True
+        try:
+            self.set_parameters([Parameter(EFFECTIVE_THRESHOLD, Parameter.Type.DOUBLE, value)])
+        finally:
+            self._own_set = False
+
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        if any(p.name == EFFECTIVE_THRESHOLD for p in params):
+            if self._own_set:
+                return SetParametersResult(successful=True)
+            return SetParametersResult(successful=False, reason=f"{EFFECTIVE_THRESHOLD} is read-only: it shows the "
+                                                                "threshold that runs; set threshold instead")
         new = dict(self._values)
         for p in params:
             if p.name not in PARAMS:
@@ -229,6 +253,7 @@ class PebalDetector(Node):
             self._settings, self._model_threshold = settings, settings.threshold
             self._values = new
             self._update_publishers(list(new["outputs"]))
+        self._show_effective_threshold()
         return SetParametersResult(successful=True)
 
     def _update_publishers(self, outputs: list[str]) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Collection, Sequence
 import cv2
 import numpy as np
 
-from ..config import InferenceConfig
+from ..config import InferenceConfig, threshold_problem
 from ..runtime.base import FrameOutputs, Runtime, infer_many, supports_batch
 from .convert import (SUPPORTED_ENCODINGS, FrameError, compressed_to_array, is_compressed, jpeg_reduction,
                       jpeg_size, msg_to_array)
@@ -53,8 +53,9 @@ class PipelineConfig:
     encoding_override: str = ""               # treat raw images as this encoding ("" = the message's)
 
     def validate(self) -> "PipelineConfig":
-        if not np.isfinite(self.threshold):
-            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        reason = threshold_problem(self.threshold)
+        if reason:      # e.g. 1e39: infinity in the runtimes' float32, every frame would fail
+            raise ValueError(f"threshold {reason}")
         if self.output_resolution not in OUTPUT_RESOLUTIONS:
             raise ValueError(f"output_resolution must be one of {OUTPUT_RESOLUTIONS}, got {self.output_resolution!r}")
         check_outputs(self.outputs)
