@@ -13,10 +13,16 @@ from onnx import TensorProto, helper
 
 from pebal_ros.graph.contract import ExportSpec
 
-# 9 levels of 9 aliases: ~600 bytes of YAML, 9**9 (387 M) leaves once expanded
-ALIAS_BOMB = "\n".join(
-    ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
-    + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]) + "\n"
+def alias_bomb(levels: int = 9) -> str:
+    """One YAML value of nested aliases ("billion laughs"): 9 levels are about 600 bytes and
+    9**9 (387 M) leaves once expanded; 7 levels (4.8 M) keep the old code's cost bounded in a test."""
+    value = "&a0 [x, x, x, x, x, x, x, x, x]"
+    for i in range(1, levels):
+        value = f"&a{i} [{value}, " + ", ".join([f"*a{i - 1}"] * 8) + "]"
+    return value
+
+
+ALIAS_BOMB = f"bomb: {alias_bomb(9)}\n"
 
 
 def blind_onnx(path: Path, image_size: tuple[int, int] = (128, 256), score: float = -100.0,
@@ -50,5 +56,42 @@ def blind_onnx(path: Path, image_size: tuple[int, int] = (128, 256), score: floa
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def unknown_op_onnx(path: Path) -> Path:
+    """A fused-contract graph with an operator no runtime knows."""
+    blind_onnx(path)
+    model = onnx.load(str(path))
+    model.graph.node[1].op_type = "NoSuchOp"
+    onnx.save(model, str(path))
+    return path
+
+
+def external_data_onnx(path: Path, location: str = "../../../../etc/hostname") -> Path:
+    """A fused-contract graph whose score reads a weight from ``location``, outside the model's folder."""
+    blind_onnx(path)
+    model = onnx.load(str(path))
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("length", "4")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    model.graph.initializer.append(weight)
+    model.graph.node[2].output[0] = "score0"
+    model.graph.node.append(helper.make_node("Add", ["score0", "w"], ["score"]))
+    onnx.save(model, str(path))
+    return path
+
+
+def set_onnx_metadata(path: Path, **values: str) -> Path:
+    """Overwrite ``pebal.<key>`` metadata entries of an ONNX file (what a hostile exporter writes)."""
+    model = onnx.load(str(path))
+    for key, value in values.items():
+        for p in model.metadata_props:
+            if p.key == f"pebal.{key}":
+                p.value = value
     onnx.save(model, str(path))
     return path
