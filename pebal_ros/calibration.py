@@ -24,7 +24,7 @@ import yaml
 from . import cache
 from .config import short_repr, threshold_problem
 from .paths import cache_dir
-from .safe_yaml import load_text
+from .safe_yaml import YAMLLimitError, load_text
 
 SUFFIX = ".calibration.yaml"
 FORMAT = 1
@@ -109,6 +109,8 @@ def read_calibration(path: str | os.PathLike, text: bytes | None = None) -> Cali
         if len(text) > MAX_RECORD_BYTES:
             raise CalibrationError(f"{path}: larger than {MAX_RECORD_BYTES} bytes; not a calibration record")
         data = load_text(text, str(path))
+    except YAMLLimitError as exc:
+        raise CalibrationError(f"{path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise CalibrationError(f"{path}: not valid YAML ({_one_line(exc)})") from None
     if not isinstance(data, dict):

@@ -114,7 +114,11 @@ def error_message(exc: BaseException, args: argparse.Namespace | None = None) ->
     file; 1: the command could not read or write what it was given."""
     import yaml
 
+    from .cache import CacheError
+
     config = getattr(args, "config", None)
+    if isinstance(exc, CacheError):       # an unsafe cache folder: the message names it and the fix
+        return str(exc), 2
     if isinstance(exc, yaml.YAMLError):
         return f"--config: {_yaml_problem(exc)}" if config else _yaml_problem(exc), 2
     if isinstance(exc, OSError):
