@@ -251,14 +251,14 @@ def lookup(kind: str, material: dict[str, Any]) -> Path | None:
     return entry
 
 
-def _reject(manifest: Path, entry: Path | None, why: str) -> None:
+def _reject(manifest: Path, entry: Path | None, why: str) -> Path | None:
     """Say why an entry is not used, once, and remove it (manifest and file) so it is rebuilt."""
     say_once(f"{why}: not used; rebuilding it")
     for path in (manifest, entry):
         if path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(path)          # unlink removes a symbolic link itself, never its target
-    return None
+    return None                          # "no entry": lookup returns this
 
 
 @contextlib.contextmanager
