@@ -116,12 +116,14 @@ def calibration_frames(folder: str | Path, hw: tuple[int, int], channel_order: s
                        limit: int | None = None) -> Iterator[np.ndarray]:
     """uint8 HxWx3 frames (in the graph's channel order, resized to ``hw``) from an image folder."""
     import cv2
+
+    from ..image_limits import read_image
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder} for INT8 calibration")
     for path in files[:limit]:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        bgr = read_image(path, cv2.IMREAD_COLOR)   # the decode cap's default: a bomb raises, named
         if bgr is None:
             raise ValueError(f"cannot read calibration image {path}")
         if bgr.shape[:2] != tuple(hw):

@@ -46,8 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     add_config_arguments(p, MODEL_PRESET_HELP)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
-    from ..model_settings import add_runtime_arguments
+    from ..model_settings import add_input_arguments, add_runtime_arguments
     add_runtime_arguments(p, threads=False)
+    add_input_arguments(p)
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help="input size of the network (inference.input_size; default: the model's own)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per worker "
@@ -237,6 +238,7 @@ def main(args: argparse.Namespace) -> int:
     opts = _options(args)
     opts.threshold = settings.threshold
     opts.min_region_area = settings.inference.min_region_area
+    opts.max_decoded_pixels = settings.config.input.max_decoded_pixels
     opts.settings = settings_report(settings)
     jobs = max(1, min(args.jobs, len(bags)))
     # runtime.threads (--threads, --set, --config) wins; else the cores shared among the workers
