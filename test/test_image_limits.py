@@ -308,3 +308,4 @@ def test_max_decoded_pixels_flag(value, ok):
     for cmd in (["infer", "x.png", "--out", "o"], ["replay", "bag", "--out", "o"], ["calibrate", "x.png"]):
         args = parser.parse_args(cmd + ["--max-decoded-pixels", value])
         assert args.max_decoded_pixels == ok
+
