@@ -148,7 +148,10 @@ def _pillow_size(data: bytes, cap: int, what: str) -> tuple[int, int]:
             raise ImageTooLargeError(f"{what} declares {pixels} pixels, over the decode cap of {_cap_text(cap)}; "
                                      "not decoded") from None
         raise ImageHeaderError(f"{what}: Pillow refuses to read its header: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise ImageHeaderError(f"{what}: not a readable image (no image header Pillow or this module knows)") \
+            from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageHeaderError(f"{what}: cannot read the image size from its header ({exc})") from None
     return int(h), int(w)
 
