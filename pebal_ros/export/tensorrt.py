@@ -321,7 +321,9 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", required=True, help="fused .onnx written by `pebal export`")
     p.add_argument("--output", "-o", help="engine path (default: <onnx stem>.<precision>.engine beside it)")
-    p.add_argument("--precision", choices=("fp16", "fp32", "int8"), default="fp16")
+    p.add_argument("--precision", choices=("fp16", "fp32", "int8"), default="fp16",
+                   help="engine precision: fp16 (default), fp32, or int8 (calibrated on --calib-dir frames "
+                        "or --calib-cache)")
     p.add_argument("--workspace-mib", type=int, default=2048, help="builder workspace limit (MiB)")
     p.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside the ONNX)")
     p.add_argument("--min-hw", type=parse_hw, help="dynamic exports: profile minimum HEIGHTxWIDTH")

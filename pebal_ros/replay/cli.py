@@ -59,15 +59,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "image topic whose name contains 'label'/'ground_truth'; 'none' disables")
     p.add_argument("--labels", type=Path, default=None, help="folder of label PNGs (0 inlier/1 anomaly/255 "
                    "void, or train ids with 254 anomaly) for the first image topic")
-    p.add_argument("--label-match", default="auto", choices=("auto", "stamp", "name", "index"))
-    p.add_argument("--label-kind", default="auto", choices=("auto", "anomaly", "semantic"))
+    p.add_argument("--label-match", default="auto", choices=("auto", "stamp", "name", "index"),
+                   help="how --labels files are matched to frames: stamp (file stem = header stamp in ns or "
+                        "<sec>_<nanosec>), name (the number ending the stem = frame index), index (sorted order "
+                        "= frame order); auto (default): the first that fits every file")
+    p.add_argument("--label-kind", default="auto", choices=("auto", "anomaly", "semantic"),
+                   help="label convention: anomaly (0 inlier, 1 anomaly, 255 void), semantic (train ids 0-18, "
+                        "254 anomaly, 255 void); auto (default): told apart per image")
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
     p.add_argument("--outputs", nargs="+", default=list(OUTPUT_NAMES), choices=OUTPUT_NAMES,
                    help="output topics to write (default: all the node publishes)")
     p.add_argument("--namespace", default="", help="the node namespace to mimic: outputs go to "
                    "/<ns>/pebal/<output> (default: /pebal/<output>); with several cameras each camera "
                    "topic's namespace is appended, as the launch file does per camera")
-    p.add_argument("--output-resolution", default="camera", choices=("camera", "network"))
+    p.add_argument("--output-resolution", default="camera", choices=("camera", "network"),
+                   help="camera (default): outputs at the camera image size, as the node publishes them; "
+                        "network: at the model's input size (cheaper; the node's output_resolution)")
     p.add_argument("--min-region-area", type=int, default=None,
                    help="smallest anomalous region reported, in pixels (default: the model's settings, 50)")
     p.add_argument("--max-frames", type=int, default=None, help="process at most N frames per topic "
