@@ -8,7 +8,6 @@ callback: a bad value is rejected with the returned reason and the node keeps th
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,13 +15,13 @@ from ..config import MAX_DECODED_PIXELS_LIMIT, InferenceConfig, InputConfig, Run
 from ..pipeline.convert import SUPPORTED_ENCODINGS
 from ..pipeline.frame import OUTPUT_RESOLUTIONS, PipelineConfig
 from ..pipeline.messages import OUTPUT_NAMES
+from ..ros_names import RULE, namespace_problem
 
 DEFAULT_THRESHOLD = InferenceConfig().threshold
 RUNTIMES = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_TYPES = ("raw", "compressed")
 QOS_CHOICES = ("sensor_data", "reliable", "best_effort")
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,9 @@ def _cameras(v: Any) -> str | None:
     names = [str(c).strip("/") for c in v]
     if len(set(names)) != len(names):
         return f"lists a camera twice: {list(v)}"
-    bad = [c for c in names if c and not all(_NAME.match(part) for part in c.split("/"))]
+    bad = [c for c in names if c and namespace_problem(c)]
     if bad:
-        return f"has invalid namespace(s) {bad}: use letters, digits and '_' (parts separated by '/')"
+        return f"has invalid namespace(s) {bad}: {namespace_problem(bad[0])} ({RULE})"
     return None
 
 

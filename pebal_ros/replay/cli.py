@@ -36,6 +36,7 @@ from .model import MODEL_PRESET_HELP
 from ..pipeline.messages import OUTPUT_NAMES
 from .bag import FIND_DEPTH, STORAGE_SUFFIXES, BagError, find_bags
 from .replay import ReplayError, ReplayOptions, replay_bag
+from ..ros_names import check_namespace, check_topic
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output topics to write (default: all the node publishes)")
     p.add_argument("--namespace", default="", help="the node namespace to mimic: outputs go to "
                    "/<ns>/pebal/<output> (default: /pebal/<output>); with several cameras each camera "
-                   "topic's namespace is appended, as the launch file does per camera")
+                   "topic's namespace is appended, as the launch file does per camera. A ROS namespace: "
+                   "letters, digits and '_' in tokens separated by '/'")
     p.add_argument("--output-resolution", default="camera", choices=("camera", "network"),
                    help="camera (default): outputs at the camera image size, as the node publishes them; "
                         "network: at the model's input size (cheaper; the node's output_resolution)")
@@ -217,6 +219,12 @@ def main(args: argparse.Namespace) -> int:
     from ..open_model import open_runtime, runtime_path
     from ..model_settings import command_settings, model_problem
 
+    try:   # the outputs' topics: ROS's rules for the namespace, and for the longest topic under it
+        ns = check_namespace(args.namespace, "--namespace")
+        check_topic(f"/{ns}/pebal/{max(OUTPUT_NAMES, key=len)}" if ns else "/pebal", "output topic")
+    except ValueError as exc:
+        print(f"pebal replay: {exc}", file=sys.stderr)
+        return 2
     bags, problems = expand_bags(args.bags)
     for p in problems:
         print(f"pebal replay: {p}", file=sys.stderr)
