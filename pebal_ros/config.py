@@ -164,6 +164,25 @@ class RuntimeConfig:
     batch: str = field(default="auto", metadata={"switch": True})
 
 
+# OpenCV's own ceiling (CV_IO_MAX_IMAGE_PIXELS): it refuses to decode more pixels than this anyway
+MAX_DECODED_PIXELS_LIMIT = 1 << 30
+
+
+@dataclass
+class InputConfig:
+    """Limits on what is decoded from outside: camera frames (Image, CompressedImage), image files
+    and label PNGs. Checked on the encoded header before a pixel is decoded (pebal_ros.image_limits)."""
+    # width x height above this is refused: a 140 KB PNG can declare 12000x12000 (a decompression
+    # bomb); 8192x8192 is well above any vehicle camera and still bounds one frame to 192 MiB of RGB
+    max_decoded_pixels: int = 8192 * 8192
+
+    def __post_init__(self) -> None:
+        v = self.max_decoded_pixels
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DECODED_PIXELS_LIMIT:
+            raise ValueError(f"input.max_decoded_pixels must be an integer from 1 to {MAX_DECODED_PIXELS_LIMIT} "
+                             f"(OpenCV's own limit), got {v!r}")
+
+
 @dataclass
 class Config:
     model: str = "models/pebal_synthetic_espnetv2.pt"
@@ -174,6 +193,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    input: InputConfig = field(default_factory=InputConfig)
 
 
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:

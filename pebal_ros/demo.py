@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .replay.model import MODEL_PRESET_HELP
     add_config_arguments(p, MODEL_PRESET_HELP)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def semantic_label(train_ids: np.ndarray, anomaly: np.ndarray) -> np.ndarray:

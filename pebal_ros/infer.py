@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from .data.io import collect_images
+from .image_limits import read_image
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,8 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "model through ONNX Runtime")
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
-    from .model_settings import add_runtime_arguments
+    from .model_settings import add_input_arguments, add_runtime_arguments
     add_runtime_arguments(p)
+    add_input_arguments(p)
     from .config import add_config_arguments
     from .replay.model import MODEL_PRESET_HELP
     add_config_arguments(p, MODEL_PRESET_HELP)
@@ -100,12 +102,19 @@ def main(args: argparse.Namespace) -> int:
         return 2
     threshold = settings.threshold
     min_area = settings.inference.min_region_area
+    max_pixels = settings.config.input.max_decoded_pixels
     from tqdm import tqdm
 
     failed = 0
     for path, name in tqdm(list(zip(files, _out_names(files))), desc="infer", unit="img",
                            disable=len(files) < 2):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        try:
+            bgr = read_image(path, cv2.IMREAD_COLOR, max_pixels)
+        except (OSError, ValueError) as exc:   # unreadable; over the decode cap or no readable header (named)
+            reason = f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            print(f"pebal infer: {reason}, skipped", file=sys.stderr)
+            failed += 1
+            continue
         if bgr is None:
             print(f"pebal infer: {path}: not a readable image, skipped", file=sys.stderr)
             failed += 1

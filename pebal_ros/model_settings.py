@@ -194,6 +194,31 @@ def add_runtime_arguments(p: argparse.ArgumentParser, threads: bool = True) -> N
                        help="ONNX Runtime intra-op threads (default: all cores) (= runtime.threads)")
 
 
+def _pixel_count(text: str) -> int:
+    """``--max-decoded-pixels``: N pixels or WIDTHxHEIGHT, within InputConfig's range."""
+    from .config import MAX_DECODED_PIXELS_LIMIT
+
+    w, x, h = text.strip().lower().partition("x")
+    try:
+        sides = (int(w), int(h)) if x else (int(text), 1)
+        n = sides[0] * sides[1] if min(sides) >= 1 else 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel count or WIDTHxHEIGHT (e.g. 8192x8192), got {text!r}") \
+            from None
+    if not 1 <= n <= MAX_DECODED_PIXELS_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_DECODED_PIXELS_LIMIT} pixels (OpenCV's own "
+                                         f"limit), got {text!r}")
+    return n
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """``--max-decoded-pixels``: the ``input`` section as a flag, read back by :func:`cli_layers`."""
+    p.add_argument("--max-decoded-pixels", type=_pixel_count, default=None, metavar="N|WxH",
+                   help="largest image decoded (frames, image files, label PNGs), as pixels or WIDTHxHEIGHT; "
+                        "a larger one is refused from its header, before decoding, and skipped with the "
+                        "reason (default 8192x8192) (= input.max_decoded_pixels)")
+
+
 def cli_layers(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> list[Layer]:
     """The layers a command line gives: --preset < --config < --set < dedicated flags (``flags``:
     inference values; the runtime flags of :func:`add_runtime_arguments` are read from ``args``)."""
@@ -212,6 +237,8 @@ def cli_layers(args: argparse.Namespace, flags: dict[str, Any] | None = None) ->
     runtime = {k: getattr(args, k) for k in RUNTIME_FLAGS if getattr(args, k, None) is not None}
     if runtime:
         values["runtime"] = runtime
+    if getattr(args, "max_decoded_pixels", None) is not None:
+        values["input"] = {"max_decoded_pixels": args.max_decoded_pixels}
     if values:
         layers.append(Layer("command-line flag", values))
     return layers

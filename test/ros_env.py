@@ -137,8 +137,8 @@ def build_workspace(distro: Path, ws: Path) -> Path:
     if stamp.is_file() and stamp.read_text() == digest and (install / "setup.bash").is_file():
         return install
     if subprocess.run([sys.executable, "-c", "import colcon_core, colcon_ros"], capture_output=True).returncode:
-        raise RosUnavailable(f"colcon is not installed for {sys.executable}: "
-                             f"{sys.executable} -m pip install colcon-common-extensions 'empy<4' lark catkin_pkg",
+        raise RosUnavailable(f"colcon is not installed for {sys.executable}: {sys.executable} -m pip install -e "
+                             f"'{REPO}[test]' (the test extra brings colcon and what the ROS 2 build needs)",
                              must_fail=True)
     ws.mkdir(parents=True, exist_ok=True)
     env = _source([distro / "setup.bash"], _base_env())

@@ -103,3 +103,41 @@ def test_wheel_installs_and_finds_bundled_model(tmp_path: Path) -> None:
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()) == venv / "share" / "pebal_ros" / "models" / "pebal_synthetic_espnetv2.pt"
+
+
+def _extra(name: str) -> set[str]:
+    """The distributions an extra installs, following the project's own extras (``pebal_ros[ros]``)."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    out: set[str] = set()
+    todo, seen = [name], set()
+    while todo:
+        extra = todo.pop()
+        seen.add(extra)
+        for req in extras[extra]:
+            dist = _dist(req).replace("_", "-")
+            if dist == "pebal-ros":
+                todo += [e.strip() for e in req.split("[", 1)[1].split("]")[0].split(",") if e.strip() not in seen]
+            else:
+                out.add(dist)
+    return out
+
+
+def test_test_extra_is_enough_for_the_ros_tests() -> None:
+    """The README's test command (`pip install -e '.[test]'`, then pytest) runs the real ROS tests wherever
+    ROS 2 is installed: test/ros_env.py builds this checkout with colcon, in the Python that runs the
+    tests. So the test extra brings colcon and what the ROS 2 build needs in that Python (the packages
+    ros_env's install instructions name), and nothing that owns the top-level ``rclpy`` name and would
+    shadow the install's real one (rclpy-intellisense did)."""
+    import shlex
+
+    from ros_env import INSTALL_HELP
+
+    pip_line = INSTALL_HELP.split("-m pip install", 1)[1].split("\n  tar ")[0].replace("\\\n", " ")
+    needed = {_dist(r).replace("_", "-") for r in shlex.split(pip_line)}
+    assert {"colcon-common-extensions", "empy", "lark", "catkin-pkg", "pytest"} <= needed   # the line was parsed
+    test_extra = _extra("test")
+    assert needed <= test_extra, f"the test extra lacks {sorted(needed - test_extra)}"
+    assert not {d for d in test_extra if d.startswith("rclpy")}, test_extra
+    # CI runs the README's test command as written, with no ROS install step of its own in between
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert not re.search(r"pip install[^\n]*\.\[", ci), "CI installs an extra the README's test command does not"

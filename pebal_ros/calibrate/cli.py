@@ -41,8 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model (.onnx/.pt/.pth/.engine); default: the bundled model")
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
-    from ..model_settings import add_runtime_arguments
+    from ..model_settings import add_input_arguments, add_runtime_arguments
     add_runtime_arguments(p)
+    add_input_arguments(p)
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help="network input size of a .pt/.pth checkpoint (default: its config's); the "
                    "threshold holds for this size only")
@@ -116,7 +117,8 @@ def format_table(stats: Any, thresholds: list[float], chosen: float) -> str:
     return "\n".join(lines)
 
 
-def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress: bool = True) -> Any:
+def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress: bool = True,
+               max_pixels: int | None = None) -> Any:
     """Every frame through the runtime's per-frame pipeline into a :class:`CalibrationStats`; a frame
     that fails is counted in its source's skips with the reason, and the others go on."""
     from tqdm import tqdm
@@ -127,8 +129,9 @@ def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress
 
     # Network-resolution outputs for the normal frames: what the node's status and regions describe;
     # camera resolution for labelled frames, whose labels are the truth at the image's size.
-    net_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="network", outputs=()))
-    cam_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="camera", outputs=()))
+    cap = {} if max_pixels is None else {"max_decoded_pixels": max_pixels}   # bag frames: the pipeline decodes
+    net_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="network", outputs=(), **cap))
+    cam_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="camera", outputs=(), **cap))
 
     def run(pipe: FramePipeline, frame: Any) -> Any:
         if frame.msg is not None:
@@ -208,8 +211,10 @@ def main(args: argparse.Namespace) -> int:
     if min_area < 1:
         return _fail(f"--min-region-area must be >= 1, got {min_area}")
 
+    # image files are read lazily, so the cap resolved with the settings still applies to them
+    max_pixels = normal.max_pixels = labelled.max_pixels = settings.config.input.max_decoded_pixels
     try:
-        stats = accumulate(runtime, normal, labelled, min_area, progress=not args.no_progress)
+        stats = accumulate(runtime, normal, labelled, min_area, progress=not args.no_progress, max_pixels=max_pixels)
     except SourceError as exc:
         return _fail(str(exc))
     for what, skips in (("normal", normal.skips), ("anomaly", labelled.skips)):

@@ -8,8 +8,7 @@ import re
 from dataclasses import dataclass
 
 from ..pipeline.messages import OUTPUT_NAMES
-
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+from ..ros_names import check_namespace, check_topic
 
 # The topics the shipped rviz/pebal.rviz displays (namespace "", camera /camera/image_raw).
 RVIZ_CAMERA_TOPIC = "/camera/image_raw"
@@ -23,17 +22,12 @@ class Camera:
 
 
 def _check_namespace(ns: str) -> str:
-    ns = ns.strip().strip("/")
-    if ns and not all(_NAME.match(part) for part in ns.split("/")):
-        raise ValueError(f"invalid namespace {ns!r}: use letters, digits and '_' (parts separated by '/')")
-    return ns
+    """ROS's namespace rules (pebal_ros.ros_names); the namespace without surrounding '/'."""
+    return check_namespace(ns)
 
 
 def _check_topic(topic: str) -> str:
-    topic = topic.strip()
-    if not topic or not all(_NAME.match(part) for part in topic.strip("/").split("/")) or "//" in topic:
-        raise ValueError(f"invalid topic name {topic!r}")
-    return topic
+    return check_topic(topic)
 
 
 def parse_cameras(cameras: str, namespace: str = "", camera_topic: str = RVIZ_CAMERA_TOPIC) -> list[Camera]:
@@ -55,7 +49,7 @@ def parse_cameras(cameras: str, namespace: str = "", camera_topic: str = RVIZ_CA
         if not ns:
             raise ValueError(f"camera entry {entry!r} needs a namespace (ns:topic)")
         if namespace.strip("/"):
-            ns = f"{_check_namespace(namespace)}/{ns}"
+            ns = _check_namespace(f"{_check_namespace(namespace)}/{ns}")   # the whole one: its length too
         out.append(Camera(ns, _check_topic(topic or f"/{ns}/image_raw")))
     names = [c.namespace for c in out]
     if len(set(names)) != len(names):

@@ -8,21 +8,20 @@ callback: a bad value is rejected with the returned reason and the node keeps th
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import InferenceConfig, RuntimeConfig, threshold_problem
+from ..config import MAX_DECODED_PIXELS_LIMIT, InferenceConfig, InputConfig, RuntimeConfig, threshold_problem
 from ..pipeline.convert import SUPPORTED_ENCODINGS
 from ..pipeline.frame import OUTPUT_RESOLUTIONS, PipelineConfig
 from ..pipeline.messages import OUTPUT_NAMES
+from ..ros_names import RULE, namespace_problem
 
 DEFAULT_THRESHOLD = InferenceConfig().threshold
 RUNTIMES = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_TYPES = ("raw", "compressed")
 QOS_CHOICES = ("sensor_data", "reliable", "best_effort")
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,9 @@ def _cameras(v: Any) -> str | None:
     names = [str(c).strip("/") for c in v]
     if len(set(names)) != len(names):
         return f"lists a camera twice: {list(v)}"
-    bad = [c for c in names if c and not all(_NAME.match(part) for part in c.split("/"))]
+    bad = [c for c in names if c and namespace_problem(c)]
     if bad:
-        return f"has invalid namespace(s) {bad}: use letters, digits and '_' (parts separated by '/')"
+        return f"has invalid namespace(s) {bad}: {namespace_problem(bad[0])} ({RULE})"
     return None
 
 
@@ -128,6 +127,11 @@ PARAMS: dict[str, ParamSpec] = {
     "input_encoding_override": ParamSpec(
         "", "Treat incoming raw images as this encoding instead of the message's (for drivers that label "
             "frames wrongly, e.g. 'bgr8' sent as '8UC3'). Empty: use the message's encoding.", check=_encoding),
+    "max_decoded_pixels": ParamSpec(
+        InputConfig.max_decoded_pixels, "Largest frame decoded, in pixels (width x height; default 8192x8192). "
+        "A larger frame (e.g. a 140 KB PNG declaring 12000x12000, a decompression bomb) is refused from its "
+        "header before anything is decoded, counted as a bad frame with the reason, and the next frame runs.",
+        int_range=(1, MAX_DECODED_PIXELS_LIMIT)),
     "use_camera_info": ParamSpec(False, "Subscribe to 'camera_info' and republish it, scaled to the output "
                                         "resolution and stamped like the outputs, on pebal/camera_info.",
                                  read_only=True),
@@ -242,6 +246,7 @@ def pipeline_config(values: dict[str, Any], model_threshold: float | None = None
         overlay_alpha=float(values["overlay_alpha"]),
         overlay_boxes=bool(values["overlay_boxes"]),
         encoding_override=str(values["input_encoding_override"]),
+        max_decoded_pixels=int(values["max_decoded_pixels"]),
     ).validate()
 
 

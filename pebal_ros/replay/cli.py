@@ -36,6 +36,7 @@ from .model import MODEL_PRESET_HELP
 from ..pipeline.messages import OUTPUT_NAMES
 from .bag import FIND_DEPTH, STORAGE_SUFFIXES, BagError, find_bags
 from .replay import ReplayError, ReplayOptions, replay_bag
+from ..ros_names import check_namespace, check_topic
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,8 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     add_config_arguments(p, MODEL_PRESET_HELP)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
-    from ..model_settings import add_runtime_arguments
+    from ..model_settings import add_input_arguments, add_runtime_arguments
     add_runtime_arguments(p, threads=False)
+    add_input_arguments(p)
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help="input size of the network (inference.input_size; default: the model's own)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per worker "
@@ -58,15 +60,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "image topic whose name contains 'label'/'ground_truth'; 'none' disables")
     p.add_argument("--labels", type=Path, default=None, help="folder of label PNGs (0 inlier/1 anomaly/255 "
                    "void, or train ids with 254 anomaly) for the first image topic")
-    p.add_argument("--label-match", default="auto", choices=("auto", "stamp", "name", "index"))
-    p.add_argument("--label-kind", default="auto", choices=("auto", "anomaly", "semantic"))
+    p.add_argument("--label-match", default="auto", choices=("auto", "stamp", "name", "index"),
+                   help="how --labels files are matched to frames: stamp (file stem = header stamp in ns or "
+                        "<sec>_<nanosec>), name (the number ending the stem = frame index), index (sorted order "
+                        "= frame order); auto (default): the first that fits every file")
+    p.add_argument("--label-kind", default="auto", choices=("auto", "anomaly", "semantic"),
+                   help="label convention: anomaly (0 inlier, 1 anomaly, 255 void), semantic (train ids 0-18, "
+                        "254 anomaly, 255 void); auto (default): told apart per image")
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
     p.add_argument("--outputs", nargs="+", default=list(OUTPUT_NAMES), choices=OUTPUT_NAMES,
                    help="output topics to write (default: all the node publishes)")
     p.add_argument("--namespace", default="", help="the node namespace to mimic: outputs go to "
                    "/<ns>/pebal/<output> (default: /pebal/<output>); with several cameras each camera "
-                   "topic's namespace is appended, as the launch file does per camera")
-    p.add_argument("--output-resolution", default="camera", choices=("camera", "network"))
+                   "topic's namespace is appended, as the launch file does per camera. A ROS namespace: "
+                   "letters, digits and '_' in tokens separated by '/'")
+    p.add_argument("--output-resolution", default="camera", choices=("camera", "network"),
+                   help="camera (default): outputs at the camera image size, as the node publishes them; "
+                        "network: at the model's input size (cheaper; the node's output_resolution)")
     p.add_argument("--min-region-area", type=int, default=None,
                    help="smallest anomalous region reported, in pixels (default: the model's settings, 50)")
     p.add_argument("--max-frames", type=int, default=None, help="process at most N frames per topic "
@@ -209,6 +219,12 @@ def main(args: argparse.Namespace) -> int:
     from ..open_model import open_runtime, runtime_path
     from ..model_settings import command_settings, model_problem
 
+    try:   # the outputs' topics: ROS's rules for the namespace, and for the longest topic under it
+        ns = check_namespace(args.namespace, "--namespace")
+        check_topic(f"/{ns}/pebal/{max(OUTPUT_NAMES, key=len)}" if ns else "/pebal", "output topic")
+    except ValueError as exc:
+        print(f"pebal replay: {exc}", file=sys.stderr)
+        return 2
     bags, problems = expand_bags(args.bags)
     for p in problems:
         print(f"pebal replay: {p}", file=sys.stderr)
@@ -237,6 +253,7 @@ def main(args: argparse.Namespace) -> int:
     opts = _options(args)
     opts.threshold = settings.threshold
     opts.min_region_area = settings.inference.min_region_area
+    opts.max_decoded_pixels = settings.config.input.max_decoded_pixels
     opts.settings = settings_report(settings)
     jobs = max(1, min(args.jobs, len(bags)))
     # runtime.threads (--threads, --set, --config) wins; else the cores shared among the workers

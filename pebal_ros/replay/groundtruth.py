@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..image_limits import DEFAULT_MAX_PIXELS, check_pixels, read_image
 from ..labels import ANOMALY_LABEL, NUM_CLASSES, VOID_LABEL
 
 _STAMP = re.compile(r"^(\d{10})[_.](\d{1,9})$")
@@ -35,8 +36,9 @@ def _stamp_of(stem: str) -> int | None:
 class LabelFolder:
     """Label PNGs matched to the frames of one image topic."""
 
-    def __init__(self, folder: str | Path, match: str = "auto") -> None:
+    def __init__(self, folder: str | Path, match: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.folder = Path(folder)
+        self.max_pixels = max_pixels
         if not self.folder.is_dir():
             raise FileNotFoundError(f"label folder not found: {self.folder}")
         files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() == ".png")
@@ -73,7 +75,10 @@ class LabelFolder:
         path = self.by_key.get(key)
         if path is None:
             return None
-        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        try:
+            label = read_image(path, cv2.IMREAD_UNCHANGED, self.max_pixels)
+        except OSError as exc:
+            raise ValueError(f"{path}: {exc.strerror or exc}") from None
         if label is None:
             raise ValueError(f"{path}: not a readable PNG")
         if label.ndim == 3:      # a colour-saved label: the channels are equal by convention
@@ -82,10 +87,12 @@ class LabelFolder:
         return label.astype(np.uint8, copy=False)
 
 
-def label_from_message(msg: Any) -> np.ndarray:
+def label_from_message(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A mono8 sensor_msgs/Image -> uint8 HxW (no copy of the pixels)."""
     if msg.encoding not in ("mono8", "8UC1"):
         raise ValueError(f"label images must be mono8, got {msg.encoding!r}")
+    # the metrics bring the predictions to the label's size: a huge label would cost that many floats
+    check_pixels(int(msg.height), int(msg.width), max_pixels, "label image")
     data = np.frombuffer(memoryview(msg.data), np.uint8)
     return data[: msg.height * msg.step].reshape(msg.height, msg.step)[:, : msg.width]
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import InputConfig
 from ..pipeline.frame import FramePipeline, PipelineConfig
 from ..pipeline.messages import OUTPUT_NAMES, OUTPUT_TYPES, MessageFactory
 from . import report as rep
@@ -48,6 +49,7 @@ class ReplayOptions:
     namespace: str = ""                          # the node's namespace; outputs go to /<ns>/pebal/...
     output_resolution: str = "camera"
     min_region_area: int = 50
+    max_decoded_pixels: int = InputConfig.max_decoded_pixels   # larger frames and labels are refused
     reproducible: bool = False                   # write 0 for the measured latencies in status
     top_k: int = 12
     max_frames: int | None = None                # per topic
@@ -146,12 +148,14 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
         factory = MessageFactory.for_rosbags(make_typestore())
         pipe = FramePipeline(runtime, PipelineConfig(
             threshold=float(threshold), output_resolution=opts.output_resolution,
-            outputs=tuple(opts.outputs), min_region_area=opts.min_region_area).validate(), factory)
+            outputs=tuple(opts.outputs), min_region_area=opts.min_region_area,
+            max_decoded_pixels=opts.max_decoded_pixels).validate(), factory)
         several = len(cams) > 1
         prefixes = {t.name: _output_prefix(opts.namespace, t.name, several) for t in cams}
         cam_names = {t.name for t in cams}
         summaries = {t.name: rep.TopicSummary(t.name, t.msgtype, t.declared) for t in cams}
-        labels_dir = LabelFolder(opts.labels_dir, opts.label_match) if opts.labels_dir else None
+        labels_dir = (LabelFolder(opts.labels_dir, opts.label_match, opts.max_decoded_pixels)
+                      if opts.labels_dir else None)
         accuracy = Accuracy(opts.label_kind) if (labels_dir or label_topic) else None
         matcher = LabelTopicMatcher(accuracy) if (accuracy is not None and label_topic) else None
         label_stats: Counter[str] = Counter()
@@ -207,7 +211,7 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
                     label_stats["read"] += 1
                     try:
                         msg = in_store.deserialize_cdr(raw.data, raw.msgtype)
-                        label = label_from_message(msg)
+                        label = label_from_message(msg, opts.max_decoded_pixels)
                         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
                     except Exception as exc:  # noqa: BLE001 - a bad label costs only itself
                         label_stats[f"unusable: {type(exc).__name__}: {exc}"[:160]] += 1
