@@ -403,7 +403,7 @@ def test_a_large_jpeg_feeds_the_network_from_a_reduced_decode(factory):
     scene = cv2.GaussianBlur(make_scene(96, 192, blob=(40, 60, 20, 32)), (5, 5), 1.5)
     msg, payload = _jpeg_msg(factory, scene)
     rt = InputSpy(input_size=(24, 48))
-    pipe = FramePipeline(rt, PipelineConfig(threshold=1e9, overlay_boxes=False), factory)   # no anomalies
+    pipe = FramePipeline(rt, PipelineConfig(threshold=1e6, overlay_boxes=False), factory)   # no anomalies
     res = pipe.process(msg)
     reduced = cv2.cvtColor(cv2.imdecode(payload, cv2.IMREAD_REDUCED_COLOR_4), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(rt.inputs[-1], reduced)
