@@ -148,11 +148,23 @@ def _run_one(bag: Path, out_dir: Path, opts: ReplayOptions, runtime: Any) -> dic
     except OSError as exc:     # unreadable input or unwritable output: this bag fails, the others go on
         where = exc.filename if exc.filename is not None else bag
         return {"bag": str(bag), "exit_code": 1, "error": f"{where}: {exc.strerror or exc}"}
+    except Exception as exc:  # noqa: BLE001 - a bug met on one bag must not cost the other bags
+        return {"bag": str(bag), "exit_code": 1, "error": f"{bag}: {unexpected(exc)}"}
     det = res.summary["deterministic"]
     return {"bag": str(bag), "exit_code": res.exit_code, "status_text": det["status_text"],
             "status": det["status"], "issues": det["issues"], "report": str(res.report_dir / "report.html"),
             "result_bag": str(res.result_bag), "frames_per_s": res.summary["timing"]["frames_per_s"],
             "topics": det["topics"]}
+
+
+def unexpected(exc: BaseException) -> str:
+    """An error replay has no words for (a bug), in one line that still says where it happened."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return (f"replay failed with {type(exc).__name__}: {str(exc)[:200] or 'no details'}{where} "
+            "(a bug in pebal: please report it with this line)")
 
 
 _WORKER_RUNTIME: Any = None
