@@ -68,6 +68,7 @@ def write_sample_recording(path: Path, n_frames: int, size: tuple[int, int], fmt
 def main(args: argparse.Namespace) -> int:
     from .export.onnx import parse_hw
     from .model_settings import command_settings, model_problem
+    from .output_folder import FolderBusy, folder_lock
     from .outputs import writable_folder
     from .replay.cli import settings_report
     from .open_model import open_runtime
@@ -100,14 +101,23 @@ def main(args: argparse.Namespace) -> int:
     t_model = time.perf_counter()
     out = args.out
     recording = out / "recording"
-    if recording.exists():
-        shutil.rmtree(recording)
-    out.mkdir(parents=True, exist_ok=True)
-    n = write_sample_recording(recording, args.frames, (w, h), args.format, args.seed, not args.no_progress)
-    t1 = time.perf_counter()
-    res = replay_bag(recording, runtime, out, ReplayOptions(
-        threshold=settings.threshold, min_region_area=settings.inference.min_region_area, label_topic=LABELS,
-        progress=not args.no_progress, overwrite=True, settings=settings_report(settings)))
+    try:
+        with folder_lock(out):       # the recording is replaced too: one demo per folder at a time
+            if recording.exists():
+                shutil.rmtree(recording)
+            n = write_sample_recording(recording, args.frames, (w, h), args.format, args.seed,
+                                       not args.no_progress)
+            t1 = time.perf_counter()
+            res = replay_bag(recording, runtime, out, ReplayOptions(
+                threshold=settings.threshold, min_region_area=settings.inference.min_region_area,
+                label_topic=LABELS, progress=not args.no_progress, overwrite=True,
+                settings=settings_report(settings)))
+    except FolderBusy as exc:
+        print(f"pebal demo: {exc}", file=sys.stderr)
+        return 1
+    if res.messages:          # the results could not be written completely (e.g. a full disk)
+        print(f"pebal demo: {res.messages[0]}", file=sys.stderr)
+        return res.exit_code
     det, timing = res.summary["deterministic"], res.summary["timing"]
     gt = det.get("ground_truth") or {}
     m = gt.get("metrics") or {}

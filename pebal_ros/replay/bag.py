@@ -60,6 +60,10 @@ class BagError(Exception):
     """The input cannot be read as a rosbag2 recording; the message says why, for the user."""
 
 
+class BagWriteError(BagError):
+    """Writing a bag failed (disk full, folder gone): the message names the file and the reason."""
+
+
 @dataclass
 class TopicInfo:
     name: str
@@ -722,7 +726,7 @@ class BagWriter:
 
     def __init__(self, path: str | Path, typestore: Any, *, storage: str = "mcap", version: int = 9,
                  compression: str | None = None, threaded: bool = False, queue_size: int = 64) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
         from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 
         self.path = Path(path)
@@ -730,15 +734,18 @@ class BagWriter:
             raise BagError(f"{self.path} exists already; remove it or choose another output folder")
         plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
         self.typestore = typestore
-        self._writer = Writer(self.path, version=version, storage_plugin=plugin)  # type: ignore[arg-type]
-        if compression:
-            self._writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
-        self._writer.open()
         self._conns: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
         self._queue: Any = None
         self._thread: Any = None
         self._error: BaseException | None = None
+        self._writer = Writer(self.path, version=version, storage_plugin=plugin)  # type: ignore[arg-type]
+        if compression:
+            self._writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
+        try:
+            self._writer.open()
+        except (OSError, WriterError) as exc:
+            raise self._failed(exc) from exc
         if threaded:
             import queue
             import threading
@@ -767,14 +774,31 @@ class BagWriter:
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                     self._error = exc
 
+    @property
+    def error(self) -> BaseException | None:
+        """The first write failure (None while every write succeeded)."""
+        return self._error
+
+    def _failed(self, exc: BaseException) -> BagWriteError:
+        """The failure as one line naming the output: the file where the OS says so, else the bag."""
+        if self._error is None:
+            self._error = exc
+        if isinstance(exc, OSError):
+            where = exc.filename if exc.filename is not None else self.path
+            return BagWriteError(f"{where}: {exc.strerror or exc}")
+        return BagWriteError(f"{self.path}: writing failed: {type(exc).__name__}: {exc}")
+
     def _submit(self, topic: str, timestamp: int, msg: Any, raw: bool) -> None:
         conn = self._conns[topic]
         if self._error is not None:
-            raise BagError(f"writing {self.path} failed: {self._error}") from self._error
+            raise self._failed(self._error) from self._error
         if self._queue is not None:
             self._queue.put((conn, timestamp, msg, raw))
         else:
-            self._write_now(conn, timestamp, msg, raw)
+            try:
+                self._write_now(conn, timestamp, msg, raw)
+            except OSError as exc:
+                raise self._failed(exc) from exc
         self.counts[topic] += 1
 
     def write(self, topic: str, timestamp: int, msg: Any) -> None:
@@ -785,13 +809,20 @@ class BagWriter:
         self._submit(topic, timestamp, data, True)
 
     def close(self) -> None:
+        """Flush and finish the file (footer, metadata.yaml); :class:`BagWriteError` if any write
+        failed, in which case the bag is not complete."""
+        from rosbags.rosbag2 import WriterError
+
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-        self._writer.close()
+        try:
+            self._writer.close()
+        except (OSError, WriterError) as exc:
+            raise self._failed(exc) from exc
         if self._error is not None:
-            raise BagError(f"writing {self.path} failed: {self._error}") from self._error
+            raise self._failed(self._error) from self._error
 
     def __enter__(self) -> BagWriter:
         return self

@@ -17,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..output_folder import write_file
+
 PERCENTILES = (50, 90, 95, 99)
 
 
@@ -125,10 +127,20 @@ def anomaly_over_time_figure(records: Sequence[FrameRecord]) -> Any:
     return fig
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """A figure as PNG at ``path``; a failed write is an OSError naming ``path``."""
+    import io
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", metadata={"Software": None})
+    finally:
+        _pyplot().close(fig)
+    write_file(path, buf.getvalue())
+
+
 def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
-    fig = anomaly_over_time_figure(records)
-    fig.savefig(path, metadata={"Software": None})
-    _pyplot().close(fig)
+    save_figure(anomaly_over_time_figure(records), path)
 
 
 def plot_curves(scores: np.ndarray, labels: np.ndarray, metrics: dict[str, float], outdir: Path) -> None:
@@ -155,8 +167,7 @@ def plot_curves(scores: np.ndarray, labels: np.ndarray, metrics: dict[str, float
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(outdir / name, metadata={"Software": None})
-        plt.close(fig)
+        save_figure(fig, outdir / name)
 
 
 def _fit_caption(text: str, width: int, scale: float = 0.45, smallest: float = 0.32) -> tuple[str, float]:
@@ -185,15 +196,16 @@ def contact_sheet(items: Sequence[tuple[float, str, np.ndarray]], path: Path, co
         sheet[y + cap: y + cap + im.shape[0], x: x + im.shape[1]] = im
         text, scale = _fit_caption(f"{title}  {100 * frac:.2f}%", tw - 8)
         cv2.putText(sheet, text, (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(None, "could not be encoded as PNG", str(path))
+    write_file(path, png.tobytes())
     return True
 
 
 # -- summary + page ------------------------------------------------------------------------------
 def write_summary(outdir: Path, summary: dict[str, Any]) -> Path:
-    path = outdir / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    return write_file(outdir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def _table(rows: Sequence[Sequence[Any]], head: Sequence[str]) -> str:
@@ -294,9 +306,7 @@ def write_html(outdir: Path, summary: dict[str, Any]) -> Path:
         if (outdir / "roc.png").exists():
             parts.append("<div class='row'><img src='roc.png' alt='ROC'><img src='pr.png' alt='PR'></div>")
     parts.append("<p>Raw figures: <a href='summary.json'>summary.json</a>.</p></body></html>")
-    path = outdir / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return write_file(outdir / "report.html", "\n".join(parts))
 
 
 def records_to_rows(records: Sequence[FrameRecord]) -> list[dict[str, Any]]:
