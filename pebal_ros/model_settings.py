@@ -241,6 +241,8 @@ def validate_inference(inf: InferenceConfig) -> list[str]:
         problems.append(f"inference.threshold must be a finite number, got {inf.threshold}")
     if inf.min_region_area < 1:
         problems.append(f"inference.min_region_area must be at least 1 pixel, got {inf.min_region_area}")
+    if not (isinstance(inf.heatmap_span, (int, float)) and 0 < inf.heatmap_span < float("inf")):
+        problems.append(f"inference.heatmap_span must be a positive number of score units, got {inf.heatmap_span!r}")
     return problems
 
 

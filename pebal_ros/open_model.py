@@ -31,10 +31,11 @@ _SWITCH = {"auto": None, "on": True, "off": False}
 
 def _cache_name(checkpoint: Path, size: tuple[int, int], settings: ModelSettings) -> str:
     st = checkpoint.stat()
-    # Threshold and region size are run-time inputs, not part of the graph: changing them must not
+    # Threshold, region size and picture scale are run-time inputs, not part of the graph: changing them must not
     # cost a re-export (the cached file's metadata keeps the first export's threshold as a hint;
     # a checkpoint's threshold always comes from resolve_settings, never from the cache).
-    baked = {k: v for k, v in to_dict(settings.inference).items() if k not in ("threshold", "min_region_area")}
+    baked = {k: v for k, v in to_dict(settings.inference).items()
+             if k not in ("threshold", "min_region_area", "heatmap_span")}
     described: dict[str, Any] = {"inference": baked, "kind": settings.info.kind}
     if _half_export(settings):     # only then: FP32 exports keep the names they were cached under
         described["net_dtype"] = "float16"

@@ -365,3 +365,40 @@ def test_folder_run_survives_damaged_metadata_and_zstd_without_metadata(model: P
     assert "KeyError: 'name'" in line and "a bug in pebal" in line and "Traceback" not in err
     index = {Path(r["bag"]).name: r for r in json.loads((tmp_path / "out2" / "summary.json").read_text())}
     assert index["b_crashed_zstd"]["exit_code"] == 0 and index["c_plain"]["exit_code"] == 0
+
+
+def test_labelled_anomalies_found_and_missed_in_words(drive: Path, runtime, tmp_path: Path) -> None:
+    """Each labelled anomaly (one square per frame here) is counted as detected / partly / missed
+    from the result bag's own masks, the report says so in words, and the contact sheets outline
+    the labels (the report used to show AP 0.5 % and nothing else while the animal went unflagged)."""
+    import cv2
+
+    from pebal_ros.replay.report import TRUTH_COLOR
+
+    res = replay_bag(drive, runtime, tmp_path / "out", _opts())
+    gt = res.summary["deterministic"]["ground_truth"]
+    masks = [m.data.reshape(m.height, m.width) > 0 for _, m in _read(res.result_bag)["/pebal/anomaly_mask"]]
+    objects = [(i, int((lab == 1).sum()), int((masks[i] & (lab == 1)).sum()))
+               for i, (_, lab) in enumerate(frames(10)) if (lab == 1).any()]
+    obj = gt["objects"]
+    assert obj["labelled"] == len(objects) == 7
+    assert obj["missed"] == sum(f == 0 for _, _, f in objects)
+    assert obj["detected"] == sum(f >= 0.5 * a for _, a, f in objects)
+    assert obj["partly"] == len(objects) - obj["missed"] - obj["detected"]
+    labels = np.concatenate([lab.reshape(-1) for _, lab in frames(10)])
+    flagged = np.concatenate([m.reshape(-1) for m in masks])
+    assert gt["flagged_share"]["anomaly_pixels"] == pytest.approx(flagged[labels == 1].mean())
+    assert gt["flagged_share"]["inlier_pixels"] == pytest.approx(flagged[labels == 0].mean())
+    sheet = cv2.cvtColor(cv2.imread(str(res.report_dir / "contact_sheet.png")), cv2.COLOR_BGR2RGB)
+    assert (sheet == TRUTH_COLOR).all(-1).sum() > 0            # the labels are outlined
+
+    # Nothing can pass a threshold of 100: every labelled square is missed, and named.
+    blind = replay_bag(drive, runtime, tmp_path / "blind", _opts(threshold=100.0))
+    obj = blind.summary["deterministic"]["ground_truth"]["objects"]
+    assert (obj["labelled"], obj["detected"], obj["partly"], obj["missed"]) == (7, 0, 0, 7)
+    page = (blind.report_dir / "report.html").read_text()
+    assert "The detector found none of the labelled anomalies." in page
+    first = f"missed: the labelled anomaly in frame /camera/image_raw #1 (0 of {objects[0][1]} pixels flagged)"
+    assert objects[0][0] == 1 and first in page
+    misses = cv2.cvtColor(cv2.imread(str(blind.report_dir / "misses.png")), cv2.COLOR_BGR2RGB)
+    assert (misses == TRUTH_COLOR).all(-1).sum() > 0 and "misses.png" in page

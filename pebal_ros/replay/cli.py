@@ -266,6 +266,7 @@ def _run(args: argparse.Namespace, bags: list[Path], settings: Any) -> int:
     opts = _options(args)
     opts.threshold = settings.threshold
     opts.min_region_area = settings.inference.min_region_area
+    opts.heatmap_span = settings.inference.heatmap_span
     opts.settings = settings_report(settings)
     jobs = max(1, min(args.jobs, len(bags)))
     # runtime.threads (--threads, --set, --config) wins; else the cores shared among the workers

@@ -25,6 +25,7 @@ import numpy as np
 from ..output_folder import FolderBusy, OutputFolder, write_file
 from ..pipeline.frame import FramePipeline, PipelineConfig
 from ..pipeline.messages import OUTPUT_NAMES, OUTPUT_TYPES, MessageFactory
+from ..pipeline.visualize import HEATMAP_SPAN
 from . import report as rep
 from .bag import IMAGE_TYPES, BagReader, BagWriteError, BagWriter, TopicInfo, make_typestore
 from .groundtruth import Accuracy, LabelFolder, LabelTopicMatcher, label_from_message
@@ -50,7 +51,9 @@ class ReplayOptions:
     output_resolution: str = "camera"
     min_region_area: int = 50
     reproducible: bool = False                   # write 0 for the measured latencies in status
-    top_k: int = 12
+    top_k: int = 12                              # frames on the contact sheet (largest flagged fraction)
+    top_misses: int = 6                          # frames on the misses sheet (with ground truth)
+    heatmap_span: float = HEATMAP_SPAN           # score units either side of the threshold in pictures
     max_frames: int | None = None                # per topic
     progress: bool = True
     overwrite: bool = False
@@ -172,12 +175,24 @@ def _replay_into(folder: OutputFolder, bag: Path, reader: BagReader, cams: list[
     summaries = {t.name: rep.TopicSummary(t.name, t.msgtype, t.declared) for t in cams}
     labels_dir = LabelFolder(opts.labels_dir, opts.label_match) if opts.labels_dir else None
     accuracy = Accuracy(opts.label_kind) if (labels_dir or label_topic) else None
-    matcher = LabelTopicMatcher(accuracy) if (accuracy is not None and label_topic) else None
+    top = rep.TopK(opts.top_k)
+    misses = rep.TopK(opts.top_misses if accuracy is not None else 0)
+
+    def scored(outputs: Any, label: np.ndarray, tile: rep.Tile | None) -> None:
+        """A frame and its label met: the metrics, and the label onto the frame's tile."""
+        assert accuracy is not None
+        truth, objects = accuracy.update(outputs.score, outputs.mask, outputs.semantic, label,
+                                         frame=tile.title if tile is not None else "")
+        if tile is not None:
+            rep.attach_truth(tile, truth, objects)
+            if tile.missed_pixels and misses.wants(tile.missed_pixels):
+                misses.add(tile.missed_pixels, tile)
+
+    matcher = LabelTopicMatcher(scored) if (accuracy is not None and label_topic) else None
     label_stats: Counter[str] = Counter()
     other: Counter[str] = Counter()
     records: list[rep.FrameRecord] = []
     stages: defaultdict[str, float] = defaultdict(float)
-    top = rep.TopK(opts.top_k)
     total = sum(t.declared or 0 for t in cams) or None
     if opts.max_frames and total:
         total = min(total, opts.max_frames * len(cams))
@@ -200,12 +215,13 @@ def _replay_into(folder: OutputFolder, bag: Path, reader: BagReader, cams: list[
                 if opts.max_frames is not None and index >= opts.max_frames:
                     rec.status, rec.reason = "skipped", f"beyond --max-frames {opts.max_frames}"
                 else:
-                    _process(raw, rec, in_store, pipe, opts, writer, prefixes[raw.topic], top, stages)
+                    _process(raw, rec, in_store, pipe, opts, writer, prefixes[raw.topic], top, stages,
+                             tiles_for_all=accuracy is not None)
                     bar.update(1)
                 records.append(rec)
                 if rec.status == "processed":
                     s.processed += 1
-                    outputs, frame_id = rec.__dict__.pop("_outputs")
+                    outputs, frame_id, tile = rec.__dict__.pop("_outputs")
                     t_gt = time.perf_counter()
                     if labels_dir is not None and raw.topic == cams[0].name:
                         try:
@@ -216,9 +232,9 @@ def _replay_into(folder: OutputFolder, bag: Path, reader: BagReader, cams: list[
                         if label is None:
                             label_stats["frames_without_label"] += 1
                         elif accuracy is not None:
-                            accuracy.update(outputs.score, outputs.mask, outputs.semantic, label)
+                            scored(outputs, label, tile)
                     elif matcher is not None and rec.stamp_ns is not None:
-                        matcher.frame((frame_id, rec.stamp_ns), outputs)
+                        matcher.frame((frame_id, rec.stamp_ns), outputs, tile)
                     stages["ground_truth_metrics"] += (time.perf_counter() - t_gt) * 1e3
                 else:
                     s.skipped += 1
@@ -263,7 +279,7 @@ def _replay_into(folder: OutputFolder, bag: Path, reader: BagReader, cams: list[
                          label_topic, labels_dir, accuracy, label_stats, top, stages)
     if failure is None:
         try:
-            _write_report(folder.stage("report"), summary, records, top, accuracy)
+            _write_report(folder.stage("report"), summary, records, top, misses, accuracy, opts)
         except OSError as exc:
             failure = _output_problem(exc, folder)
     if failure is not None:
@@ -289,17 +305,21 @@ def _mark_incomplete(summary: dict[str, Any], failure: str) -> None:
     det["status"] = "incomplete"
     det["incomplete"] = failure
     det["status_text"] = f"incomplete, writing the results failed: {failure} ({det['status_text']} before that)"
-    det["contact_sheet"] = False
+    det["contact_sheet"] = det["misses_sheet"] = False
 
 
 def _write_report(report_dir: Path, summary: dict[str, Any], records: list[rep.FrameRecord],
-                  top: rep.TopK, accuracy: Accuracy | None) -> None:
+                  top: rep.TopK, misses: rep.TopK, accuracy: Accuracy | None, opts: ReplayOptions) -> None:
     """Plots, contact sheet, frames.csv and report.html, then summary.json last."""
     report_dir.mkdir(parents=True, exist_ok=True)
     det = summary["deterministic"]
     if det["anomaly"]["frames"]:
         rep.plot_anomaly_over_time(records, report_dir / "anomaly_over_time.png")
-    det["contact_sheet"] = rep.contact_sheet(top.items(), report_dir / "contact_sheet.png")
+    thr = float(det["threshold"])
+    det["contact_sheet"] = rep.contact_sheet([t for _, t in top.items()], report_dir / "contact_sheet.png",
+                                             thr, opts.heatmap_span)
+    det["misses_sheet"] = rep.contact_sheet([t for _, t in misses.items()], report_dir / "misses.png",
+                                            thr, opts.heatmap_span)
     gt = det.get("ground_truth")
     if accuracy is not None and gt and gt.get("metrics"):
         scores, labels = accuracy.curve_sample()
@@ -315,7 +335,8 @@ def _write_report(report_dir: Path, summary: dict[str, Any], records: list[rep.F
 
 
 def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, opts: ReplayOptions,
-             writer: BagWriter, prefix: str, top: rep.TopK, stages: defaultdict[str, float]) -> None:
+             writer: BagWriter, prefix: str, top: rep.TopK, stages: defaultdict[str, float],
+             tiles_for_all: bool = False) -> None:
     """Decode + pipeline + write one frame; fills ``rec`` (a skipped frame gets its reason) and adds
     the time of each stage to ``stages`` (ms)."""
     from ..pipeline.convert import FrameError
@@ -353,12 +374,16 @@ def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, op
     rec.inference_ms = float(result.timings.get("inference", 0.0))
     rec.anomaly_fraction, rec.max_score, rec.mean_score = st.anomaly_fraction, st.max_score, st.mean_score
     rec.regions = len(st.regions)
-    if top.wants(st.anomaly_fraction):
+    tile = None
+    # With ground truth every frame may turn out to be a miss worth showing: each gets its tile.
+    if tiles_for_all or top.wants(st.anomaly_fraction):
         ov = msgs.get("overlay")
         img = (np.asarray(ov.data).reshape(ov.height, ov.width, 3) if ov is not None
                else _overlay_image(pipe, msg, result.outputs))
-        top.add(st.anomaly_fraction, f"{rec.topic} #{rec.index}", img)
-    rec.__dict__["_outputs"] = (result.outputs, str(msg.header.frame_id))
+        tile = rep.make_tile(f"{rec.topic} #{rec.index}", st.anomaly_fraction, img, result.outputs.score)
+        if top.wants(st.anomaly_fraction):
+            top.add(st.anomaly_fraction, tile)
+    rec.__dict__["_outputs"] = (result.outputs, str(msg.header.frame_id), tile)
 
 
 def _overlay_image(pipe: FramePipeline, msg: Any, outputs: Any) -> np.ndarray:
@@ -418,6 +443,8 @@ def _summarise(bag: Path, result_bag: Path, runtime: Any, threshold: float, opts
                                 for t in cams for n in opts.outputs),
     }
     det["contact_sheet"] = bool(top.items())
+    det["heatmap"] = {"low": threshold - opts.heatmap_span, "threshold": threshold,
+                      "high": threshold + opts.heatmap_span}
     if accuracy is not None:
         gt = accuracy.compute()
         gt["source"] = labels_dir.describe() if labels_dir else f"topic {label_topic.name if label_topic else '?'}"
