@@ -343,7 +343,8 @@ def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, op
 
     t0 = time.perf_counter()
     try:
-        msg = store.deserialize_cdr(raw.data, raw.msgtype)
+        # a memoryview: rosbags slices off the CDR header, which would copy a bytes payload (as the node)
+        msg = store.deserialize_cdr(memoryview(raw.data), raw.msgtype)
     except Exception as exc:  # noqa: BLE001 - corrupt CDR: this frame only
         rec.status, rec.reason = "skipped", f"undecodable message ({type(exc).__name__})"
         return
@@ -380,7 +381,11 @@ def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, op
         ov = msgs.get("overlay")
         img = (np.asarray(ov.data).reshape(ov.height, ov.width, 3) if ov is not None
                else _overlay_image(pipe, msg, result.outputs))
-        tile = rep.make_tile(f"{rec.topic} #{rec.index}", st.anomaly_fraction, img, result.outputs.score)
+        score = result.outputs.score
+        if getattr(pipe.runtime, "reuse_outputs", False):   # overwritten by the next frame otherwise
+            score = score.copy()
+        # references, not thumbnails: only the frames still on the sheet at the end are shrunk
+        tile = rep.make_tile(f"{rec.topic} #{rec.index}", st.anomaly_fraction, img, score)
         if top.wants(st.anomaly_fraction):
             top.add(st.anomaly_fraction, tile)
     rec.__dict__["_outputs"] = (result.outputs, str(msg.header.frame_id), tile)

@@ -54,14 +54,16 @@ class TopicSummary:
 
 @dataclass(eq=False)
 class Tile:
-    """One frame on a contact sheet: small copies of its overlay and its score map, and (once the
-    frame's label is matched) of its labelled anomaly. The score is coloured when the sheet is
-    drawn, on the one scale of every heat map (pipeline.visualize.score_heatmap)."""
+    """One frame on a contact sheet: its overlay and score map, and (once the frame's label is
+    matched) its labelled anomaly. Kept at full size and shrunk only when the sheet is drawn: most
+    frames that enter the top k are pushed out again, and a thumbnail per candidate cost more
+    per frame than anything else replay adds to the node's own work. The score is coloured when
+    the sheet is drawn, on the one scale of every heat map (pipeline.visualize.score_heatmap)."""
     title: str
     fraction: float                       # anomalous (flagged) fraction of the frame
-    overlay: np.ndarray                   # RGB thumbnail
-    score: np.ndarray                     # float32 thumbnail
-    truth: np.ndarray | None = None       # uint8 0/1 thumbnail of the labelled anomaly
+    overlay: np.ndarray                   # RGB (read only: it may be a message's payload)
+    score: np.ndarray                     # float32 (read only)
+    truth: np.ndarray | None = None       # uint8 0/1 labelled anomaly (any size)
     objects: list[tuple[int, int]] = field(default_factory=list)   # labelled (pixels, flagged)
 
     @property
@@ -77,21 +79,26 @@ class Tile:
             lines.append("no labelled anomaly: all flagged are false")
         return lines
 
+    def thumbnails(self, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(overlay RGB, score float32, truth 0/1 or None) at ``width`` pixels wide."""
+        h, w = self.overlay.shape[:2]
+        size = (width, max(1, round(h * width / w)))
+        truth = None
+        if self.truth is not None:
+            # INTER_AREA then > 0: a labelled object a few pixels wide still shows on a thumbnail
+            small = cv2.resize(self.truth.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            truth = (small > 0).astype(np.uint8)
+        return (cv2.resize(self.overlay, size, interpolation=cv2.INTER_AREA),
+                cv2.resize(np.asarray(self.score, np.float32), size, interpolation=cv2.INTER_AREA), truth)
 
-def make_tile(title: str, fraction: float, overlay_rgb: np.ndarray, score: np.ndarray,
-              width: int = 320) -> Tile:
-    h, w = overlay_rgb.shape[:2]
-    size = (width, max(1, round(h * width / w)))
-    return Tile(title, fraction, cv2.resize(overlay_rgb, size, interpolation=cv2.INTER_AREA),
-                cv2.resize(np.asarray(score, np.float32), size, interpolation=cv2.INTER_AREA))
+
+def make_tile(title: str, fraction: float, overlay_rgb: np.ndarray, score: np.ndarray) -> Tile:
+    return Tile(title, fraction, overlay_rgb, score)
 
 
 def attach_truth(tile: Tile, truth: np.ndarray, objects: list[tuple[int, int]]) -> None:
     """The frame's labelled anomaly (uint8 0/1, any size) and its objects, onto its tile."""
-    th, tw = tile.overlay.shape[:2]
-    # INTER_AREA then > 0: a labelled object a few pixels wide still shows on a 320-pixel thumbnail
-    small = cv2.resize(truth.astype(np.float32), (tw, th), interpolation=cv2.INTER_AREA)
-    tile.truth = (small > 0).astype(np.uint8)
+    tile.truth = truth
     tile.objects = list(objects)
 
 
@@ -235,7 +242,7 @@ def _draw_truth(img: np.ndarray, truth: np.ndarray | None) -> None:
 
 
 def contact_sheet(tiles: Sequence[Tile], path: Path, threshold: float, span: float = HEATMAP_SPAN,
-                  cols: int = 3) -> bool:
+                  cols: int = 3, width: int = 320) -> bool:
     """Tiles in a grid: each frame's overlay (flagged pixels green) above its anomaly score heat map
     (one scale around the threshold; flagged regions outlined in black), the labelled anomaly
     outlined in yellow on both where there is ground truth; captions say what was flagged and
@@ -243,31 +250,32 @@ def contact_sheet(tiles: Sequence[Tile], path: Path, threshold: float, span: flo
     if not tiles:
         return False
     font = cv2.FONT_HERSHEY_SIMPLEX
-    th, tw = max(t.overlay.shape[0] for t in tiles), max(t.overlay.shape[1] for t in tiles)
+    thumbs = [t.thumbnails(width) for t in tiles]
+    th, tw = max(o.shape[0] for o, _, _ in thumbs), width
     lines = max(len(t.caption()) for t in tiles)
     cap, gap = 6 + 16 * lines, 6
     cell_h = cap + 2 * th + gap
     rows = (len(tiles) + cols - 1) // cols
-    width = cols * tw + (cols - 1) * gap
+    sheet_w = cols * tw + (cols - 1) * gap
     has_truth = any(t.truth is not None for t in tiles)
     legend = ["top: the frame with semantic colours, flagged pixels green",
               "bottom: anomaly score (black line: the threshold, around flagged pixels)"]
     if has_truth:
         legend.append("yellow outline: labelled anomaly (ground truth)")
-    bar = colorbar(min(width, 640), threshold, span)
+    bar = colorbar(min(sheet_w, 640), threshold, span)
     foot = bar.shape[0] + 18 * len(legend) + 8
-    sheet = np.full((rows * cell_h + foot, width, 3), 255, np.uint8)
+    sheet = np.full((rows * cell_h + foot, sheet_w, 3), 255, np.uint8)
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
         y, x = r * cell_h, c * (tw + gap)
         for k, line in enumerate(t.caption()):
             text, scale = _fit_caption(line, tw - 8)
             cv2.putText(sheet, text, (x + 4, y + 16 + 16 * k), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        h, w = t.overlay.shape[:2]
-        over = t.overlay.copy()
-        heat = score_heatmap(t.score, threshold, span)
-        _draw_truth(over, t.truth)
-        _draw_truth(heat, t.truth)
+        over, score, truth = thumbs[i]
+        h, w = over.shape[:2]
+        heat = score_heatmap(score, threshold, span)
+        _draw_truth(over, truth)
+        _draw_truth(heat, truth)
         sheet[y + cap: y + cap + h, x: x + w] = over
         sheet[y + cap + th: y + cap + th + h, x: x + w] = heat
     y = rows * cell_h
