@@ -275,7 +275,7 @@ def test_deterministic_writer(tmp_path: Path) -> None:
 
 
 def test_threaded_writer_same_file_and_errors_surface(tmp_path: Path) -> None:
-    from pebal_ros.replay.bag import BagWriter
+    from pebal_ros.replay.bag import BagWriter, BagWriteError
     from pebal_ros.replay.recording import image_message
 
     store = make_typestore()
@@ -289,7 +289,7 @@ def test_threaded_writer_same_file_and_errors_surface(tmp_path: Path) -> None:
     w = BagWriter(tmp_path / "c", store, threaded=True)
     w.add_topic("/img", "sensor_msgs/msg/Image")
     w.write("/img", 1, "not a message")          # fails on the writer thread
-    with pytest.raises(BagError, match="writing .* failed"):
+    with pytest.raises(BagWriteError, match=r"/c: writing failed: AttributeError"):   # names the output
         w.close()
 
 
