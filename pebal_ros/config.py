@@ -143,6 +143,9 @@ class InferenceConfig:
     threshold: float = -10.0
     score_at_network_resolution: bool = False   # the "fast" variant
     min_region_area: int = 50         # pixels, for the regions in the status message
+    # Pictures only (infer's heat maps, replay's contact sheets): colours run from threshold - span
+    # (blue) to threshold + span (red), one scale for every frame, in score units.
+    heatmap_span: float = 3.0
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 For every input image three PNGs go to --out: <name>_overlay.png (image + semantic colours,
 anomalous pixels tinted green and outlined, anomalous regions boxed), <name>_semantic.png (Cityscapes palette)
-and <name>_anomaly.png (anomaly score heat map, blue = normal, red = anomalous); --mask also
+and <name>_anomaly.png (anomaly score heat map on one fixed scale around the threshold: blue
+below it, red above it, flagged regions outlined in black, a colour bar in the corner); --mask also
 writes <name>_mask.png (0/255). Images of any size: a model with a fixed input size gets a
 resized copy and its outputs are scaled back to the image.
 
@@ -75,7 +76,7 @@ def run_on_image(runtime, rgb: np.ndarray, threshold: float):
 def main(args: argparse.Namespace) -> int:
     from .outputs import writable_folder, write_ok
     from .pipeline.regions import find_regions
-    from .pipeline.visualize import colorize, overlay, score_heatmap
+    from .pipeline.visualize import colorize, overlay, score_heatmap, with_colorbar
     from .model_settings import command_settings, model_problem
     from .open_model import open_runtime
 
@@ -103,6 +104,7 @@ def main(args: argparse.Namespace) -> int:
     threshold = settings.threshold
     min_area = settings.inference.min_region_area
     max_pixels = settings.config.input.max_decoded_pixels
+    span = settings.inference.heatmap_span
     from tqdm import tqdm
 
     failed = 0
@@ -129,7 +131,9 @@ def main(args: argparse.Namespace) -> int:
         regions = find_regions(out.mask, out.score, min_area=min_area)
         sem = colorize(out.semantic)
         ov = overlay(rgb, sem, out.mask, boxes=[(r.x_offset, r.y_offset, r.width, r.height) for r in regions])
-        images = {"overlay": ov, "semantic": sem, "anomaly": score_heatmap(out.score)}
+        # one scale around the threshold for every image, with its colour bar (inference.heatmap_span)
+        heat = with_colorbar(score_heatmap(out.score, threshold, span), threshold, span)
+        images = {"overlay": ov, "semantic": sem, "anomaly": heat}
         for kind, img in images.items():
             target = args.out / f"{name}_{kind}.png"
             write_ok(cv2.imwrite(str(target), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)), target)

@@ -276,6 +276,8 @@ def validate_inference(inf: InferenceConfig, sources: dict[str, str] | None = No
         problems.append(f"inference.threshold{origin} {reason}")
     if inf.min_region_area < 1:
         problems.append(f"inference.min_region_area must be at least 1 pixel, got {inf.min_region_area}")
+    if not (isinstance(inf.heatmap_span, (int, float)) and 0 < inf.heatmap_span < float("inf")):
+        problems.append(f"inference.heatmap_span must be a positive number of score units, got {inf.heatmap_span!r}")
     return problems
 
 

@@ -34,10 +34,11 @@ EXPORT_FORMAT = "fused-onnx-1"
 
 def export_key(settings: ModelSettings, size: tuple[int, int]) -> dict[str, Any]:
     """What the cached export of ``settings``' checkpoint at ``size`` is made from."""
-    # Threshold and region size are run-time inputs, not part of the graph: changing them must not
-    # cost a re-export (the cached file's metadata keeps the first export's threshold as a hint;
+    # Threshold, region size and picture scale are run-time inputs, not part of the graph: changing
+    # them must not cost a re-export (the cached file's metadata keeps the first export's threshold as a hint;
     # a checkpoint's threshold always comes from resolve_settings, never from the cache).
-    baked = {k: v for k, v in to_dict(settings.inference).items() if k not in ("threshold", "min_region_area")}
+    baked = {k: v for k, v in to_dict(settings.inference).items()
+             if k not in ("threshold", "min_region_area", "heatmap_span")}
     spec = ExportSpec(image_size=None)
     return {"entry": EXPORT_FORMAT, "source_sha256": cache.file_sha256(settings.model),
             "image_size": [int(size[0]), int(size[1])], "inference": baked, "arch": settings.config.arch,

@@ -140,7 +140,7 @@ def test_colorize_and_overlay():
     expect = 0.35 * 100 + 0.65 * np.array(ANOMALY_COLOR)
     assert np.abs(ov[0, 1] - expect).max() <= 1.0, ov[0, 1]
     assert tuple(ov[0, 0]) == tuple(ov[1, 1]) == ANOMALY_COLOR
-    heat = score_heatmap(np.array([[0.0, 1.0]], np.float32), 0.0, 1.0)
+    heat = score_heatmap(np.array([[0.0, 1.0]], np.float32), 0.5, 0.5, outline=False)
     assert heat.shape == (1, 2, 3) and heat[0, 0, 2] > heat[0, 0, 0] and heat[0, 1, 0] > heat[0, 1, 2]
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import add_config_arguments
+from ..output_folder import FolderBusy, folder_lock, write_atomic
 from ..outputs import writable_folder
 from .model import MODEL_PRESET_HELP
 from ..pipeline.messages import OUTPUT_NAMES
@@ -158,11 +159,28 @@ def _run_one(bag: Path, out_dir: Path, opts: ReplayOptions, runtime: Any) -> dic
     except OSError as exc:     # unreadable input or unwritable output: this bag fails, the others go on
         where = exc.filename if exc.filename is not None else bag
         return {"bag": str(bag), "exit_code": 1, "error": f"{where}: {exc.strerror or exc}"}
+    except Exception as exc:  # noqa: BLE001 - a bug met on one bag must not cost the other bags
+        return {"bag": str(bag), "exit_code": 1, "error": f"{bag}: {unexpected(exc)}"}
     det = res.summary["deterministic"]
-    return {"bag": str(bag), "exit_code": res.exit_code, "status_text": det["status_text"],
-            "status": det["status"], "issues": det["issues"], "report": str(res.report_dir / "report.html"),
-            "result_bag": str(res.result_bag), "frames_per_s": res.summary["timing"]["frames_per_s"],
-            "topics": det["topics"]}
+    out = {"bag": str(bag), "exit_code": res.exit_code, "status_text": det["status_text"],
+           "status": det["status"], "issues": det["issues"], "report": str(res.report_dir / "report.html"),
+           "result_bag": str(res.result_bag), "frames_per_s": res.summary["timing"]["frames_per_s"],
+           "topics": det["topics"]}
+    if det["status"] == "incomplete":     # the output failed: the error names it, the summary says so
+        out.update(error=f"{det['incomplete']} (the results in {res.out_dir} are incomplete; "
+                   f"{res.report_dir / 'summary.json'} says what is missing)",
+                   report=str(res.report_dir / "summary.json"))
+    return out
+
+
+def unexpected(exc: BaseException) -> str:
+    """An error replay has no words for (a bug), in one line that still says where it happened."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return (f"replay failed with {type(exc).__name__}: {str(exc)[:200] or 'no details'}{where} "
+            "(a bug in pebal: please report it with this line)")
 
 
 _WORKER_RUNTIME: Any = None
@@ -184,7 +202,10 @@ def _worker(bag: str, out_dir: str, opts: ReplayOptions) -> dict[str, Any]:
 def _print_result(r: dict[str, Any]) -> None:
     if "error" in r:
         err = r["error"]
-        print(f"pebal replay: {err if err.startswith(r['bag']) else r['bag'] + ': ' + err}", file=sys.stderr)
+        if r.get("status") == "incomplete":     # an output problem: the line names the output
+            print(f"pebal replay: {err}", file=sys.stderr)
+        else:
+            print(f"pebal replay: {err if err.startswith(r['bag']) else r['bag'] + ': ' + err}", file=sys.stderr)
         return
     stream = sys.stdout if r["exit_code"] == 0 else sys.stderr
     print(f"{r['bag']}: {r['status_text']} ({r['frames_per_s']:.1f} frames/s)", file=stream)
@@ -198,7 +219,7 @@ def _print_result(r: dict[str, Any]) -> None:
 
 def _write_index(out: Path, results: list[dict[str, Any]]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_atomic(out / "summary.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
     rows = []
     for r in results:
         rel = os.path.relpath(r["report"], out) if "report" in r else None
@@ -210,13 +231,10 @@ def _write_index(out: Path, results: list[dict[str, Any]]) -> Path:
             "table{border-collapse:collapse}</style></head><body><h1>PEBAL replay: "
             f"{len(results)} bags</h1><table><tr><th>bag</th><th>result</th><th></th></tr>"
             + "".join(rows) + "</table></body></html>")
-    path = out / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_atomic(out / "index.html", page)
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..open_model import open_runtime, runtime_path
     from ..model_settings import command_settings, model_problem
 
     try:   # the outputs' topics: ROS's rules for the namespace, and for the longest topic under it
@@ -250,10 +268,22 @@ def main(args: argparse.Namespace) -> int:
         print(f"pebal replay: {model_problem(exc) if not isinstance(exc, SystemExit) else exc}", file=sys.stderr)
         return 2
     writable_folder(args.out)   # before the model: an unwritable --out fails now, not after loading it
+    try:
+        with folder_lock(args.out):       # held to the end: a second run into --out stops here
+            return _run(args, bags, settings)
+    except FolderBusy as exc:
+        print(f"pebal replay: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, bags: list[Path], settings: Any) -> int:
+    from ..open_model import open_runtime, runtime_path
+
     opts = _options(args)
     opts.threshold = settings.threshold
     opts.min_region_area = settings.inference.min_region_area
     opts.max_decoded_pixels = settings.config.input.max_decoded_pixels
+    opts.heatmap_span = settings.inference.heatmap_span
     opts.settings = settings_report(settings)
     jobs = max(1, min(args.jobs, len(bags)))
     # runtime.threads (--threads, --set, --config) wins; else the cores shared among the workers
