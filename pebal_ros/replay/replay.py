@@ -66,6 +66,7 @@ class ReplayResult:
     summary: dict[str, Any]
     exit_code: int
     messages: list[str] = field(default_factory=list)
+    accuracy: Accuracy | None = None     # the ground-truth accumulators, to pool several bags
 
 
 def _output_prefix(namespace: str, topic: str, several: bool) -> str:
@@ -246,7 +247,7 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
     rep.write_html(report_dir, summary)
     processed = sum(s.processed for s in summaries.values())
     code = 0 if processed else 1
-    return ReplayResult(bag, out_dir, result_bag, report_dir, summary, code)
+    return ReplayResult(bag, out_dir, result_bag, report_dir, summary, code, accuracy=accuracy)
 
 
 def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, opts: ReplayOptions,
