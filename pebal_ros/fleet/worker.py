@@ -63,9 +63,9 @@ def _node() -> dict[str, Any]:
     info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
     try:
         import ray
-        ctx = ray.get_runtime_context()
-        info["node_id"] = ctx.get_node_id()
-        info["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+        if ray.is_initialized():     # (asking an uninitialised Ray would start one)
+            info["node_id"] = ray.get_runtime_context().get_node_id()
+            info["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
     except Exception:  # noqa: BLE001 - outside Ray (tests): host and pid are enough
         pass
     return info
