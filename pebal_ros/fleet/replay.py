@@ -195,7 +195,7 @@ def _replay(args: argparse.Namespace, out: Path, settings: Any, opts: Any, entri
             e = task.payload
             e["tmp"] = partial / f"{task.key:06d}-{task.attempts}"
             name = e["out"].relative_to(out).as_posix() if e["out"] != out else "."
-            return actor.replay.remote(e["bag"], name, str(e["tmp"]), opts, task.attempts + 1)
+            return actor.replay.remote(e["bag"], name, str(e["tmp"]), opts, task.attempts + 1, str(e["out"]))
 
         def on_result(task: Any, record: dict[str, Any]) -> None:
             e = by_key[task.key]

@@ -97,9 +97,10 @@ class FleetWorker:
         return dict(self.node, model=str(self.model), input_size=list(size) if size else None)
 
     # -- replay -------------------------------------------------------------------------------
-    def replay(self, bag: str, name: str, tmp: str, opts: Any, attempt: int) -> dict[str, Any]:
+    def replay(self, bag: str, name: str, tmp: str, opts: Any, attempt: int, final: str | None = None) -> dict[str, Any]:
         """Replay ``bag`` into ``tmp`` and write the record (the done marker) there, last. Every
-        outcome is returned as a record: a bag that cannot be replayed is a result, not an error."""
+        outcome is returned as a record: a bag that cannot be replayed is a result, not an error.
+        ``final``: the folder the driver will move the results to (the report names that one)."""
         from ..replay.bag import BagError
         from ..replay.replay import ReplayError, replay_bag
 
@@ -117,6 +118,8 @@ class FleetWorker:
             where = exc.filename if exc.filename is not None else bag
             record.update(exit_code=1, error=f"{where}: {exc.strerror or exc}")
         else:
+            if final is not None:
+                relocate(res, folder, Path(final))
             record.update(exit_code=res.exit_code, error=None,
                           figures=bag_figures(res.report_dir, res.summary))
             if res.accuracy is not None and res.accuracy.frames:
@@ -163,6 +166,22 @@ class _NoFrames:
 
     def __iter__(self) -> Any:
         return iter(())
+
+
+def relocate(res: Any, tmp: Path, final: Path) -> None:
+    """The report names the result bag where it will be after the commit, as a local replay's does."""
+    import html
+
+    from ..replay import report as rep
+
+    det = res.summary["deterministic"]
+    if det.get("result_bag") and Path(det["result_bag"]).is_relative_to(tmp):
+        det["result_bag"] = str(final / Path(det["result_bag"]).relative_to(tmp))
+        rep.write_summary(res.report_dir, res.summary)
+        page = res.report_dir / "report.html"
+        if page.is_file():
+            text = page.read_text(encoding="utf-8")
+            page.write_text(text.replace(html.escape(str(tmp)), html.escape(str(final))), encoding="utf-8")
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
