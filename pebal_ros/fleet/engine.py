@@ -71,8 +71,10 @@ def connect(address: str | None) -> Connection:
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        hint = ("; is it running and reachable from here? (a cluster with token authentication also needs "
+                "RAY_AUTH_MODE=token and its token: RAY_AUTH_TOKEN or ~/.ray/auth_token)") if address else ""
         raise FleetError(f"cannot connect to the Ray cluster at {address or 'auto'}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}{hint}") from None
     return _connection(ray, owned=True)
 
 
