@@ -171,7 +171,7 @@ def _plots(out: Path, rows: list[dict[str, Any]], pooled: Any) -> list[str]:
             ax.set_xlabel("alarm rate of a bag [% of its frames]")
             ax.set_ylabel("bags")
         ax.grid(alpha=0.3, axis="x")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", metadata={"Software": None})
@@ -267,7 +267,8 @@ def _page(status: dict[str, Any], fleet: dict[str, Any], rows: list[dict[str, An
                  f"<p>{gt['frames_with_labels']} labelled frames in {gt['bags']} bag(s); metrics from the merged "
                  "pixel histograms and confusion matrices (not an average of per-bag values).</p>")
         mrows = [[k.upper() if k != "fpr95" else "FPR95", _f(m.get(k), True)] for k in ("auroc", "ap", "fpr95") if k in m]
-        mrows += [[k, _f(gt.get(k), True)] for k in ("miou", "anomaly_iou") if gt.get(k) is not None]
+        mrows += [[label, _f(gt.get(k), True)] for k, label in (("miou", "mIoU"), ("anomaly_iou", "anomaly IoU"))
+                  if gt.get(k) is not None]
         if gt.get("note"):
             mrows.append(["note", gt["note"]])
         p.append(_html_table(mrows, ["metric", "value"], raw=False))
@@ -328,8 +329,9 @@ def run_status(entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dic
         text = (f"INCOMPLETE: {len(missing)} of {len(rows)} bag(s) have no result (listed below with the reason); "
                 "run the same command with --resume to replay only those")
     else:
-        text = f"complete: all {len(rows)} bag(s) replayed" + (f"; {failed} could not be replayed (reason in the table)"
-                                                              if failed else "")
+        text = (f"complete: every one of the {len(rows)} bag(s) was replayed" if not failed else
+                f"complete: all {len(rows)} bag(s) tried; {len(rows) - failed} replayed, {failed} failed by "
+                "itself (corrupt, no image topics...: the reason is in the table; not retried)")
     return {"status": "complete" if not missing else "incomplete", "text": text, "missing": missing}
 
 
