@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -208,8 +209,49 @@ def test_ray_flag_without_ray_says_how_to_install(command: str, tmp_path: Path) 
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_resume_needs_ray(tmp_path: Path, capsys) -> None:
+def test_fleet_flags_need_ray_and_not_jobs(tmp_path: Path, capsys) -> None:
     from pebal_ros.cli import main
 
     assert main(["replay", str(tmp_path), "--out", str(tmp_path / "o"), "--resume"]) == 2
     assert "--resume goes with --ray" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path), "--out", str(tmp_path / "o"), "--ray", "-j", "4"]) == 2
+    assert "--ray-workers" in capsys.readouterr().err
+
+
+def test_bags_named_by_uri_through_pyarrow(worker, bags, model, tmp_path: Path) -> None:
+    """file:// URIs through pyarrow's file systems (the code path of s3:// and gs://): the same bags
+    found as on disk, each staged to the worker's scratch space and replayed into the same results
+    as the local replay of the path; the report names the URI."""
+    pytest.importorskip("pyarrow", reason="pyarrow (part of the ray extra) is not installed")
+    from pebal_ros.fleet.storage import find_uri_bags, uri_names
+    from pebal_ros.replay.bag import find_bags
+    from pebal_ros.replay.cli import _names
+    from pebal_ros.runtime import load_runtime
+
+    root = bags["drive0"].parent
+    (root / "deeper" / "day2").mkdir(parents=True, exist_ok=True)
+    loose = root / "deeper" / "day2" / "loose.mcap"
+    if not loose.exists():
+        import shutil
+        shutil.copyfile(next(bags["drive1"].glob("*.mcap")), loose)
+    found, problems = find_uri_bags([f"file://{root}", f"file://{tmp_path}/nothing"])
+    local, _ = find_bags(root)
+    assert found == [f"file://{p}" for p in local] and len(found) == 4
+    assert problems == [f"file://{tmp_path}/nothing: does not exist"]
+    assert uri_names(found) == _names(local)
+
+    uri = f"file://{bags['drive1']}"
+    tmp = tmp_path / "fleet" / dn.PARTIAL / "a"
+    rec = worker.replay(uri, "drive1", str(tmp), _opts(), 1, str(tmp_path / "fleet" / "drive1"))
+    assert rec["exit_code"] == 0 and rec["bag"] == uri
+    dn.commit(tmp, tmp_path / "fleet" / "drive1")
+    ref = replay_bag(bags["drive1"], load_runtime(model, device="cpu"), tmp_path / "ref", _opts())
+    got = json.loads((tmp_path / "fleet" / "drive1" / "report" / "summary.json").read_text())["deterministic"]
+    want = ref.summary["deterministic"]
+    assert got["bag"] == uri and uri in (tmp_path / "fleet" / "drive1" / "report" / "report.html").read_text()
+    for d in (got, want):
+        d.pop("bag"), d.pop("result_bag")
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+    assert not list(Path(tempfile.gettempdir()).glob("pebal_stage_*"))        # the staged copy is gone
+    missing = worker.replay(f"file://{tmp_path}/gone", "gone", str(tmp_path / "p2"), _opts(), 1)
+    assert missing["exit_code"] == 1 and f"file://{tmp_path}/gone" in missing["error"]

@@ -34,6 +34,8 @@ def check_ray_arguments(args: argparse.Namespace, prog: str) -> str | None:
         if getattr(args, "resume", False):
             return "--resume goes with --ray (a local run replays every bag it is given)"
         return None
+    if getattr(args, "jobs", 1) != 1:
+        return "--jobs is the one-machine path's; with --ray the workers are --ray-workers"
     for name in ("ray_workers", "ray_retries"):
         v = getattr(args, name)
         if v is not None and v < (1 if name == "ray_workers" else 0):

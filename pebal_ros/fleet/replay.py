@@ -50,7 +50,7 @@ class OutputLock:
         self.fh.close()
 
 
-def plan(bags: list[Path], outs: list[Path], resume: bool, overwrite: bool) -> list[dict[str, Any]]:
+def plan(bags: list[Any], outs: list[Path], resume: bool, overwrite: bool) -> list[dict[str, Any]]:
     """Per bag: 'complete' (skipped: --resume and its marker says done), 'refused' (an earlier
     run's results are there and neither --resume nor --overwrite was given), or 'todo'."""
     entries = []
@@ -82,10 +82,26 @@ def run(args: argparse.Namespace) -> int:
     from ..model_settings import command_settings, model_problem
     from ..outputs import writable_folder
     from ..replay.cli import _names, _options, expand_bags, settings_report
+    from .engine import FleetError
     from .report import write_fleet_report
 
+    from .storage import find_uri_bags, is_uri, uri_names
+
     t_start = time.time()
-    bags, problems = expand_bags(args.bags)
+    uris = [b for b in args.bags if is_uri(b)]
+    if uris and len(uris) != len(args.bags):
+        _say("give bags either as URIs (s3://, gs://, file://) or as paths, not both")
+        return 2
+    if uris:
+        try:
+            bags, problems = find_uri_bags(uris)
+        except FleetError as exc:
+            _say(str(exc))
+            return 2
+        names = uri_names(bags)
+    else:
+        bags, problems = expand_bags(args.bags)
+        names = _names(bags)
     for p in problems:
         _say(p)
     if not bags:
@@ -122,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         _say(str(exc))
         return 2
     try:
-        outs = [out / n if len(bags) > 1 else out for n in _names(bags)]
+        outs = [out / n if len(bags) > 1 else out for n in names]
         entries = plan(bags, outs, args.resume, args.overwrite)
         todo = [e for e in entries if e["state"] == "todo"]
         partial = out / dn.PARTIAL
@@ -189,7 +205,7 @@ def _replay(args: argparse.Namespace, out: Path, settings: Any, opts: Any, entri
         partial.mkdir(parents=True, exist_ok=True)
         by_key = {e["key"]: e for e in todo}
         # Longest first (bytes on disk): the last bags to finish are short ones, so workers stay busy.
-        tasks = [Task(e["key"], e) for e in sorted(todo, key=lambda e: -_size(Path(e["bag"])))]
+        tasks = [Task(e["key"], e) for e in sorted(todo, key=lambda e: -_size(e["bag"]))]
 
         def call(actor: Any, task: Any) -> Any:
             e = task.payload
@@ -255,7 +271,10 @@ def _quiet_interrupts() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _size(bag: Path) -> int:
+def _size(name: str) -> int:
+    if "://" in name:
+        return 0          # object storage: not worth a listing per bag
+    bag = Path(name)
     try:
         if bag.is_file():
             return bag.stat().st_size

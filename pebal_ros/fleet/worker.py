@@ -10,14 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .done import FORMAT, MARKER, file_sizes, write_json_atomic
+from .engine import FleetError
 from .figures import bag_figures
+from .storage import is_uri, stage
 
 STARTED = ".started.json"     # in an attempt's folder: which worker runs it (for people and tests)
 
@@ -110,21 +114,29 @@ class FleetWorker:
         write_json_atomic(folder / STARTED, dict(self.node, bag=bag, attempt=attempt, started=started))
         record: dict[str, Any] = {"format": FORMAT, "bag": bag, "name": name, "attempt": attempt,
                                   "worker": self.node, "started": started}
+        scratch, local = None, bag
         try:
-            res = replay_bag(bag, self.runtime, folder, opts)
+            if is_uri(bag):         # object storage: a copy on this node's disk, deleted afterwards
+                scratch = Path(tempfile.mkdtemp(prefix="pebal_stage_"))
+                local = str(stage(bag, scratch))
+            res = replay_bag(local, self.runtime, folder, opts)
         except (BagError, ReplayError) as exc:
+            record.update(exit_code=1, error=str(exc).replace(local, bag))
+        except FleetError as exc:
             record.update(exit_code=1, error=str(exc))
         except OSError as exc:     # unreadable input or unwritable output: this bag only
             where = exc.filename if exc.filename is not None else bag
-            record.update(exit_code=1, error=f"{where}: {exc.strerror or exc}")
+            record.update(exit_code=1, error=f"{str(where).replace(local, bag)}: {exc.strerror or exc}")
         else:
-            if final is not None:
-                relocate(res, folder, Path(final))
+            relocate(res, folder, Path(final) if final is not None else folder, (local, bag))
             record.update(exit_code=res.exit_code, error=None,
                           figures=bag_figures(res.report_dir, res.summary))
             if res.accuracy is not None and res.accuracy.frames:
                 save_state(folder / "ground_truth.npz", res.accuracy.state())
                 record["ground_truth_state"] = "ground_truth.npz"
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         (folder / STARTED).unlink(missing_ok=True)
         record["finished"] = time.time()
         record["files"] = file_sizes(folder)
@@ -168,20 +180,30 @@ class _NoFrames:
         return iter(())
 
 
-def relocate(res: Any, tmp: Path, final: Path) -> None:
-    """The report names the result bag where it will be after the commit, as a local replay's does."""
+def relocate(res: Any, tmp: Path, final: Path, bag: tuple[str, str]) -> None:
+    """The report names the result bag where it will be after the commit, and the bag by the name
+    it was given (a URI, not the staged copy), as a local replay's report does."""
     import html
 
     from ..replay import report as rep
 
     det = res.summary["deterministic"]
-    if det.get("result_bag") and Path(det["result_bag"]).is_relative_to(tmp):
+    swaps = []
+    if det.get("result_bag") and Path(det["result_bag"]).is_relative_to(tmp) and tmp != final:
         det["result_bag"] = str(final / Path(det["result_bag"]).relative_to(tmp))
-        rep.write_summary(res.report_dir, res.summary)
-        page = res.report_dir / "report.html"
-        if page.is_file():
-            text = page.read_text(encoding="utf-8")
-            page.write_text(text.replace(html.escape(str(tmp)), html.escape(str(final))), encoding="utf-8")
+        swaps.append((str(tmp), str(final)))
+    if bag[0] != bag[1]:
+        det["bag"] = bag[1]
+        swaps.append(bag)
+    if not swaps:
+        return
+    rep.write_summary(res.report_dir, res.summary)
+    page = res.report_dir / "report.html"
+    if page.is_file():
+        text = page.read_text(encoding="utf-8")
+        for old, new in swaps:
+            text = text.replace(html.escape(old), html.escape(new))
+        page.write_text(text, encoding="utf-8")
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
