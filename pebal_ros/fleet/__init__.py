@@ -11,7 +11,8 @@ exactly the bags that finished.
   worker.py    the actor: model opened once; replay one bag into a temporary folder; score one bag
   done.py      the per-bag done marker, "is this bag complete", committing a finished bag
   figures.py   per-bag figures for the fleet report (alarms, worst frames, latency histogram)
+  storage.py   bags named by URI (s3://, gs://, file://) through pyarrow's file systems
   report.py    the fleet report: OUT/index.html, fleet_summary.json, bags.csv, plots
   replay.py    the fleet replay driver;  calibrate.py: the fleet calibration driver
-  cli.py       ``--ray`` and friends on ``pebal replay`` and ``pebal calibrate``
+  options.py   ``--ray`` and friends; replay_cli.py / calibrate_cli.py: the commands with them
 """

@@ -125,7 +125,7 @@ class ActorPool:
     """
 
     def __init__(self, ray: Any, make: Callable[[], Any], size: int, retries: int = 3,
-                 patience_s: float = 600.0) -> None:
+                 patience_s: float = 1800.0) -> None:
         self.ray, self.make, self.size, self.retries, self.patience_s = ray, make, size, retries, patience_s
         self.slots: list[_Slot] = []
 

@@ -12,6 +12,7 @@ A fleet on a Ray cluster (pip install 'pebal_ros[ray]'):
   pebal replay /shared/recordings --out /shared/results --ray            # this machine's cluster, or a local one
   pebal replay /shared/recordings --out /shared/results --ray head:6379 --device cuda
   pebal replay /shared/recordings --out /shared/results --ray --resume   # after an interruption: only the rest
+  pebal replay s3://bucket/recordings --out /shared/results --ray        # bags read through pyarrow's file systems
 Each bag's results are written under --out exactly as above, with a done marker (fleet.json) last;
 --out/index.html is the fleet report (per-bag table, pooled figures and ground-truth metrics, worst frames).
 """
