@@ -112,8 +112,10 @@ def assert_same_as_local(fleet_dir: Path, local_dir: Path) -> None:
                 assert np.array_equal(ma.data, mb.data), topic
     da = json.loads((fleet_dir / "report" / "summary.json").read_text())["deterministic"]
     db = json.loads((local_dir / "report" / "summary.json").read_text())["deterministic"]
-    for d, root in ((da, fleet_dir), (db, local_dir)):
-        assert d["result_bag"] == str(root / "result_bag")       # the report names the final folder
+    for d in (da, db):
+        # The report names the final folder and the bag as given (a relative path stays relative).
+        assert d["result_bag"].endswith(f"{fleet_dir.name}/result_bag") and dn.PARTIAL not in d["result_bag"]
+        assert Path(d.pop("bag")).name == fleet_dir.name
         d.pop("result_bag")
     for d in (da, db):
         for k in ("max_fraction", "mean_fraction"):
@@ -187,11 +189,13 @@ def test_node_lost_mid_bag_and_corrupt_bag(cluster, data, tmp_path: Path) -> Non
 def test_interrupt_then_resume(cluster, data, tmp_path: Path) -> None:
     """SIGINT to the driver: no traceback, exit 130, finished bags committed, the rest reported
     missing and nothing else looking complete; --resume then replays exactly the missing bags."""
-    out = tmp_path / "fleet"
+    out = data["root"] / f"fleet_{tmp_path.name}"
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.Popen([sys.executable, "-m", "pebal_ros.cli", *_replay_args(data, out, cluster.address),
-                             "--ray-workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    # Relative paths, from a folder the workers do not run in: the driver must hand them absolute ones.
+    args = ["replay", "bags", "--out", out.name, "--model", data["model"].name, "--threshold", THR,
+            "--reproducible", "--no-progress", "--ray", cluster.address, "--ray-workers", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "pebal_ros.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=data["root"])
     try:
         # Wait for one committed bag, then freeze the worker in its next one and interrupt.
         deadline = time.monotonic() + 300

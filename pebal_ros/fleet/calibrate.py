@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 IMAGES_PER_TASK = 64
@@ -16,12 +17,15 @@ IMAGES_PER_TASK = 64
 
 def sources(normal: Any, labelled: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     common = {"topics": args.topics, "every": args.every}
-    out = [dict(common, kind="bag", inputs=[str(b)]) for b in normal.bags]
-    imgs = [str(p) for p in normal.images]
+    # Absolute: the workers run in other folders, on other machines.
+    out = [dict(common, kind="bag", inputs=[str(b.absolute())]) for b in normal.bags]
+    imgs = [str(p.absolute()) for p in normal.images]
     out += [dict(common, kind="images", inputs=imgs[i:i + IMAGES_PER_TASK]) for i in range(0, len(imgs), IMAGES_PER_TASK)]
     if len(labelled):
-        out.append({"kind": "labelled", "anomalies": args.anomalies, "anomaly_images": args.anomaly_images,
-                    "anomaly_labels": args.anomaly_labels})
+        absolute = [f"{n}={Path(r).absolute()}" for n, _, r in (a.partition("=") for a in args.anomalies or [])]
+        out.append({"kind": "labelled", "anomalies": absolute,
+                    "anomaly_images": args.anomaly_images and args.anomaly_images.absolute(),
+                    "anomaly_labels": args.anomaly_labels and args.anomaly_labels.absolute()})
     return out
 
 
@@ -54,7 +58,7 @@ def fleet_scorer(args: argparse.Namespace) -> Any:
                 1.0 if settings.device in ("cuda", "auto") and conn.resources.get("GPU", 0) else 0.0)
             n = worker_count(conn.resources, args.ray_cpus, gpus, args.ray_workers, len(todo))
             print(f"pebal calibrate: {conn.describe()}; {len(todo)} source(s) on {n} worker(s)", flush=True)
-            ship = ModelShipment(str(model), sha256(model), [ray.put(model.read_bytes())])
+            ship = ModelShipment(str(model.absolute()), sha256(model), [ray.put(model.read_bytes())])
             remote = ray.remote(FleetWorker).options(num_cpus=args.ray_cpus, num_gpus=gpus,
                                                      scheduling_strategy="SPREAD", max_restarts=0)
             threads = settings.options.threads or max(1, int(args.ray_cpus))

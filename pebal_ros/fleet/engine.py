@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 INSTALL_HINT = "pip install 'pebal_ros[ray]'"
+WAIT_NOTE_S = 120.0       # no worker started yet after this long: tell the user why the run waits
 
 
 class FleetError(RuntimeError):
@@ -160,7 +162,13 @@ class ActorPool:
         idle: deque[_Slot] = deque()
         running: dict[Any, tuple[_Slot, Task]] = {}
         since_alive = time.monotonic()
+        told = False
         while queue or running:
+            if not told and not running and not idle and time.monotonic() - since_alive > WAIT_NOTE_S:
+                told = True    # the cluster may be scaling up, or has no room for a worker: say so
+                print(f"pebal: no worker has been running for {WAIT_NOTE_S:.0f} s; waiting up to "
+                      f"{self.patience_s:.0f} s (does the cluster have a free node with the CPUs/GPUs a "
+                      "worker asks for? see --ray-cpus / --ray-gpus, `ray status`)", file=sys.stderr, flush=True)
             while idle and queue:
                 slot, task = idle.popleft(), queue.popleft()
                 running[call(slot.actor, task)] = (slot, task)

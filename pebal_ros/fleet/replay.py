@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     opts.min_region_area = settings.inference.min_region_area
     opts.settings = settings_report(settings)
     opts.progress, opts.overwrite = False, False   # each attempt writes into a fresh folder
+    if opts.labels_dir is not None:
+        opts.labels_dir = opts.labels_dir.absolute()     # read by a worker, in another folder
 
     try:
         lock = OutputLock(out)
@@ -197,7 +199,7 @@ def _replay(args: argparse.Namespace, out: Path, settings: Any, opts: Any, entri
                            "workers": n, "cpus_per_worker": cpus, "gpus_per_worker": gpus}
         print(f"{PROG}: {conn.describe()}; {len(todo)} bag(s) on {n} worker(s) ({cpus:g} CPU"
               + ("" if cpus == 1 else "s") + (f", {gpus:g} GPU" if gpus else "") + " each)", flush=True)
-        ship = ModelShipment(str(model), sha256(model), [ray.put(model.read_bytes())])
+        ship = ModelShipment(str(model.absolute()), sha256(model), [ray.put(model.read_bytes())])
         remote = ray.remote(FleetWorker).options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy="SPREAD",
                                                  max_restarts=0)
         unsafe = bool(getattr(args, "unsafe_load_pickle", False))
@@ -211,7 +213,11 @@ def _replay(args: argparse.Namespace, out: Path, settings: Any, opts: Any, entri
             e = task.payload
             e["tmp"] = partial / f"{task.key:06d}-{task.attempts}"
             name = e["out"].relative_to(out).as_posix() if e["out"] != out else "."
-            return actor.replay.remote(e["bag"], name, str(e["tmp"]), opts, task.attempts + 1, str(e["out"]))
+            # Workers run in other folders, on other machines: absolute paths to them, the names as
+            # given in the reports.
+            source = e["bag"] if "://" in e["bag"] else os.path.abspath(e["bag"])
+            return actor.replay.remote(source, name, os.path.abspath(e["tmp"]), opts, task.attempts + 1,
+                                       str(e["out"]), e["bag"])
 
         def on_result(task: Any, record: dict[str, Any]) -> None:
             e = by_key[task.key]

@@ -101,31 +101,34 @@ class FleetWorker:
         return dict(self.node, model=str(self.model), input_size=list(size) if size else None)
 
     # -- replay -------------------------------------------------------------------------------
-    def replay(self, bag: str, name: str, tmp: str, opts: Any, attempt: int, final: str | None = None) -> dict[str, Any]:
-        """Replay ``bag`` into ``tmp`` and write the record (the done marker) there, last. Every
-        outcome is returned as a record: a bag that cannot be replayed is a result, not an error.
-        ``final``: the folder the driver will move the results to (the report names that one)."""
+    def replay(self, bag: str, name: str, tmp: str, opts: Any, attempt: int, final: str | None = None,
+               shown: str | None = None) -> dict[str, Any]:
+        """Replay ``bag`` (an absolute path or a URI) into ``tmp`` (absolute) and write the record (the
+        done marker) there, last. Every outcome is returned as a record: a bag that cannot be
+        replayed is a result, not an error. ``final``: the folder the driver will move the results
+        to; ``shown``: the bag as the user named it (the reports name those two, as a local replay's do)."""
         from ..replay.bag import BagError
         from ..replay.replay import ReplayError, replay_bag
 
         folder = Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         started = time.time()
+        source, bag = bag, shown or bag
         write_json_atomic(folder / STARTED, dict(self.node, bag=bag, attempt=attempt, started=started))
         record: dict[str, Any] = {"format": FORMAT, "bag": bag, "name": name, "attempt": attempt,
                                   "worker": self.node, "started": started}
-        scratch, local = None, bag
+        scratch, local = None, source
         try:
-            if is_uri(bag):         # object storage: a copy on this node's disk, deleted afterwards
+            if is_uri(source):      # object storage: a copy on this node's disk, deleted afterwards
                 scratch = Path(tempfile.mkdtemp(prefix="pebal_stage_"))
-                local = str(stage(bag, scratch))
+                local = str(stage(source, scratch))
             res = replay_bag(local, self.runtime, folder, opts)
         except (BagError, ReplayError) as exc:
             record.update(exit_code=1, error=str(exc).replace(local, bag))
         except FleetError as exc:
             record.update(exit_code=1, error=str(exc))
         except OSError as exc:     # unreadable input or unwritable output: this bag only
-            where = exc.filename if exc.filename is not None else bag
+            where = exc.filename if exc.filename is not None else local
             record.update(exit_code=1, error=f"{str(where).replace(local, bag)}: {exc.strerror or exc}")
         else:
             relocate(res, folder, Path(final) if final is not None else folder, (local, bag))
