@@ -192,7 +192,7 @@ def test_interrupt_then_resume(cluster, data, tmp_path: Path) -> None:
     out = data["root"] / f"fleet_{tmp_path.name}"
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
     # Relative paths, from a folder the workers do not run in: the driver must hand them absolute ones.
-    args = ["replay", "bags", "--out", out.name, "--model", data["model"].name, "--threshold", THR,
+    args = ["replay", "bags", "--out", out.name, "--model", str(data["model"]), "--threshold", THR,
             "--reproducible", "--no-progress", "--ray", cluster.address, "--ray-workers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "pebal_ros.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=data["root"])
