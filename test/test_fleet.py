@@ -16,7 +16,7 @@ import pytest
 from test_replay_helpers import frames, tiny_onnx
 
 from pebal_ros.fleet import done as dn
-from pebal_ros.fleet.figures import LATENCY_EDGES_MS, histogram_percentiles, latency_histogram
+from pebal_ros.fleet.figures import LATENCY_EDGES_MS, dense_histogram, histogram_percentiles, latency_histogram
 from pebal_ros.fleet.report import write_fleet_report
 from pebal_ros.fleet.replay import plan
 from pebal_ros.fleet.worker import FleetWorker, ModelShipment, local_model, sha256
@@ -119,8 +119,10 @@ def test_fleet_figures_pooled_from_frames(worker, bags, tmp_path: Path) -> None:
         got, exact = f["latency_ms"][f"p{p}"], np.percentile(lat, p, method="inverted_cdf")
         assert exact / 1.024 <= got <= exact * 1.024                 # within one 2.3 % bin
     # the histogram helpers alone
-    assert sum(latency_histogram(np.array([1e-9, 5.0, 1e12]))) == 3
-    assert histogram_percentiles(latency_histogram(np.full(10, 7.0)))["p50"] == pytest.approx(7.0, rel=0.012)
+    assert sum(latency_histogram(np.array([1e-9, 5.0, 1e12])).values()) == 3
+    assert dense_histogram(latency_histogram(np.array([1e-9, 5.0, 1e12])))[[0, -1]].tolist() == [1, 1]
+    assert histogram_percentiles(dense_histogram(latency_histogram(np.full(10, 7.0))))["p50"] == \
+        pytest.approx(7.0, rel=0.012)
     assert len(LATENCY_EDGES_MS) == 801
 
 

@@ -19,13 +19,24 @@ LATENCY_EDGES_MS = np.logspace(-2, 6, 801)
 WORST_FRAMES = 12
 
 
-def latency_histogram(values_ms: np.ndarray) -> list[int]:
+def latency_histogram(values_ms: np.ndarray) -> dict[str, int]:
+    """Counts per bin of :data:`LATENCY_EDGES_MS`, the non-empty bins only (bin index -> count): a
+    bag's latencies span a few dozen bins, and a fleet has tens of thousands of bags."""
     v = np.clip(np.asarray(values_ms, np.float64), LATENCY_EDGES_MS[0], LATENCY_EDGES_MS[-1])
-    return np.histogram(v, LATENCY_EDGES_MS)[0].astype(int).tolist()
+    counts = np.histogram(v, LATENCY_EDGES_MS)[0]
+    return {str(int(i)): int(counts[i]) for i in np.flatnonzero(counts)}
+
+
+def dense_histogram(sparse: dict[str, int]) -> np.ndarray:
+    out = np.zeros(len(LATENCY_EDGES_MS) - 1, np.int64)
+    for i, c in (sparse or {}).items():
+        out[int(i)] += int(c)
+    return out
 
 
 def histogram_percentiles(counts: Any, percentiles: tuple[int, ...] = (50, 90, 95, 99)) -> dict[str, float]:
-    """Percentiles of pooled latency counts: the geometric centre of the bin holding each rank."""
+    """Percentiles of pooled latency counts (dense, per bin): the geometric centre of the bin holding
+    each rank."""
     c = np.asarray(counts, np.int64)
     total = int(c.sum())
     if total == 0:
@@ -86,7 +97,7 @@ def bag_figures(report_dir: Path, summary: dict[str, Any], top_k: int = WORST_FR
         "duration_s": (last - first) / 1e9 if first is not None and last is not None else 0.0,
         "worst_frames": [w for _, _, w in sorted(worst, key=lambda x: (-x[0], -x[1]))],
         "latency_ms": timing["latency_ms"], "inference_ms": timing["inference_ms"],
-        "latency_hist": latency_histogram(np.asarray(lat)) if lat else [],
+        "latency_hist": latency_histogram(np.asarray(lat)) if lat else {},
         "wall_s": timing["wall_s"], "frames_per_s": timing["frames_per_s"],
         "ground_truth": None if gt is None else {k: gt.get(k) for k in (
             "frames_with_labels", "metrics", "miou", "anomaly_iou", "label_kind", "note") if k in gt},

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .figures import WORST_FRAMES, histogram_percentiles
+from .figures import WORST_FRAMES, dense_histogram, histogram_percentiles
 
 SUMMARY = "fleet_summary.json"
 
@@ -110,11 +110,7 @@ def fleet_figures(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> 
     figs = [((e.get("record") or {}).get("figures") or {}) for e in entries]
     figs = [f for f in figs if f]
     processed = sum(f["frames"]["processed"] for f in figs)
-    hist = np.zeros(0, np.int64)
-    for f in figs:
-        h = np.asarray(f.get("latency_hist") or [], np.int64)
-        if h.size:
-            hist = h if hist.size == 0 else hist + h
+    hist = sum((dense_histogram(f.get("latency_hist") or {}) for f in figs), dense_histogram({}))
     weighted = [(f["anomaly"]["mean_fraction"], f["frames"]["processed"]) for f in figs
                 if f["anomaly"].get("mean_fraction") is not None]
     lat_mean = [(f["latency_ms"].get("mean"), f["frames"]["processed"]) for f in figs if f["latency_ms"]]
@@ -132,7 +128,7 @@ def fleet_figures(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> 
         "mean_anomaly_fraction": (sum(m * n for m, n in weighted) / sum(n for _, n in weighted)) if weighted else None,
         "alarms": sum(f.get("alarms", 0) for f in figs),
         "alarm_rate": (sum(f.get("alarms", 0) for f in figs) / processed) if processed else None,
-        "latency_ms": dict(histogram_percentiles(hist) if hist.size else {},
+        "latency_ms": dict(histogram_percentiles(hist),
                            **({"mean": sum(m * n for m, n in lat_mean) / sum(n for _, n in lat_mean)} if lat_mean else {})),
         "replay_wall_s": sum(f.get("wall_s", 0.0) for f in figs),
     }
