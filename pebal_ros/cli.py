@@ -16,8 +16,8 @@ from pathlib import Path
 COMMANDS: dict[str, str] = {
     "demo": "pebal_ros.demo",
     "infer": "pebal_ros.infer",
-    "replay": "pebal_ros.replay.cli",
-    "calibrate": "pebal_ros.calibrate.cli",
+    "replay": "pebal_ros.fleet.replay_cli",      # the one-machine command + --ray
+    "calibrate": "pebal_ros.fleet.calibrate_cli",
     "evaluate": "pebal_ros.evaluate",
     "finetune": "pebal_ros.train.finetune",
     "train": "pebal_ros.train.pretrain",

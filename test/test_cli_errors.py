@@ -112,6 +112,7 @@ def _as_nobody(*argv: str, cwd: Path) -> tuple[int, str]:
     import pebal_ros.demo  # noqa: F401 - every command module loaded before the privileges go
     import pebal_ros.infer  # noqa: F401
     import pebal_ros.replay.cli  # noqa: F401
+    import pebal_ros.fleet.replay_cli  # noqa: F401 - what `pebal replay` runs
 
     # nobody's own cache folder: pebal refuses a cache folder of another user (root's)
     own_cache = tempfile.mkdtemp(prefix="pebal_nobody_cache_")

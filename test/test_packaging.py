@@ -54,10 +54,27 @@ def _third_party_imports() -> dict[str, str]:
 
 def test_every_import_is_declared() -> None:
     declared = {_dist(r) for r in PYPROJECT["project"]["dependencies"]}
-    declared |= {_dist(r) for r in PYPROJECT["project"]["optional-dependencies"]["gpu"]}
+    # Optional stacks, imported only where used: TensorRT / CUDA (gpu), Ray (ray: pebal_ros/fleet).
+    for extra in ("gpu", "ray"):
+        declared |= {_dist(r) for r in PYPROJECT["project"]["optional-dependencies"][extra]}
     missing = {mod: where for mod, where in _third_party_imports().items()
                if mod not in PROVIDED_ELSEWHERE and DIST_OF.get(mod, mod).lower() not in declared}
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_ray_is_imported_only_by_the_fleet_and_only_when_used() -> None:
+    """Ray is an extra: no module outside pebal_ros/fleet imports it, and the fleet's modules import
+    it inside functions only (`pebal replay` without --ray must work where Ray is not installed)."""
+    for path in sorted((REPO / "pebal_ros").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            if any(n.split(".")[0] == "ray" for n in names):
+                rel = path.relative_to(REPO).as_posix()
+                assert rel.startswith("pebal_ros/fleet/"), f"{rel} imports ray"
+                assert id(node) not in top_level, f"{rel} imports ray at module level"
 
 
 def test_onnx_exporter_needs_are_declared() -> None:

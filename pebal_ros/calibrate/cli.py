@@ -163,10 +163,33 @@ def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress
     return stats
 
 
-def main(args: argparse.Namespace) -> int:
+class ScoringFailed(Exception):
+    """The frames could not be scored at all (no model, no cluster); the message says why."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def score_here(settings: Any, normal: Any, labelled: Any, min_area: int,
+               progress: bool) -> tuple[Any, tuple[int, int] | None]:
+    """Every frame scored in this process: the statistics and the network's input size."""
+    from ..open_model import open_runtime
+
+    try:
+        runtime = open_runtime(settings)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        raise ScoringFailed(f"cannot load the model: {exc}") from None
+    stats = accumulate(runtime, normal, labelled, min_area, progress=progress,
+                       max_pixels=settings.config.input.max_decoded_pixels)
+    return stats, tuple(runtime.input_size) if getattr(runtime, "input_size", None) else None
+
+
+def main(args: argparse.Namespace, score: Any = score_here) -> int:
+    """``score``: how the frames are scored (:func:`score_here`; ``pebal calibrate --ray`` passes the
+    fleet's, which scores the bags on a Ray cluster and merges the statistics exactly)."""
     from ..calibration import Calibration, file_sha256, sidecar_path, write_calibration
     from ..model_settings import command_settings, model_problem
-    from ..open_model import open_runtime
     from .plot import write_plot
     from .sources import LabelledFrames, NormalFrames, SourceError
     from .stats import CalibrationTargetError
@@ -202,19 +225,17 @@ def main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         return _fail(model_problem(exc))
     print(f"{PROG}: {settings.summary()}", flush=True)   # its own warnings would say "calibrate": we are
-    try:
-        runtime = open_runtime(settings)
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
-        return _fail(f"cannot load the model: {exc}")
     model = settings.model
     min_area = int(settings.inference.min_region_area)
     if min_area < 1:
         return _fail(f"--min-region-area must be >= 1, got {min_area}")
 
     # image files are read lazily, so the cap resolved with the settings still applies to them
-    max_pixels = normal.max_pixels = labelled.max_pixels = settings.config.input.max_decoded_pixels
+    normal.max_pixels = labelled.max_pixels = settings.config.input.max_decoded_pixels
     try:
-        stats = accumulate(runtime, normal, labelled, min_area, progress=not args.no_progress, max_pixels=max_pixels)
+        stats, net_size = score(settings, normal, labelled, min_area, not args.no_progress)
+    except ScoringFailed as exc:
+        return _fail(str(exc), exc.code)
     except SourceError as exc:
         return _fail(str(exc))
     for what, skips in (("normal", normal.skips), ("anomaly", labelled.skips)):
@@ -237,7 +258,6 @@ def main(args: argparse.Namespace) -> int:
     achieved = stats.figures(threshold)
     achieved.update(stats.labelled_metrics())
     achieved["normal_pixels"] = float(stats.normal_pixels)
-    net_size = tuple(runtime.input_size) if getattr(runtime, "input_size", None) else None
     print(f"\n{stats.frames} normal frame(s), {stats.normal_pixels} pixels"
           + (f"; {len(labelled) - labelled.skips.total} labelled anomaly frame(s), "
              f"{stats.anomaly_pixels} anomalous pixels" if len(labelled) else "")

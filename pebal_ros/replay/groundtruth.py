@@ -163,6 +163,34 @@ class Accuracy:
             self.objects.extend((frame, a, f) for a, f in objects)
         return truth, objects
 
+    # Pooling several bags (pebal replay --ray): the pixel histogram, the confusion matrices and the
+    # frame count add up exactly; the curve sample is per bag only (pooled curves come from the
+    # histogram).
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ood": self.ood.state(), "seg_confusion": self.seg.confusion.copy(),
+                "binary_conf": self.binary_conf.copy(), "kinds_seen": sorted(self.kinds_seen),
+                "frames": self.frames}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Accuracy":
+        from ..metrics import OODMetrics
+
+        acc = cls(str(state["kind"]))
+        acc.ood = OODMetrics.from_state(state["ood"])
+        acc.seg.confusion[:] = np.asarray(state["seg_confusion"], np.int64)
+        acc.binary_conf[:] = np.asarray(state["binary_conf"], np.int64)
+        acc.kinds_seen = set(state["kinds_seen"])
+        acc.frames = int(state["frames"])
+        return acc
+
+    def merge(self, other: "Accuracy") -> "Accuracy":
+        self.ood.merge(other.ood)
+        self.seg.confusion += other.seg.confusion
+        self.binary_conf += other.binary_conf
+        self.kinds_seen |= other.kinds_seen
+        self.frames += other.frames
+        return self
+
     def curve_sample(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._scores:
             return np.zeros(0, np.float32), np.zeros(0, np.uint8)

@@ -72,6 +72,7 @@ class ReplayResult:
     summary: dict[str, Any]
     exit_code: int
     messages: list[str] = field(default_factory=list)
+    accuracy: Accuracy | None = None     # the ground-truth accumulators, to pool several bags
 
 
 def _output_prefix(namespace: str, topic: str, several: bool) -> str:
@@ -301,7 +302,7 @@ def _replay_into(folder: OutputFolder, bag: Path, reader: BagReader, cams: list[
     processed = sum(s.processed for s in summaries.values())
     code = 0 if processed and failure is None else 1
     return ReplayResult(bag, folder.folder, result_bag if summary["deterministic"]["result_bag"] else None,
-                        report_dir, summary, code, [failure] if failure else [])
+                        report_dir, summary, code, [failure] if failure else [], accuracy=accuracy)
 
 
 def _mark_incomplete(summary: dict[str, Any], failure: str) -> None:
