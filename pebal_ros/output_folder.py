@@ -198,15 +198,13 @@ def write_file(path: str | Path, data: bytes | str, name: str | Path | None = No
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
     """``data`` written to ``path`` under a temporary name first, then renamed: a reader never
     sees a half-written file, and a failed write (disk full) leaves the old file as it was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{_STAGE}{os.getpid()}")
+    from .cache import write_atomic as _write_atomic   # mkstemp + fsync + rename: the one implementation
+
     try:
-        write_file(tmp, data, name=path)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        return _write_atomic(path, data.encode("utf-8") if isinstance(data, str) else data, mode=0o644)
+    except OSError as exc:
+        exc.filename = str(path)
         raise
-    return path
 
 
 __all__ = ["FolderBusy", "LOCK_NAME", "OutputFolder", "folder_lock", "write_atomic", "write_file"]

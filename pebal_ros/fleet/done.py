@@ -17,18 +17,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..output_folder import write_atomic
+
 MARKER = "fleet.json"
 FORMAT = "pebal-fleet-bag/1"
 PARTIAL = ".fleet_partial"          # under OUT: attempts in progress (removed when the run ends)
-LOCK = ".fleet.lock"
 # What a bag's output folder holds (and a commit replaces); everything else in it is left alone.
 RESULT_ENTRIES = ("result_bag", "report", "ground_truth.npz", MARKER)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def file_sizes(folder: Path) -> dict[str, int]:

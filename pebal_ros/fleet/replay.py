@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..output_folder import FolderBusy, folder_lock
 from . import done as dn
 
 PROG = "pebal replay"
@@ -23,31 +24,6 @@ PROG = "pebal replay"
 
 def _say(msg: str) -> None:
     print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
-
-
-class OutputLock:
-    """One fleet driver per OUT at a time (an advisory lock on OUT/.fleet.lock)."""
-
-    def __init__(self, out: Path) -> None:
-        import fcntl
-
-        self.path = out / dn.LOCK
-        self.fh = self.path.open("a+")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip()
-            self.fh.close()
-            raise RuntimeError(f"{out} is being written by another run ({holder or 'unknown process'}); "
-                               "wait for it or choose another --out") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        self.fh.flush()
-
-    def release(self) -> None:
-        self.fh.close()
 
 
 def plan(bags: list[Any], outs: list[Path], resume: bool, overwrite: bool) -> list[dict[str, Any]]:
@@ -81,7 +57,7 @@ def _line(e: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..model_settings import command_settings, model_problem
     from ..outputs import writable_folder
-    from ..replay.cli import _names, _options, expand_bags, settings_report
+    from ..replay.cli import _names, expand_bags, replay_options
     from .engine import FleetError
     from .report import write_fleet_report
 
@@ -126,17 +102,14 @@ def run(args: argparse.Namespace) -> int:
         _say(model_problem(exc) if not isinstance(exc, SystemExit) else str(exc))
         return 2
     out = writable_folder(args.out)
-    opts = _options(args)
-    opts.threshold = settings.threshold
-    opts.min_region_area = settings.inference.min_region_area
-    opts.settings = settings_report(settings)
+    opts = replay_options(args, settings)
     opts.progress, opts.overwrite = False, False   # each attempt writes into a fresh folder
     if opts.labels_dir is not None:
         opts.labels_dir = opts.labels_dir.absolute()     # read by a worker, in another folder
 
-    try:
-        lock = OutputLock(out)
-    except RuntimeError as exc:
+    try:       # one driver per OUT (the same lock as a local replay's: a local run there waits too)
+        lock = folder_lock(out).__enter__()
+    except FolderBusy as exc:
         _say(str(exc))
         return 2
     try:
@@ -168,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if all(e["state"] in ("replayed", "complete") and (e["record"] or {}).get("exit_code") == 0
                         for e in entries) else 1
     finally:
-        lock.release()
+        lock.__exit__(None, None, None)
 
 
 def _replay(args: argparse.Namespace, out: Path, settings: Any, opts: Any, entries: list[dict[str, Any]],

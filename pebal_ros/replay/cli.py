@@ -141,6 +141,18 @@ def settings_report(settings: Any) -> dict[str, Any]:
             "values": dict(settings.as_key_values()), "warnings": list(settings.warnings)}
 
 
+def replay_options(args: argparse.Namespace, settings: Any) -> ReplayOptions:
+    """The per-bag options of a run: the flags, with the values the settings resolution decided
+    (one place, so a local and a fleet replay of the same command run the same way)."""
+    opts = _options(args)
+    opts.threshold = settings.threshold
+    opts.min_region_area = settings.inference.min_region_area
+    opts.max_decoded_pixels = settings.config.input.max_decoded_pixels
+    opts.heatmap_span = settings.inference.heatmap_span
+    opts.settings = settings_report(settings)
+    return opts
+
+
 def _options(args: argparse.Namespace) -> ReplayOptions:
     return ReplayOptions(
         topics=args.topics, label_topic=None if args.label_topic == "none" else args.label_topic,
@@ -279,12 +291,7 @@ def main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, bags: list[Path], settings: Any) -> int:
     from ..open_model import open_runtime, runtime_path
 
-    opts = _options(args)
-    opts.threshold = settings.threshold
-    opts.min_region_area = settings.inference.min_region_area
-    opts.max_decoded_pixels = settings.config.input.max_decoded_pixels
-    opts.heatmap_span = settings.inference.heatmap_span
-    opts.settings = settings_report(settings)
+    opts = replay_options(args, settings)
     jobs = max(1, min(args.jobs, len(bags)))
     # runtime.threads (--threads, --set, --config) wins; else the cores shared among the workers
     threads = settings.options.threads or max(1, (os.cpu_count() or 1) // jobs)
