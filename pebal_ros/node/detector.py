@@ -177,7 +177,7 @@ class PebalDetector(Node):
                            for c in self.cameras)
         outputs = ", ".join(self.resolve_topic_name(c.topic(OUTPUT_NAMESPACE)) for c in self.cameras)
         self.get_logger().info(f"pebal detector ready: input {self._values['input_type']} on {inputs}, outputs "
-                               f"under {outputs}, runtime {self._runtime_info or 'none'}")
+                               f"under {outputs}, runtime {capped(self._runtime_info or 'none', 1024)}")
 
     # -- model / parameters -------------------------------------------------------------------
     def _build_pipeline(self, values: dict[str, Any], settings: Any = None) -> tuple[FramePipeline, dict[str, Any], Any]:
@@ -195,7 +195,7 @@ class PebalDetector(Node):
         info.setdefault("name", runtime.name)
         info["model"] = str(settings.model)
         info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, tuple, list))}
-        self.get_logger().info(f"loaded {settings.summary()}")
+        self.get_logger().info(f"loaded {capped(settings.summary(), 1024)}")
         self._log_warnings(settings)
         return pipeline, info, settings
 
