@@ -18,8 +18,8 @@ from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch_ros.actions import Node
 
-from pebal_ros.node.launch_utils import (batched_remappings, camera_info_topic, input_remapping, parse_cameras,
-                                         rviz_config_for)
+from pebal_ros.node.launch_utils import (batched_remappings, camera_info_topic, emulate_tty, input_remapping,
+                                         parse_cameras, rviz_config_for)
 
 PACKAGE = "pebal_ros"
 TRUE = ("true", "1", "yes", "on")
@@ -72,7 +72,8 @@ def _detectors(context: LaunchContext) -> list:
     cameras = parse_cameras(arg["cameras"], arg["namespace"], arg["camera_topic"])
 
     common = {"package": PACKAGE, "executable": "detector_node", "name": "pebal_detector", "output": "screen",
-              "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
+              # a pseudo-terminal (coloured logs) only for a terminal: no raw escape codes in files and pipes
+              "emulate_tty": emulate_tty(), "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
     actions: list = []
     if arg["batch"].lower() in TRUE and len(cameras) > 1:
         # one process and one model for all cameras, their newest frames batched per tick

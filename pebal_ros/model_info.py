@@ -22,7 +22,8 @@ BUNDLED_CALIBRATED = {"pebal_synthetic_espnetv2.pt"}
 # Fields an exported graph fixes: the graph itself resizes, normalises and smooths.
 BAKED_FIELDS = ("input_size", "channel_order", "mean", "std", "smooth_kernel", "smooth_sigma",
                 "score_at_network_resolution")
-KINDS = {"pebal": "PEBAL-fine-tuned (abstention channel trained)",
+# short: the summary is a /diagnostics value, and `ros2 topic echo` cuts strings at 128 characters
+KINDS = {"pebal": "PEBAL-fine-tuned",
          "segmentation": "plain segmentation network (no PEBAL fine-tuning)",
          "": "unknown kind"}
 

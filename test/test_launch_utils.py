@@ -9,6 +9,7 @@ from pebal_ros.node.launch_utils import (
     Camera,
     batched_remappings,
     camera_info_topic,
+    emulate_tty,
     input_remapping,
     output_topic,
     parse_cameras,
@@ -62,3 +63,16 @@ def test_rviz_config_rewrite():
     assert rviz_config_for(template, Camera("", "/camera/image_raw")) == template
     text = rviz_config_for(template, Camera("rear", "/rear/image_raw"))
     assert text.count("Value: /rear/pebal/") == 3 and "Value: /rear/image_raw\n" in text
+
+
+def test_pseudo_terminal_only_for_a_terminal(tmp_path):
+    class Tty:
+        def isatty(self):
+            return True
+
+    with open(tmp_path / "launch.log", "w") as log:
+        assert not emulate_tty(log, {})                                # a file: no colour codes
+        assert not emulate_tty(log, {"RCUTILS_COLORIZED_OUTPUT": "1"})   # rcutils itself forces colour then
+    assert emulate_tty(Tty(), {})
+    assert not emulate_tty(Tty(), {"RCUTILS_COLORIZED_OUTPUT": "0"})
+    assert not emulate_tty(object(), {})

@@ -89,10 +89,11 @@ def _target(args: argparse.Namespace) -> tuple[str, float]:
 
 
 def network_min_area(min_area_camera: int, camera: tuple[int, int], network: tuple[int, int]) -> int:
-    """The node's rule (pipeline/frame.py): regions are found at network resolution, so the camera-pixel
-    area is scaled by the resize factor."""
-    scale = (camera[0] / network[0]) * (camera[1] / network[1])
-    return max(1, int(round(min_area_camera / scale)))
+    """The node's rule (pipeline/frame.py): regions are found at network resolution, and one counts
+    when its area scaled to camera pixels reaches ``min_area_camera``."""
+    from ..pipeline.regions import min_area_at_scale
+
+    return min_area_at_scale(min_area_camera, (camera[1] / network[1]) * (camera[0] / network[0]))
 
 
 def _pct(x: float) -> str:

@@ -4,8 +4,11 @@ Kept out of the launch file so they are unit-tested without ROS 2.
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
 from dataclasses import dataclass
+from typing import Mapping, TextIO
 
 from ..pipeline.messages import OUTPUT_NAMES
 from ..ros_names import check_namespace, check_topic
@@ -107,3 +110,17 @@ def rviz_config_for(template: str, camera: Camera) -> str:
     if ns:
         text = text.replace(f"Value: {RVIZ_OUTPUT_PREFIX}", f"Value: /{ns}{RVIZ_OUTPUT_PREFIX}")
     return text
+
+
+def emulate_tty(stream: TextIO | None = None, env: Mapping[str, str] | None = None) -> bool:
+    """Whether launch should give the node a pseudo-terminal (rcutils then colours its log lines):
+    only when launch's own output is a terminal and RCUTILS_COLORIZED_OUTPUT does not say 0. Else
+    the escape codes would land raw in a log file, a pipe or journald."""
+    stream = sys.stdout if stream is None else stream
+    env = os.environ if env is None else env
+    if env.get("RCUTILS_COLORIZED_OUTPUT", "").strip() == "0":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):   # a closed or unusual stream: no terminal
+        return False

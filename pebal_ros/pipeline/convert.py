@@ -23,10 +23,17 @@ import numpy as np
 
 from .. import image_limits
 from ..image_limits import DEFAULT_MAX_PIXELS, ImageHeaderError, ImageTooLargeError
+from ..textcap import capped
 
 
 class FrameError(ValueError):
-    """An input frame that cannot be processed (the next frame may well be fine)."""
+    """An input frame that cannot be processed (the next frame may well be fine).
+
+    Its message quotes message fields the sender chose: it is capped (a backstop; each quoted field
+    is capped where it is quoted, so the reason itself stays readable)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(capped(message, 1024))
 
 
 class UnsupportedEncodingError(FrameError):
@@ -109,7 +116,7 @@ def encoding_info(encoding: str) -> EncodingInfo:
     if info is None:
         why = _REFUSED.get(encoding, "unknown encoding")
         raise UnsupportedEncodingError(
-            f"image encoding {encoding!r} is not supported ({why}); supported: {', '.join(SUPPORTED_ENCODINGS)}"
+            f"image encoding {capped(encoding)!r} is not supported ({why}); supported: {', '.join(SUPPORTED_ENCODINGS)}"
         )
     return info
 
@@ -134,8 +141,8 @@ def image_view(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarr
     info = encoding_info(encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
-        raise EmptyImageError(f"image has size {width}x{height} (encoding {encoding})")
-    image_limits.check_pixels(height, width, max_pixels, f"{encoding} image", OversizedFrameError)
+        raise EmptyImageError(f"image has size {width}x{height} (encoding {capped(encoding)})")
+    image_limits.check_pixels(height, width, max_pixels, f"{capped(encoding)} image", OversizedFrameError)
     buf = _as_u8_buffer(msg.data)
     if buf.size == 0:
         raise EmptyImageError(f"image {width}x{height} {encoding} has empty data")
@@ -259,7 +266,7 @@ def float_image_fields(image: np.ndarray) -> dict[str, Any]:
 def float_image_from_msg(msg: Any) -> np.ndarray:
     """Read a ``32FC1`` image message back into float32 HxW (the score map)."""
     if str(msg.encoding) != "32FC1":
-        raise UnsupportedEncodingError(f"expected a 32FC1 image, got {msg.encoding!r}")
+        raise UnsupportedEncodingError(f"expected a 32FC1 image, got {capped(msg.encoding)!r}")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     buf = _as_u8_buffer(msg.data)
     if buf.size != h * step or step < w * 4 or step % 4:
@@ -281,7 +288,7 @@ def compressed_format_kind(fmt: str) -> str:
     f = fmt.lower()
     if "compresseddepth" in f:
         raise UnsupportedEncodingError(
-            f"CompressedImage format {fmt!r} is a compressedDepth image (depth, not colour); not supported"
+            f"CompressedImage format {capped(fmt)!r} is a compressedDepth image (depth, not colour); not supported"
         )
     if "jpeg" in f or "jpg" in f:
         return "jpeg"
@@ -289,7 +296,7 @@ def compressed_format_kind(fmt: str) -> str:
         return "png"
     if f.strip() == "":
         return ""   # unspecified: decide by magic bytes
-    raise UnsupportedEncodingError(f"CompressedImage format {fmt!r} is not supported; expected jpeg or png")
+    raise UnsupportedEncodingError(f"CompressedImage format {capped(fmt)!r} is not supported; expected jpeg or png")
 
 
 _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -334,7 +341,7 @@ def compressed_to_array(msg: Any, order: str = "rgb", reduce: int = 1,
     declared = compressed_format_kind(str(msg.format))
     buf = _as_u8_buffer(msg.data)
     if buf.size == 0:
-        raise EmptyImageError(f"CompressedImage ({msg.format!r}) has empty data")
+        raise EmptyImageError(f"CompressedImage ({capped(msg.format)!r}) has empty data")
     head = buf[:8].tobytes()
     if head.startswith(_JPEG_SOI):
         actual = "jpeg"
@@ -350,7 +357,7 @@ def compressed_to_array(msg: Any, order: str = "rgb", reduce: int = 1,
             raise CorruptCompressedImageError(f"PNG payload of {buf.size} bytes has no IEND chunk (truncated?)")
     else:
         raise CorruptCompressedImageError(
-            f"CompressedImage payload ({buf.size} bytes, format {msg.format!r}) is neither JPEG nor PNG "
+            f"CompressedImage payload ({buf.size} bytes, format {capped(msg.format)!r}) is neither JPEG nor PNG "
             f"(starts with {head[:4].hex()})"
         )
     if declared and declared != actual:

@@ -29,7 +29,7 @@ from ..runtime.base import FrameOutputs, Runtime, infer_many, supports_batch
 from .convert import (SUPPORTED_ENCODINGS, FrameError, compressed_to_array, is_compressed, jpeg_reduction,
                       jpeg_size, msg_to_array)
 from .messages import OUTPUT_ENCODINGS, OUTPUT_NAMES, MessageFactory, StatusFields
-from .regions import Region, find_regions
+from .regions import Region, find_regions, min_area_at_scale
 from .visualize import colorize, overlay
 
 OUTPUT_RESOLUTIONS = ("camera", "network")
@@ -301,7 +301,8 @@ class FramePipeline:
         need_regions = "status" in wanted or ("overlay" in wanted and cfg.overlay_boxes)
         rsx, rsy = cam[1] / net[1], cam[0] / net[0]
         if need_regions and fraction > 0.0 and cfg.max_regions > 0:
-            min_area = max(1, int(round(cfg.min_region_area / (rsx * rsy))))
+            # the smallest network region whose camera-pixel area reaches min_region_area
+            min_area = min_area_at_scale(cfg.min_region_area, rsx * rsy)
             regions = [r.scaled(rsx, rsy) for r in find_regions(raw.mask, raw.score, min_area, cfg.max_regions)]
         td = time.perf_counter()
 
