@@ -20,7 +20,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from sensor_msgs.msg import CameraInfo, CompressedImage
 
-from _common import (BEST_EFFORT, RVIZ_QOS, Diagnostics, Outputs, assert_clean_exit, jpeg_msg, pixels,
+from _common import (BEST_EFFORT, RVIZ_QOS, Diagnostics, Outputs, assert_clean_exit, jpeg_msg, patient_shutdown, pixels,
                      send_and_wait, spin_until)
 
 CAMERAS = {"front": "/cam_front/image_raw", "rear": "/cam_rear/image_raw"}
@@ -37,7 +37,7 @@ def generate_test_description():
                           "use_camera_info": "true", "threshold": str(THRESHOLD),
                           "device": "cpu"}.items(),
     )
-    return launch.LaunchDescription([detector, launch_testing.actions.ReadyToTest()])
+    return launch.LaunchDescription([*patient_shutdown(), detector, launch_testing.actions.ReadyToTest()])
 
 
 def _camera_info(stamp) -> CameraInfo:

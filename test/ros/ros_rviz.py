@@ -43,7 +43,7 @@ from ament_index_python.packages import PackageNotFoundError, get_package_share_
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from sensor_msgs.msg import Image
 
-from _common import Outputs, assert_clean_exit, image_msg, spin_until
+from _common import Outputs, assert_clean_exit, image_msg, patient_shutdown, spin_until
 
 TOOLS = ("Xvfb", "xwininfo", "import")
 NS = "pebal_rviz_test"
@@ -110,7 +110,7 @@ def generate_test_description():
         PythonLaunchDescriptionSource(launch_file),
         launch_arguments={"namespace": NS, "camera_topic": CAMERA, "rviz": "true", "device": "cpu"}.items(),
     )
-    return launch.LaunchDescription([detector, launch_testing.actions.ReadyToTest()])
+    return launch.LaunchDescription([*patient_shutdown(), detector, launch_testing.actions.ReadyToTest()])
 
 
 @dataclass
