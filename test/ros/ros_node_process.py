@@ -58,15 +58,15 @@ def _stop(proc: subprocess.Popen) -> tuple[float, str]:
 
 def test_sigint_while_busy_ends_cleanly(client, tmp_path):
     """Ctrl-C in the middle of an inference ends the node cleanly (exit 0, no traceback) without
-    waiting for that inference. On a quiet machine that is within SIGINT_LIMIT_S; what is asserted
-    is the behaviour, which holds under any load: it exits in well under the time one inference takes
-    (measured by the node itself on the frame before), so it did not wait for the one in progress."""
-    # ~300 GFLOP per frame on one thread: seconds per inference on any CPU, far above the node's
-    # shutdown path (its worker join gives up after 1.5 s)
-    proc = _start(f"model:={tiny_onnx(384, 768, depth=14, folder=str(tmp_path))}", "threads:=1", ns="sig")
+    waiting for that inference: within SIGINT_LIMIT_S, or -- where a loaded machine stretches every
+    wall time -- in clearly less than the time one inference takes (as the node measured it on the
+    frame before), which a node waiting for the inference in progress cannot do."""
+    # ~600 GFLOP per frame on one thread: seconds per inference, well above the node's shutdown path
+    # (its worker join gives up after 1.5 s)
+    proc = _start(f"model:={tiny_onnx(512, 1024, depth=16, folder=str(tmp_path))}", "threads:=1", ns="sig")
     outs = Outputs(client, "sig", ["status"])
     pub = client.create_publisher(Image, "/sig/image_raw", BEST_EFFORT)
-    img = pixels(384, 768, 1)
+    img = pixels(512, 1024, 1)
     seq = [0]
     last = [0.0]
 
@@ -80,7 +80,6 @@ def test_sigint_while_busy_ends_cleanly(client, tmp_path):
         assert spin_until(client, lambda: len(outs.got) >= 1, 600, step=camera), "node never answered"
         # the worker took the next frame the moment it published this answer: mid-inference now
         inference_s = next(iter(outs.got.values())).inference_latency_ms / 1e3
-        camera()
     finally:
         outs.close()
         took, out = _stop(proc)
@@ -88,7 +87,8 @@ def test_sigint_while_busy_ends_cleanly(client, tmp_path):
           f"takes {inference_s:.2f} s")
     assert proc.returncode == 0, out[-3000:]
     assert "Traceback" not in out and "Exception" not in out, out[-3000:]
-    assert took < inference_s / 2, f"SIGINT took {took:.2f} s, an inference {inference_s:.2f} s: it waited"
+    assert took < max(SIGINT_LIMIT_S, 0.75 * inference_s), \
+        f"SIGINT took {took:.2f} s, an inference {inference_s:.2f} s: it waited for the inference in progress"
 
 
 def test_overload_keeps_latency_bounded_and_counts_drops(client, tmp_path):
