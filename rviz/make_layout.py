@@ -106,9 +106,9 @@ def write_state(config: Path, state: bytes, width: int, height: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=CONFIG, help="the .rviz file to update (default: %(default)s)")
-    ap.add_argument("--width", type=int, default=1600, help="window width in pixels (default: %(default)s)")
-    ap.add_argument("--height", type=int, default=900, help="window height in pixels (default: %(default)s)")
-    ap.add_argument("--side-width", type=int, default=300,
+    ap.add_argument("--width", type=int, default=1920, help="window width in pixels (default: %(default)s)")
+    ap.add_argument("--height", type=int, default=1080, help="window height in pixels (default: %(default)s)")
+    ap.add_argument("--side-width", type=int, default=400,
                     help="width of the Displays panel on the left (default: %(default)s)")
     args = ap.parse_args()
     state = layout_state(args.width, args.height, args.side_width)
