@@ -103,6 +103,18 @@ def output_topic(namespace: str, name: str) -> str:
     return f"/{ns}/pebal/{name}" if ns else f"/pebal/{name}"
 
 
+def rviz_camera(cameras: list[Camera], name: str) -> Camera:
+    """The camera RViz shows: the one whose namespace is ``name`` (or ends in ``/name``), else the first."""
+    name = name.strip().strip("/")
+    if not name:
+        return cameras[0]
+    for cam in cameras:
+        if cam.namespace == name or cam.namespace.endswith("/" + name):
+            return cam
+    raise ValueError(f"rviz_camera {name!r} is not one of the cameras: "
+                     f"{', '.join(c.namespace or '(no namespace)' for c in cameras)}")
+
+
 def rviz_config_for(template: str, camera: Camera) -> str:
     """The shipped RViz config re-targeted to one camera's topics."""
     text = template.replace(f"Value: {RVIZ_CAMERA_TOPIC}\n", f"Value: {camera.topic}\n")
