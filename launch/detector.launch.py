@@ -18,8 +18,8 @@ from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch_ros.actions import Node
 
-from pebal_ros.node.launch_utils import (batched_remappings, camera_info_topic, input_remapping, parse_cameras,
-                                         rviz_config_for)
+from pebal_ros.node.launch_utils import (batched_remappings, camera_info_topic, emulate_tty, input_remapping,
+                                         parse_cameras, rviz_camera, rviz_config_for)
 
 PACKAGE = "pebal_ros"
 TRUE = ("true", "1", "yes", "on")
@@ -53,6 +53,7 @@ ARGUMENTS = (
     ("use_camera_info", "false", "Also subscribe to the camera's camera_info and republish it for the outputs"),
     ("threshold", "", "Anomaly threshold (score > threshold is anomalous); empty: the params file's"),
     ("rviz", "false", "Start RViz with rviz/pebal.rviz (camera, overlay, semantic colours, anomaly mask)"),
+    ("rviz_camera", "", "With cameras:=..., the camera RViz shows (its namespace, e.g. rear); default: the first"),
     ("rviz_config", "", "RViz config to use instead of the package's rviz/pebal.rviz"),
     ("log_level", "info", "Logging level of the detector nodes"),
 )
@@ -70,9 +71,11 @@ def _detectors(context: LaunchContext) -> list:
     if arg["threshold"]:
         overrides["threshold"] = float(arg["threshold"])
     cameras = parse_cameras(arg["cameras"], arg["namespace"], arg["camera_topic"])
+    shown = rviz_camera(cameras, arg["rviz_camera"])   # checked even without rviz:=true: a typo fails early
 
     common = {"package": PACKAGE, "executable": "detector_node", "name": "pebal_detector", "output": "screen",
-              "emulate_tty": True, "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
+              # a pseudo-terminal (coloured logs) only for a terminal: no raw escape codes in files and pipes
+              "emulate_tty": emulate_tty(), "arguments": ["--ros-args", "--log-level", arg["log_level"]]}
     actions: list = []
     if arg["batch"].lower() in TRUE and len(cameras) > 1:
         # one process and one model for all cameras, their newest frames batched per tick
@@ -98,7 +101,7 @@ def _detectors(context: LaunchContext) -> list:
         config = arg["rviz_config"]
         if not config:
             with open(_share("rviz", "pebal.rviz"), encoding="utf-8") as fh:
-                text = rviz_config_for(fh.read(), cameras[0])   # RViz shows the first camera
+                text = rviz_config_for(fh.read(), shown)
             fd, config = tempfile.mkstemp(prefix="pebal_", suffix=".rviz")
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)

@@ -16,8 +16,8 @@ from pathlib import Path
 COMMANDS: dict[str, str] = {
     "demo": "pebal_ros.demo",
     "infer": "pebal_ros.infer",
-    "replay": "pebal_ros.replay.cli",
-    "calibrate": "pebal_ros.calibrate.cli",
+    "replay": "pebal_ros.fleet.replay_cli",      # the one-machine command + --ray
+    "calibrate": "pebal_ros.fleet.calibrate_cli",
     "evaluate": "pebal_ros.evaluate",
     "finetune": "pebal_ros.train.finetune",
     "train": "pebal_ros.train.pretrain",
@@ -118,7 +118,11 @@ def error_message(exc: BaseException, args: argparse.Namespace | None = None) ->
     file; 1: the command could not read or write what it was given."""
     import yaml
 
+    from .cache import CacheError
+
     config = getattr(args, "config", None)
+    if isinstance(exc, CacheError):       # an unsafe cache folder: the message names it and the fix
+        return str(exc), 2
     if isinstance(exc, yaml.YAMLError):
         return f"--config: {_yaml_problem(exc)}" if config else _yaml_problem(exc), 2
     if isinstance(exc, OSError):

@@ -15,14 +15,43 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import numbers
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
 
+from .safe_yaml import load_file, load_text
+
 T = TypeVar("T")
+
+# The anomaly score is the free energy of the network's logits (|score| stays below about 1e3 for a
+# trained network, and an FP16 network cannot exceed 65504); the runtimes compare it with the
+# threshold in float32, where 1e39 is already infinity and every frame fails. One range for every
+# place a threshold enters (flags, --set, YAML, node parameters, calibration records, ONNX metadata,
+# engine sidecars): it holds every score a network can produce, with a wide margin, and is exact in
+# float32. NaN is not a threshold: where a tool accepts it, it means "the model's own".
+THRESHOLD_LIMIT = 1.0e6
+
+
+def threshold_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a threshold (None: it can); the reason names the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"must be a number, got {short_repr(value)}"
+    if not (math.isfinite(value) and -THRESHOLD_LIMIT <= value <= THRESHOLD_LIMIT):
+        return (f"must be a finite number between {-THRESHOLD_LIMIT:g} and {THRESHOLD_LIMIT:g} (scores are "
+                f"compared in float32), got {value:g}")
+    return None
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr() of a value from a file, cut short: an error message must not quote a huge value."""
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass
@@ -140,6 +169,9 @@ class InferenceConfig:
     threshold: float = -10.0
     score_at_network_resolution: bool = False   # the "fast" variant
     min_region_area: int = 50         # pixels, for the regions in the status message
+    # Pictures only (infer's heat maps, replay's contact sheets): colours run from threshold - span
+    # (blue) to threshold + span (red), one scale for every frame, in score units.
+    heatmap_span: float = 3.0
 
 
 @dataclass
@@ -161,6 +193,25 @@ class RuntimeConfig:
     batch: str = field(default="auto", metadata={"switch": True})
 
 
+# OpenCV's own ceiling (CV_IO_MAX_IMAGE_PIXELS): it refuses to decode more pixels than this anyway
+MAX_DECODED_PIXELS_LIMIT = 1 << 30
+
+
+@dataclass
+class InputConfig:
+    """Limits on what is decoded from outside: camera frames (Image, CompressedImage), image files
+    and label PNGs. Checked on the encoded header before a pixel is decoded (pebal_ros.image_limits)."""
+    # width x height above this is refused: a 140 KB PNG can declare 12000x12000 (a decompression
+    # bomb); 8192x8192 is well above any vehicle camera and still bounds one frame to 192 MiB of RGB
+    max_decoded_pixels: int = 8192 * 8192
+
+    def __post_init__(self) -> None:
+        v = self.max_decoded_pixels
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DECODED_PIXELS_LIMIT:
+            raise ValueError(f"input.max_decoded_pixels must be an integer from 1 to {MAX_DECODED_PIXELS_LIMIT} "
+                             f"(OpenCV's own limit), got {v!r}")
+
+
 @dataclass
 class Config:
     model: str = "models/pebal_synthetic_espnetv2.pt"
@@ -172,6 +223,7 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     road: RoadConfig = field(default_factory=RoadConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    input: InputConfig = field(default_factory=InputConfig)
 
 
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
@@ -234,8 +286,7 @@ def load_config(path: str | Path | None = None, cls: type[T] = Config) -> T:  # 
     """Load a YAML file into ``cls`` (defaults for missing keys); ``None`` gives the defaults."""
     if path is None:
         return cls()
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    data = load_file(path) or {}
     return from_dict(data, cls)
 
 
@@ -293,8 +344,7 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any], where: str = "") ->
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    data = load_file(path) or {}
     if not isinstance(data, dict):
         raise SystemExit(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
     return data
@@ -305,7 +355,7 @@ def parse_override(text: str) -> dict[str, Any]:
     m = re.fullmatch(r"([A-Za-z_][\w.]*)=(.*)", text.strip(), flags=re.S)
     if not m:
         raise SystemExit(f"--set expects SECTION.KEY=VALUE, got {text!r}")
-    keys, value = m.group(1).split("."), yaml.safe_load(m.group(2))
+    keys, value = m.group(1).split("."), load_text(m.group(2), "--set")
     out: dict[str, Any] = {}
     node = out
     for k in keys[:-1]:

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .replay.model import MODEL_PRESET_HELP
     add_config_arguments(p, MODEL_PRESET_HELP)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def semantic_label(train_ids: np.ndarray, anomaly: np.ndarray) -> np.ndarray:
@@ -68,10 +68,12 @@ def write_sample_recording(path: Path, n_frames: int, size: tuple[int, int], fmt
 def main(args: argparse.Namespace) -> int:
     from .export.onnx import parse_hw
     from .model_settings import command_settings, model_problem
+    from .output_folder import FolderBusy, folder_lock
     from .outputs import writable_folder
     from .replay.cli import settings_report
     from .open_model import open_runtime
     from .replay.replay import ReplayOptions, replay_bag
+    from .replay.report import ground_truth_words
 
     try:
         w, h = parse_hw(args.size)          # written WxH here, as image sizes usually are
@@ -100,14 +102,24 @@ def main(args: argparse.Namespace) -> int:
     t_model = time.perf_counter()
     out = args.out
     recording = out / "recording"
-    if recording.exists():
-        shutil.rmtree(recording)
-    out.mkdir(parents=True, exist_ok=True)
-    n = write_sample_recording(recording, args.frames, (w, h), args.format, args.seed, not args.no_progress)
-    t1 = time.perf_counter()
-    res = replay_bag(recording, runtime, out, ReplayOptions(
-        threshold=settings.threshold, min_region_area=settings.inference.min_region_area, label_topic=LABELS,
-        progress=not args.no_progress, overwrite=True, settings=settings_report(settings)))
+    try:
+        with folder_lock(out):       # the recording is replaced too: one demo per folder at a time
+            if recording.exists():
+                shutil.rmtree(recording)
+            n = write_sample_recording(recording, args.frames, (w, h), args.format, args.seed,
+                                       not args.no_progress)
+            t1 = time.perf_counter()
+            res = replay_bag(recording, runtime, out, ReplayOptions(
+                threshold=settings.threshold, min_region_area=settings.inference.min_region_area,
+                label_topic=LABELS, progress=not args.no_progress, overwrite=True,
+                heatmap_span=settings.inference.heatmap_span,
+                settings=settings_report(settings)))
+    except FolderBusy as exc:
+        print(f"pebal demo: {exc}", file=sys.stderr)
+        return 1
+    if res.messages:          # the results could not be written completely (e.g. a full disk)
+        print(f"pebal demo: {res.messages[0]}", file=sys.stderr)
+        return res.exit_code
     det, timing = res.summary["deterministic"], res.summary["timing"]
     gt = det.get("ground_truth") or {}
     m = gt.get("metrics") or {}
@@ -119,6 +131,10 @@ def main(args: argparse.Namespace) -> int:
     if m:
         print(f"anomaly detection: AUROC {100 * m['auroc']:.1f} %  AP {100 * m['ap']:.1f} %  "
               f"FPR95 {100 * m['fpr95']:.1f} %  mIoU {100 * gt.get('miou', float('nan')):.1f} %")
+    # what the figures mean for the labelled anomalies, in words (the first misses by name)
+    words = ground_truth_words(gt)
+    for line in [w for w in words if not w.startswith("missed:")] + [w for w in words if w.startswith("missed:")][:3]:
+        print(line)
     print(f"done in {time.perf_counter() - t0:.0f} s (model {t_model - t0:.0f} s, recording "
           f"{t1 - t_model:.0f} s, replay and report {time.perf_counter() - t1:.0f} s)")
     return res.exit_code

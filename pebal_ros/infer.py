@@ -2,7 +2,8 @@
 
 For every input image three PNGs go to --out: <name>_overlay.png (image + semantic colours,
 anomalous pixels tinted green and outlined, anomalous regions boxed), <name>_semantic.png (Cityscapes palette)
-and <name>_anomaly.png (anomaly score heat map, blue = normal, red = anomalous); --mask also
+and <name>_anomaly.png (anomaly score heat map on one fixed scale around the threshold: blue
+below it, red above it, flagged regions outlined in black, a colour bar in the corner); --mask also
 writes <name>_mask.png (0/255). Images of any size: a model with a fixed input size gets a
 resized copy and its outputs are scaled back to the image.
 
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from .data.io import collect_images
+from .image_limits import read_image
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "model through ONNX Runtime")
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
-    from .model_settings import add_runtime_arguments
+    from .model_settings import add_input_arguments, add_runtime_arguments
     add_runtime_arguments(p)
+    add_input_arguments(p)
     from .config import add_config_arguments
     from .replay.model import MODEL_PRESET_HELP
     add_config_arguments(p, MODEL_PRESET_HELP)
@@ -73,7 +76,7 @@ def run_on_image(runtime, rgb: np.ndarray, threshold: float):
 def main(args: argparse.Namespace) -> int:
     from .outputs import writable_folder, write_ok
     from .pipeline.regions import find_regions
-    from .pipeline.visualize import colorize, overlay, score_heatmap
+    from .pipeline.visualize import colorize, overlay, score_heatmap, with_colorbar
     from .model_settings import command_settings, model_problem
     from .open_model import open_runtime
 
@@ -100,12 +103,20 @@ def main(args: argparse.Namespace) -> int:
         return 2
     threshold = settings.threshold
     min_area = settings.inference.min_region_area
+    max_pixels = settings.config.input.max_decoded_pixels
+    span = settings.inference.heatmap_span
     from tqdm import tqdm
 
     failed = 0
     for path, name in tqdm(list(zip(files, _out_names(files))), desc="infer", unit="img",
                            disable=len(files) < 2):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        try:
+            bgr = read_image(path, cv2.IMREAD_COLOR, max_pixels)
+        except (OSError, ValueError) as exc:   # unreadable; over the decode cap or no readable header (named)
+            reason = f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            print(f"pebal infer: {reason}, skipped", file=sys.stderr)
+            failed += 1
+            continue
         if bgr is None:
             print(f"pebal infer: {path}: not a readable image, skipped", file=sys.stderr)
             failed += 1
@@ -120,7 +131,9 @@ def main(args: argparse.Namespace) -> int:
         regions = find_regions(out.mask, out.score, min_area=min_area)
         sem = colorize(out.semantic)
         ov = overlay(rgb, sem, out.mask, boxes=[(r.x_offset, r.y_offset, r.width, r.height) for r in regions])
-        images = {"overlay": ov, "semantic": sem, "anomaly": score_heatmap(out.score)}
+        # one scale around the threshold for every image, with its colour bar (inference.heatmap_span)
+        heat = with_colorbar(score_heatmap(out.score, threshold, span), threshold, span)
+        images = {"overlay": ov, "semantic": sem, "anomaly": heat}
         for kind, img in images.items():
             target = args.out / f"{name}_{kind}.png"
             write_ok(cv2.imwrite(str(target), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)), target)

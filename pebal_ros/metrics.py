@@ -16,14 +16,22 @@ Anomaly metrics (``ood_metrics``, ``OODMetrics``), pixels pooled over the whole 
   reversed point already has recall exactly 1 and ``argmin`` keeps the first of equal values.)
 
 ``ood_metrics`` is exact (it sorts all pixels). ``OODMetrics`` streams: it accumulates, per label,
-exact counts of scores quantised to ``num_bins`` (default 2^20) equal-width bins whose range is
-taken from the first frame and doubled, by merging neighbouring bins, whenever a later score falls
-outside it; the metrics are then computed from the bin counts (sklearn with ``sample_weight`` for
-AUROC/AP). Quantisation only turns pixel pairs that share a bin into ties, so the AUROC differs
-from the exact one by at most half the fraction of (anomaly, inlier) pairs sharing a bin; that
-bound is reported as ``auroc_bin_error_bound``. Memory is 2 x num_bins int64 (16 MiB by default)
-plus one frame's temporaries, whatever the number of frames: the LostAndFound test set (1,203
-frames of 2048x1024) fits easily in 24 GiB (bench/bench_metrics.py measures it).
+exact counts of scores quantised to ``num_bins`` (default 2^20) bins of one fixed dyadic lattice: at
+level ``k`` bin ``i`` is ``[i * 2^k, (i + 1) * 2^k)``, and the histogram keeps the window of
+``num_bins`` consecutive bins starting at the lowest score, at the finest level whose window holds
+every score seen so far. A score outside the window coarsens it (bins merge in pairs, exactly: the
+lattice's bins nest) and/or moves it. So the level and the bins depend only on the lowest and the
+highest score ever seen, never on the order of the frames: two histograms of different frames merge
+exactly (:meth:`OODMetrics.merge`) into the histogram one pass over all their frames gives, which
+is what lets bags be scored on different machines and pooled (``pebal replay --ray``,
+``pebal calibrate --ray``). The bin width is within 2x of (score span / num_bins). The metrics are
+computed from the bin counts (sklearn with ``sample_weight`` for AUROC/AP). Quantisation only turns
+pixel pairs that share a bin into ties, so the AUROC differs from the exact one by at most half the
+fraction of (anomaly, inlier) pairs sharing a bin; that bound is reported as
+``auroc_bin_error_bound``. Memory is 2 x num_bins int64 (16 MiB by default) plus one frame's
+temporaries, whatever the number of frames: the LostAndFound test set (1,203 frames of 2048x1024)
+fits easily in 24 GiB (bench/bench_metrics.py measures it). :meth:`OODMetrics.state` is a compact
+(sparse) copy to store or send, :meth:`OODMetrics.from_state` its inverse.
 
 Semantic metrics (``SegMetrics``): a 19x19 confusion matrix accumulated with ``np.bincount`` over
 pixels whose ground truth is 0..18 (255 and every other value are ignored, as the official
@@ -35,7 +43,6 @@ as 0); pixel accuracy = correct / labelled pixels.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Iterable
 
 import numpy as np
@@ -123,12 +130,27 @@ def ood_metrics(scores: Any, labels: Any, recall_level: float = RECALL_LEVEL) ->
             "fpr95": _fpr_exact(s, y, recall_level), "n_anomaly": n_pos, "n_inlier": n_neg}
 
 
+def _level(smin: float, smax: float, num_bins: int) -> int:
+    """The finest lattice level whose window of ``num_bins`` bins, starting at the bin of ``smin``,
+    holds ``smax``; never finer than 2^-60 of the largest magnitude (bin indices stay int64-exact).
+    A function of (smin, smax) alone: the heart of order independence."""
+    mag = max(abs(smin), abs(smax))
+    k = (math.frexp(mag)[1] if mag > 0 else 0) - 60
+    span = smax - smin
+    if span > 0:
+        k = max(k, math.floor(math.log2(span / num_bins)) - 1)
+    while math.floor(math.ldexp(smax, -k)) - math.floor(math.ldexp(smin, -k)) >= num_bins:
+        k += 1
+    return k
+
+
 class OODMetrics:
     """Streaming pooled AUROC/AP/FPR95 with bounded memory (see the module docstring).
 
     ``update(score, label)`` takes one frame (HxW) or a batch ([B,H,W]) of float scores and 0/1/255
-    labels; ``compute()`` returns the metrics so far. ``score_range`` optionally fixes the initial
-    bin range (it still grows if a score falls outside).
+    labels; ``compute()`` returns the metrics so far; ``merge(other)`` adds another histogram's
+    counts (exactly what updating with its frames would have done). ``score_range`` optionally seeds
+    the range (scores outside it still widen it).
     """
 
     def __init__(self, num_bins: int = 1 << 20, score_range: tuple[float, float] | None = None,
@@ -138,56 +160,59 @@ class OODMetrics:
         self.num_bins = num_bins
         self.recall_level = recall_level
         self.counts = np.zeros((num_bins, 2), dtype=np.int64)   # [:, 0] inlier, [:, 1] anomaly
-        self.lo: float | None = None
-        self.width: float | None = None
-        self.doublings = 0
+        self.smin, self.smax = math.inf, -math.inf              # extremes seen (or seeded)
+        self.level: int | None = None                           # bin width 2^level
+        self.base = 0                                           # lattice index of counts[0]
+        self.doublings = 0                                      # times the bins were coarsened
         self._initial_range = score_range
         if score_range is not None:
             lo, hi = map(float, score_range)
             if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
                 raise ValueError(f"score_range must be finite with hi > lo, got {score_range}")
-            self.lo, self.width = lo, (hi - lo) / num_bins
+            self._cover(lo, hi)
+
+    @property
+    def lo(self) -> float | None:
+        return None if self.level is None else math.ldexp(float(self.base), self.level)
+
+    @property
+    def width(self) -> float | None:
+        return None if self.level is None else math.ldexp(1.0, self.level)
 
     @property
     def hi(self) -> float:
-        assert self.lo is not None and self.width is not None
-        return self.lo + self.width * self.num_bins
+        assert self.level is not None
+        return math.ldexp(float(self.base + self.num_bins), self.level)
 
     def reset(self) -> None:
         self.__init__(self.num_bins, self._initial_range, self.recall_level)  # type: ignore[misc]
 
-    def _grow(self, smin: float, smax: float) -> None:
-        """Double the range (merging bin pairs) until [smin, smax] fits."""
-        n = self.num_bins
-        while smin < self.lo or smax >= self.hi:
-            merged = self.counts.reshape(n // 2, 2, 2).sum(axis=1)
-            grown = np.zeros_like(self.counts)
-            if smin < self.lo:               # extend downwards: old bins land in the upper half
-                grown[n // 2:] = merged
-                self.lo -= self.width * n
-            else:
-                grown[: n // 2] = merged
-            self.counts = grown
-            self.width *= 2
-            self.doublings += 1
-            if self.doublings == 8:
-                warnings.warn("OODMetrics: the score range has grown 256x beyond the first frame's; "
-                              "pass score_range= to keep the resolution", RuntimeWarning, stacklevel=3)
+    def _cover(self, smin: float, smax: float) -> None:
+        """Make the window hold [smin, smax] too: coarsen and/or move it (counts never lost)."""
+        new_min, new_max = min(self.smin, smin), max(self.smax, smax)
+        if new_min == self.smin and new_max == self.smax and self.level is not None:
+            return
+        level = _level(new_min, new_max, self.num_bins)
+        base = math.floor(math.ldexp(new_min, -level))
+        if self.level is not None and (level, base) != (self.level, self.base):
+            old = np.flatnonzero(self.counts.any(axis=1))
+            # Old bin i is lattice bin (base + i) at its level; its parent at the coarser level is
+            # that index shifted right (floor division by a power of two, negatives included).
+            idx = ((old + self.base) >> (level - self.level)) - base
+            moved = np.zeros_like(self.counts)
+            np.add.at(moved, idx, self.counts[old])
+            self.counts = moved
+            self.doublings += level - self.level
+        self.smin, self.smax, self.level, self.base = new_min, new_max, level, base
 
     def update(self, score: Any, label: Any) -> None:
         s, y = _valid_pixels(score, label)
         if s.size == 0:
             return
-        smin, smax = float(s.min()), float(s.max())
-        if self.lo is None:
-            span = smax - smin
-            if span == 0.0:
-                span = max(abs(smin), 1.0) * 1e-3
-            # A quarter of the span of headroom each side: later frames rarely force a doubling.
-            self.lo = smin - 0.25 * span
-            self.width = 1.5 * span / self.num_bins
-        self._grow(smin, smax)
-        idx = ((s.astype(np.float64) - self.lo) * (1.0 / self.width)).astype(np.int64)
+        self._cover(float(s.min()), float(s.max()))
+        assert self.level is not None
+        idx = np.floor(np.ldexp(s.astype(np.float64), -self.level)).astype(np.int64)
+        idx -= self.base
         np.clip(idx, 0, self.num_bins - 1, out=idx)
         # One bincount for both labels: index 2*bin + is_anomaly.
         self.counts += np.bincount(idx * 2 + y, minlength=2 * self.num_bins).reshape(-1, 2)
@@ -196,13 +221,44 @@ class OODMetrics:
         for score, label in pairs:
             self.update(score, label)
 
+    def merge(self, other: "OODMetrics") -> "OODMetrics":
+        """Add ``other``'s counts: the result equals one histogram updated with both sets of frames."""
+        if other.num_bins != self.num_bins:
+            raise ValueError(f"cannot merge histograms of {other.num_bins} and {self.num_bins} bins")
+        if other.level is None:
+            return self
+        self._cover(other.smin, other.smax)
+        assert self.level is not None
+        nz = np.flatnonzero(other.counts.any(axis=1))
+        idx = ((nz + other.base) >> (self.level - other.level)) - self.base
+        np.add.at(self.counts, idx, other.counts[nz])
+        return self
+
+    def state(self) -> dict[str, Any]:
+        """A compact copy (the non-empty bins only) for storing or sending; see :meth:`from_state`."""
+        nz = np.flatnonzero(self.counts.any(axis=1))
+        return {"num_bins": self.num_bins, "recall_level": self.recall_level, "smin": self.smin,
+                "smax": self.smax, "level": self.level, "base": self.base, "doublings": self.doublings,
+                "bins": nz.astype(np.int64), "counts": self.counts[nz].copy()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "OODMetrics":
+        m = cls(int(state["num_bins"]), recall_level=float(state["recall_level"]))
+        if state["level"] is not None:
+            m.smin, m.smax = float(state["smin"]), float(state["smax"])
+            m.level, m.base, m.doublings = int(state["level"]), int(state["base"]), int(state["doublings"])
+            m.counts[np.asarray(state["bins"], np.int64)] = np.asarray(state["counts"], np.int64)
+        return m
+
     def compute(self) -> dict[str, float]:
         neg, pos = self.counts[:, 0], self.counts[:, 1]
         n_pos, n_neg = int(pos.sum()), int(neg.sum())
         if n_pos == 0 or n_neg == 0:
             raise ValueError(f"OOD metrics need both classes; got {n_pos} anomaly and {n_neg} inlier pixels")
+        lo, width = self.lo, self.width
+        assert lo is not None and width is not None
         nz_neg, nz_pos = np.flatnonzero(neg), np.flatnonzero(pos)
-        centres = self.lo + (np.r_[nz_neg, nz_pos] + 0.5) * self.width
+        centres = lo + (np.r_[nz_neg, nz_pos] + 0.5) * width
         y = np.r_[np.zeros(nz_neg.size, np.int8), np.ones(nz_pos.size, np.int8)]
         w = np.r_[neg[nz_neg], pos[nz_pos]].astype(np.float64)
         used = np.flatnonzero(neg + pos)[::-1]                 # descending thresholds
@@ -212,7 +268,7 @@ class OODMetrics:
             "fpr95": fpr_at_recall(pos[used], neg[used], self.recall_level),
             "n_anomaly": n_pos, "n_inlier": n_neg,
             "auroc_bin_error_bound": float(0.5 * np.dot(pos.astype(np.float64), neg) / (n_pos * n_neg)),
-            "bin_width": float(self.width),
+            "bin_width": float(width),
         }
 
 

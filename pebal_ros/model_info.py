@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import InferenceConfig
+from .config import InferenceConfig, threshold_problem
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 ONNX_SUFFIXES = (".onnx",)
@@ -22,7 +22,8 @@ BUNDLED_CALIBRATED = {"pebal_synthetic_espnetv2.pt"}
 # Fields an exported graph fixes: the graph itself resizes, normalises and smooths.
 BAKED_FIELDS = ("input_size", "channel_order", "mean", "std", "smooth_kernel", "smooth_sigma",
                 "score_at_network_resolution")
-KINDS = {"pebal": "PEBAL-fine-tuned (abstention channel trained)",
+# short: the summary is a /diagnostics value, and `ros2 topic echo` cuts strings at 128 characters
+KINDS = {"pebal": "PEBAL-fine-tuned",
          "segmentation": "plain segmentation network (no PEBAL fine-tuning)",
          "": "unknown kind"}
 
@@ -134,7 +135,7 @@ def read_model_info(path: str | Path, allow_unsafe: bool | None = None) -> Model
             spec = read_spec(path)
         except Exception as exc:  # noqa: BLE001 - a foreign or truncated file: say which
             raise ModelFileError(f"{path}: {exc}") from None
-        _spec_info(info, spec, "ONNX metadata")
+        _spec_info(info, spec, "ONNX metadata", f"{path}: its ONNX metadata")
     else:
         _engine_info(info)
     return info
@@ -161,13 +162,29 @@ def _checkpoint_info(info: ModelInfo, allow_unsafe: bool | None) -> None:
     info.input_size = _hw_or_none(mi.get("input_size") or info.stored.get("input_size"))
     info.channel_order = mi.get("channel_order") or info.stored.get("channel_order")
     if mi.get("calibrated_threshold") is not None:
-        info.calibrated_threshold = float(mi["calibrated_threshold"])
+        info.calibrated_threshold = stored_threshold(mi["calibrated_threshold"], f"{info.path}: its checkpoint meta")
         info.calibrated_from = str(mi.get("calibration") or "checkpoint meta")
         info.stored["threshold"] = info.calibrated_threshold
 
 
-def _spec_info(info: ModelInfo, spec: Any, source: str) -> None:
-    extra = spec.extra or {}
+def stored_threshold(value: Any, where: str) -> float:
+    """A threshold a model file stores, within the range every threshold must be in
+    (:func:`pebal_ros.config.threshold_problem`); ModelFileError naming the file otherwise."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    reason = threshold_problem(value)
+    if reason:
+        raise ModelFileError(f"{where} has a threshold that {reason}; re-export or rebuild the model")
+    return float(value)
+
+
+def _spec_info(info: ModelInfo, spec: Any, source: str, where: str) -> None:
+    """Fill ``info`` from an ExportSpec; ``where`` names the file in errors ("<file>: its ONNX metadata")."""
+    spec.threshold = stored_threshold(spec.threshold, where)
+    extra = spec.extra if isinstance(spec.extra, dict) else {}
     info.arch = spec.arch
     info.arch_kwargs = dict(extra.get("arch_kwargs") or {})
     info.kind = spec.model_kind or (checkpoint_kind(spec.arch, info.arch_kwargs, {}) if info.arch_kwargs else "")
@@ -199,20 +216,24 @@ def _engine_info(info: ModelInfo) -> None:
         return
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ModelFileError(f"{side}: unreadable engine sidecar ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{side}: unreadable engine sidecar (not a JSON object)")
     if isinstance(meta.get("model"), dict):     # the ONNX metadata, copied by pebal build-engine
         try:
-            _spec_info(info, ExportSpec.from_metadata(meta["model"]), "engine sidecar")
+            spec = ExportSpec.from_metadata(meta["model"])
+        except ValueError:
+            spec = None
+        if spec is not None:
+            _spec_info(info, spec, "engine sidecar", f"{side}: its engine sidecar")
             # the builder's precision, not the graph's: an FP32 graph builds FP16 or INT8 engines
             info.precision = str(meta["precision"]) if meta.get("precision") else None
             return
-        except ValueError:
-            pass
     info.channel_order = str(meta.get("channel_order", "rgb"))   # sidecars of older versions
     info.stored = {"channel_order": info.channel_order}
     if "threshold" in meta:
-        info.stored["threshold"] = float(meta["threshold"])
+        info.stored["threshold"] = stored_threshold(meta["threshold"], f"{side}: the engine sidecar")
     info.stored_source = "engine sidecar"
     info.baked = ("channel_order",)
     info.precision = str(meta["precision"]) if meta.get("precision") else None

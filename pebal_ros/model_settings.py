@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from .config import Config, InferenceConfig, RuntimeConfig, from_dict, to_dict
+from .config import Config, InferenceConfig, RuntimeConfig, from_dict, threshold_problem, to_dict
 from .model_info import (BAKED_FIELDS, BUNDLED_CALIBRATED, KINDS, ModelFileError, ModelInfo,  # noqa: F401
                          model_format, read_model_info, sub_mapping)
 
@@ -123,15 +123,18 @@ class ModelSettings:
 # -- layering --------------------------------------------------------------------------------------
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     import yaml
+
+    from .safe_yaml import YAMLLimitError, load_file
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        data = load_file(path) or {}
     except FileNotFoundError:
         raise SettingsError(f"{what} {path}: no such file") from None
     except IsADirectoryError:
         raise SettingsError(f"{what} {path}: is a folder, not a YAML file") from None
     except PermissionError:
         raise SettingsError(f"{what} {path}: permission denied") from None
+    except YAMLLimitError as exc:
+        raise SettingsError(f"{what} {path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" (line {where.line + 1})" if where is not None else ""
@@ -153,11 +156,13 @@ def parse_set(text: str) -> dict[str, Any]:
     import re
 
     import yaml
+
+    from .safe_yaml import load_text
     m = re.fullmatch(r"([A-Za-z_][\w.]*)=(.*)", text.strip(), flags=re.S)
     if not m:
         raise SettingsError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
     try:
-        value = yaml.safe_load(m.group(2))
+        value = load_text(m.group(2), "--set")
     except yaml.YAMLError:
         value = m.group(2)
     out: dict[str, Any] = {}
@@ -189,6 +194,31 @@ def add_runtime_arguments(p: argparse.ArgumentParser, threads: bool = True) -> N
                        help="ONNX Runtime intra-op threads (default: all cores) (= runtime.threads)")
 
 
+def _pixel_count(text: str) -> int:
+    """``--max-decoded-pixels``: N pixels or WIDTHxHEIGHT, within InputConfig's range."""
+    from .config import MAX_DECODED_PIXELS_LIMIT
+
+    w, x, h = text.strip().lower().partition("x")
+    try:
+        sides = (int(w), int(h)) if x else (int(text), 1)
+        n = sides[0] * sides[1] if min(sides) >= 1 else 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel count or WIDTHxHEIGHT (e.g. 8192x8192), got {text!r}") \
+            from None
+    if not 1 <= n <= MAX_DECODED_PIXELS_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_DECODED_PIXELS_LIMIT} pixels (OpenCV's own "
+                                         f"limit), got {text!r}")
+    return n
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """``--max-decoded-pixels``: the ``input`` section as a flag, read back by :func:`cli_layers`."""
+    p.add_argument("--max-decoded-pixels", type=_pixel_count, default=None, metavar="N|WxH",
+                   help="largest image decoded (frames, image files, label PNGs), as pixels or WIDTHxHEIGHT; "
+                        "a larger one is refused from its header, before decoding, and skipped with the "
+                        "reason (default 8192x8192) (= input.max_decoded_pixels)")
+
+
 def cli_layers(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> list[Layer]:
     """The layers a command line gives: --preset < --config < --set < dedicated flags (``flags``:
     inference values; the runtime flags of :func:`add_runtime_arguments` are read from ``args``)."""
@@ -207,13 +237,16 @@ def cli_layers(args: argparse.Namespace, flags: dict[str, Any] | None = None) ->
     runtime = {k: getattr(args, k) for k in RUNTIME_FLAGS if getattr(args, k, None) is not None}
     if runtime:
         values["runtime"] = runtime
+    if getattr(args, "max_decoded_pixels", None) is not None:
+        values["input"] = {"max_decoded_pixels": args.max_decoded_pixels}
     if values:
         layers.append(Layer("command-line flag", values))
     return layers
 
 
-def validate_inference(inf: InferenceConfig) -> list[str]:
-    """Problems with run-time settings, each naming the key (empty: fine)."""
+def validate_inference(inf: InferenceConfig, sources: dict[str, str] | None = None) -> list[str]:
+    """Problems with run-time settings, each naming the key (and, given ``sources``, where the
+    value came from); empty: fine."""
     problems = []
     size = inf.input_size
     if (not isinstance(size, (tuple, list)) or len(size) != 2
@@ -237,10 +270,14 @@ def validate_inference(inf: InferenceConfig) -> list[str]:
                         f"got {inf.smooth_kernel}")
     if not (inf.smooth_sigma > 0 and math.isfinite(inf.smooth_sigma)):
         problems.append(f"inference.smooth_sigma must be a positive number, got {inf.smooth_sigma}")
-    if not math.isfinite(inf.threshold):
-        problems.append(f"inference.threshold must be a finite number, got {inf.threshold}")
+    reason = threshold_problem(inf.threshold)
+    if reason:
+        origin = f" ({sources.get('threshold', 'default')})" if sources is not None else ""
+        problems.append(f"inference.threshold{origin} {reason}")
     if inf.min_region_area < 1:
         problems.append(f"inference.min_region_area must be at least 1 pixel, got {inf.min_region_area}")
+    if not (isinstance(inf.heatmap_span, (int, float)) and 0 < inf.heatmap_span < float("inf")):
+        problems.append(f"inference.heatmap_span must be a positive number of score units, got {inf.heatmap_span!r}")
     return problems
 
 
@@ -406,9 +443,12 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
             info.calibrated_from = f"preset {info.bundled_preset}"
             sources["threshold"] = f"preset {info.bundled_preset}, bundled model's own, calibrated"
     # 3. the calibration record
+    from .cache import CacheError
     from .calibration import find_calibration
     try:
         cal, cal_path, reason = find_calibration(path)
+    except CacheError:
+        raise          # an unsafe cache folder is the user's to fix, not a missing record
     except OSError as exc:
         cal, cal_path, reason = None, None, f"calibration record unreadable ({exc})"
     if reason:
@@ -429,7 +469,7 @@ def resolve_settings(model: str | Path | None = None, layers: Sequence[Layer] = 
         config: Config = from_dict(data)
     except (ValueError, TypeError) as exc:
         raise SettingsError(f"invalid model settings: {exc}") from None
-    problems = validate_inference(config.inference)
+    problems = validate_inference(config.inference, sources)
     if problems:
         raise SettingsError("invalid model settings: " + "; ".join(problems))
     config.model = str(path)
@@ -480,5 +520,7 @@ def command_settings(args: argparse.Namespace, prog: str, model: str | Path | No
 
 
 def model_problem(exc: BaseException) -> str:
-    """The one line for a failed resolution: a settings problem says so, anything else is the model's."""
-    return str(exc) if isinstance(exc, SettingsError) else f"cannot load the model: {exc}"
+    """The one line for a failed resolution: a settings or cache-folder problem says so, anything
+    else is the model's."""
+    from .cache import CacheError
+    return str(exc) if isinstance(exc, (SettingsError, CacheError)) else f"cannot load the model: {exc}"

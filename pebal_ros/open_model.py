@@ -2,70 +2,70 @@
 
 It sits above both ``export`` (a checkpoint run on ONNX Runtime is exported first) and ``runtime``.
 
-A checkpoint run with ONNX Runtime is exported to the fused graph once and cached in the user
-cache folder (:func:`pebal_ros.paths.cache_dir`, ``$PEBAL_CACHE``); the cache key covers the
-checkpoint (path, size, modification time) and every resolved setting, so a retrained checkpoint
-or a changed setting is re-exported, and the graph's metadata says what the model is and where
-its threshold came from. ``runtime.precision: fp16`` exports it with an FP16 network (``--half``).
+A checkpoint run with ONNX Runtime is exported to the fused graph once and kept in the verified
+user cache (:mod:`pebal_ros.cache`, ``$PEBAL_CACHE``). The entry's key is the checkpoint's SHA-256
+(its content, not its path: the bundled model installed in a clone, a pip prefix and a colcon
+install tree is exported once) and every setting the graph bakes in, so a retrained checkpoint or a
+changed setting is re-exported; the entry is checked against its recorded SHA-256 before every use.
+The graph's metadata says what the model is and where its threshold came from.
+``runtime.precision: fp16`` exports it with an FP16 network (``--half``).
 
 The ``runtime`` options (:class:`pebal_ros.config.RuntimeConfig`, already checked against the
 backend and device by the settings resolution) become the backend's keyword options here.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
+from . import cache
 from .config import to_dict
+from .graph.contract import ExportSpec
 from .model_settings import ModelSettings
-from .paths import cache_dir
 from .runtime import load_runtime
 from .runtime.base import Runtime
 from .runtime.common import RuntimeUnavailable
 
 _SWITCH = {"auto": None, "on": True, "off": False}
+# Bump when the exporter's output changes for the same checkpoint and settings: old entries then
+# stop matching and are rebuilt.
+EXPORT_FORMAT = "fused-onnx-1"
 
 
-def _cache_name(checkpoint: Path, size: tuple[int, int], settings: ModelSettings) -> str:
-    st = checkpoint.stat()
-    # Threshold and region size are run-time inputs, not part of the graph: changing them must not
-    # cost a re-export (the cached file's metadata keeps the first export's threshold as a hint;
+def export_key(settings: ModelSettings, size: tuple[int, int]) -> dict[str, Any]:
+    """What the cached export of ``settings``' checkpoint at ``size`` is made from."""
+    # Threshold, region size and picture scale are run-time inputs, not part of the graph: changing
+    # them must not cost a re-export (the cached file's metadata keeps the first export's threshold as a hint;
     # a checkpoint's threshold always comes from resolve_settings, never from the cache).
-    baked = {k: v for k, v in to_dict(settings.inference).items() if k not in ("threshold", "min_region_area")}
-    described: dict[str, Any] = {"inference": baked, "kind": settings.info.kind}
-    if _half_export(settings):     # only then: FP32 exports keep the names they were cached under
-        described["net_dtype"] = "float16"
-    key = hashlib.sha256(f"{checkpoint.resolve()}|{st.st_size}|{int(st.st_mtime)}|"
-                         f"{json.dumps(described, sort_keys=True)}".encode()).hexdigest()[:10]
-    return f"{checkpoint.stem}_{size[0]}x{size[1]}_{key}.onnx"
+    baked = {k: v for k, v in to_dict(settings.inference).items()
+             if k not in ("threshold", "min_region_area", "heatmap_span")}
+    spec = ExportSpec(image_size=None)
+    return {"entry": EXPORT_FORMAT, "source_sha256": cache.file_sha256(settings.model),
+            "image_size": [int(size[0]), int(size[1])], "inference": baked, "arch": settings.config.arch,
+            "kind": settings.info.kind, "net_dtype": "float16" if _half_export(settings) else "float32",
+            "exporter": spec.exporter, "opset": spec.opset}
 
 
 def cached_onnx(settings: ModelSettings, image_size: tuple[int, int] | None = None, quiet: bool = False) -> Path:
     """The fused ONNX export of the settings' checkpoint (at ``image_size``, default the resolved
-    input size), exported on first use."""
-    from .export.onnx import export_checkpoint
-
+    input size), exported on first use, verified on every use."""
     checkpoint = settings.model
     size: tuple[int, int] = tuple(image_size or settings.inference.input_size)  # type: ignore[assignment]
-    # One user cache, never the model's own folder: that may be a package's share/ or install tree.
-    target = cache_dir() / "onnx" / _cache_name(checkpoint, size, settings)
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not quiet:
-        print(f"exporting {checkpoint.name} to ONNX ({target}); done once, then cached", flush=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp.onnx")
-    try:
-        export_checkpoint(checkpoint, tmp, image_size=size, config=settings.config,
+
+    def build(path: Path) -> None:
+        from .export.onnx import export_checkpoint
+        export_checkpoint(checkpoint, path, image_size=size, config=settings.config,
                           model_kind=settings.info.kind, threshold_calibrated=settings.threshold_calibrated,
                           threshold_source=settings.source("threshold"), half=_half_export(settings))
-        os.replace(tmp, target)    # atomic: parallel workers never load a half-written file
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+
+    def announce() -> None:
+        if not quiet:
+            # One user cache, never the model's own folder: that may be a package's share/ or install tree.
+            print(f"exporting {checkpoint.name} to ONNX (into {cache.cache_folder('onnx')}); done once, then "
+                  "cached", flush=True)
+
+    return cache.get_or_build("onnx", export_key(settings, size), f"{checkpoint.stem}_{size[0]}x{size[1]}",
+                              ".onnx", build, announce)
 
 
 def runtime_path(settings: ModelSettings, image_size: tuple[int, int] | None = None, quiet: bool = False) -> Path:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ INSTALL_HELP = """ROS 2 is available to this project in {shared} but not install
   {py} -m pip install colcon-common-extensions 'empy<4' lark catkin_pkg psutil argcomplete packaging pyyaml \\
       'numpy>=2' 'opencv-python-headless>=4.10,<5' pytest
   tar -C / --zstd -xf {shared}/ros2-jazzy-debian12-amd64.tar.zst"""
+
+
+# The RViz test (test/ros/ros_rviz.py): rviz2 from the overlay beside the Jazzy build, a virtual X
+# display and the tools that take and read screenshots (../shared/ros2/README.md, "RViz 2").
+RVIZ_TARBALL = "rviz2-jazzy-overlay-debian12-amd64.tar.zst"
+RVIZ_TOOLS = ("Xvfb", "xwininfo", "import")
+RVIZ_HELP = """RViz 2 is available to this project in {tarball} but not installed. Install it (as root), then rerun:
+  apt-get update && apt-get install -y --no-install-recommends libogre1.12.10 libassimp5 liborocos-kdl1.5 \\
+      libcurl4 libfreetype6 libqt5core5a libqt5gui5 libqt5widgets5 libqt5svg5 libgl1 libglx-mesa0 \\
+      libgl1-mesa-dri libxrandr2 fonts-dejavu-core xvfb xauth x11-utils imagemagick
+  tar -C / --zstd -xf {tarball}"""
 
 
 class RosUnavailable(Exception):
@@ -137,8 +149,8 @@ def build_workspace(distro: Path, ws: Path) -> Path:
     if stamp.is_file() and stamp.read_text() == digest and (install / "setup.bash").is_file():
         return install
     if subprocess.run([sys.executable, "-c", "import colcon_core, colcon_ros"], capture_output=True).returncode:
-        raise RosUnavailable(f"colcon is not installed for {sys.executable}: "
-                             f"{sys.executable} -m pip install colcon-common-extensions 'empy<4' lark catkin_pkg",
+        raise RosUnavailable(f"colcon is not installed for {sys.executable}: {sys.executable} -m pip install -e "
+                             f"'{REPO}[test]' (the test extra brings colcon and what the ROS 2 build needs)",
                              must_fail=True)
     ws.mkdir(parents=True, exist_ok=True)
     env = _source([distro / "setup.bash"], _base_env())
@@ -171,3 +183,19 @@ def find_ros_env() -> RosEnv:
     install = build_workspace(distro, ws)
     env = _source([distro / "setup.bash", install / "setup.bash"], _base_env())
     return RosEnv(env, f"built {ws}", env.get("ROS_DISTRO", distro.name))
+
+
+def rviz_unavailable(ros: RosEnv) -> RosUnavailable | None:
+    """Why the RViz test cannot run here (a failure where the overlay could be installed), or None."""
+    prefixes = [p for p in ros.env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    have_rviz = any((Path(p) / "share" / "ament_index" / "resource_index" / "packages" / "rviz2").is_file()
+                    for p in prefixes)
+    tools = [t for t in RVIZ_TOOLS if shutil.which(t, path=ros.env.get("PATH")) is None]
+    if have_rviz and not tools:
+        return None
+    missing = ", ".join((["rviz2"] if not have_rviz else []) + tools)
+    tarball = SHARED_ROS / RVIZ_TARBALL
+    if tarball.is_file():
+        return RosUnavailable(f"missing {missing}. " + RVIZ_HELP.format(tarball=tarball), must_fail=True)
+    return RosUnavailable(f"missing {missing}: the RViz test needs rviz2 (ros-$ROS_DISTRO-rviz2), Xvfb, "
+                          "xwininfo (x11-utils) and ImageMagick's import")

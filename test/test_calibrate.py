@@ -66,6 +66,32 @@ def test_pixel_fpr_threshold_matches_numpy_quantile() -> None:
         assert stats.pixel_fpr(t)[0] == pytest.approx(np.mean(pooled > t), abs=1e-12)
 
 
+def test_merged_stats_give_the_single_pass_thresholds() -> None:
+    """Frames split over several accumulators (bags on different workers), sent as compact states
+    and merged: every threshold equals the one-pass threshold, exactly."""
+    rng = np.random.default_rng(5)
+    frames = [_smooth_scores(rng) * (1 + i % 3) + rng.normal() for i in range(9)]
+    labelled = [(_smooth_scores(rng) + 4, (rng.random((48, 64)) < 0.1).astype(np.uint8)) for _ in range(3)]
+    one = CalibrationStats()
+    for s in frames:
+        one.add_normal(s, 10)
+    for s, y in labelled:
+        one.add_labelled(s, y)
+    parts = [CalibrationStats() for _ in range(3)]
+    for i, s in enumerate(frames):
+        parts[(i * 7) % 3].add_normal(s, 10)
+    for s, y in labelled:
+        parts[2].add_labelled(s, y)
+    merged = CalibrationStats()
+    for part in reversed(parts):
+        merged.merge(CalibrationStats.from_state(part.state()))
+    assert merged.frames == one.frames and merged.normal_pixels == one.normal_pixels
+    for target, value in (("pixel_fpr", 0.001), ("pixel_fpr", 0.05), ("frame_alarm_rate", 0.34), ("tpr", 0.9)):
+        assert merged.choose(target, value).threshold == one.choose(target, value).threshold, target
+    t = one.choose("pixel_fpr", 0.01).threshold
+    assert merged.figures(t) == one.figures(t) and merged.labelled_metrics() == one.labelled_metrics()
+
+
 def test_frame_alarm_and_tpr_thresholds_recomputed_directly() -> None:
     rng = np.random.default_rng(3)
     frames = [_smooth_scores(rng) + rng.normal(0, 2) for _ in range(40)]

@@ -112,7 +112,12 @@ def _as_nobody(*argv: str, cwd: Path) -> tuple[int, str]:
     import pebal_ros.demo  # noqa: F401 - every command module loaded before the privileges go
     import pebal_ros.infer  # noqa: F401
     import pebal_ros.replay.cli  # noqa: F401
+    import pebal_ros.fleet.replay_cli  # noqa: F401 - what `pebal replay` runs
 
+    # nobody's own cache folder: pebal refuses a cache folder of another user (root's)
+    own_cache = tempfile.mkdtemp(prefix="pebal_nobody_cache_")
+    if os.geteuid() == 0:
+        os.chown(own_cache, 65534, 65534)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:      # child: never return into pytest
@@ -126,6 +131,7 @@ def _as_nobody(*argv: str, cwd: Path) -> tuple[int, str]:
                 os.setgroups([])
                 os.setgid(65534)
                 os.setuid(65534)
+                os.environ["PEBAL_CACHE"] = own_cache
             os.chdir(cwd)
             code = main(list(argv))
         except BaseException:  # noqa: BLE001 - the parent sees the traceback and fails
@@ -138,6 +144,7 @@ def _as_nobody(*argv: str, cwd: Path) -> tuple[int, str]:
     with os.fdopen(read_end) as fh:
         err = fh.read()
     _, status = os.waitpid(pid, 0)
+    shutil.rmtree(own_cache, ignore_errors=True)
     return os.waitstatus_to_exitcode(status), err
 
 

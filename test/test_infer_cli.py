@@ -72,3 +72,33 @@ def test_infer_threshold_from_config_layers(model: Path, tmp_path: Path) -> None
     assert np.array_equal(mask, load_runtime(model).infer(img, -4.0).mask * 255)
     assert main(["infer", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--model", str(model),
                  "--set", "inference.nope=1"]) == 2
+
+
+def test_infer_heat_maps_share_one_scale(model: Path, tmp_path: Path) -> None:
+    """Every heat map uses the threshold +- inference.heatmap_span scale (was each image's own
+    1st-99th percentile): a pixel's colour follows from its score alone, identically in every
+    image; flagged pixels are on the red side, the rest on the blue side."""
+    from pebal_ros.pipeline.visualize import heatmap_lut
+    from pebal_ros.runtime import load_runtime
+
+    imgs = [f for f, _ in frames(2)]
+    for i, img in enumerate(imgs):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    assert main(["infer", str(tmp_path / "f0.png"), str(tmp_path / "f1.png"), "--out", str(out),
+                 "--model", str(model), "--threshold", "-3.9", "--set", "inference.heatmap_span=2"]) == 0
+    rt = load_runtime(model)
+    lut = heatmap_lut()[:, 0].astype(int)
+    for i, img in enumerate(imgs):
+        score = rt.infer(img, -3.9).score.copy()
+        heat = cv2.cvtColor(cv2.imread(str(out / f"f{i}_anomaly.png")), cv2.COLOR_BGR2RGB).astype(int)
+        # the scale from its definition: -5.9 -> 0 (blue end), -3.9 -> the middle, -1.9 -> 255 (red end)
+        pos = np.clip((score + 3.9) / 4.0 * 255 + 127.5, 0, 255)
+        idx = np.where(score > -3.9, np.maximum(np.ceil(pos), 128), np.minimum(np.floor(pos), 127)).astype(int)
+        keep = np.zeros(score.shape, bool)
+        keep[: H // 2, : W // 2] = True                       # away from the colour bar in the corner
+        keep &= ~np.all(heat == 0, axis=-1)                   # and from the threshold line
+        assert keep.sum() > 100
+        assert np.abs(heat[keep] - lut[idx[keep]]).max() <= 1
+        red_side = heat[..., 0] > heat[..., 2]
+        assert np.array_equal(red_side[keep], (score > -3.9)[keep])

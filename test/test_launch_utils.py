@@ -9,9 +9,11 @@ from pebal_ros.node.launch_utils import (
     Camera,
     batched_remappings,
     camera_info_topic,
+    emulate_tty,
     input_remapping,
     output_topic,
     parse_cameras,
+    rviz_camera,
     rviz_config_for,
 )
 
@@ -62,3 +64,28 @@ def test_rviz_config_rewrite():
     assert rviz_config_for(template, Camera("", "/camera/image_raw")) == template
     text = rviz_config_for(template, Camera("rear", "/rear/image_raw"))
     assert text.count("Value: /rear/pebal/") == 3 and "Value: /rear/image_raw\n" in text
+
+
+def test_pseudo_terminal_only_for_a_terminal(tmp_path):
+    class Tty:
+        def isatty(self):
+            return True
+
+    with open(tmp_path / "launch.log", "w") as log:
+        assert not emulate_tty(log, {})                                # a file: no colour codes
+        assert not emulate_tty(log, {"RCUTILS_COLORIZED_OUTPUT": "1"})   # rcutils itself forces colour then
+    assert emulate_tty(Tty(), {})
+    assert not emulate_tty(Tty(), {"RCUTILS_COLORIZED_OUTPUT": "0"})
+    assert not emulate_tty(object(), {})
+
+
+def test_rviz_camera_picks_by_namespace_or_its_last_part():
+    cams = parse_cameras("front:/cam_front/image_raw,rear", namespace="car")
+    assert rviz_camera(cams, "") == cams[0]
+    assert rviz_camera(cams, "rear") == rviz_camera(cams, "/car/rear") == Camera("car/rear", "/car/rear/image_raw")
+    with pytest.raises(ValueError, match="'left' is not one of the cameras: car/front, car/rear"):
+        rviz_camera(cams, "left")
+    single = parse_cameras("")
+    assert rviz_camera(single, "") == single[0]
+    with pytest.raises(ValueError, match=r"\(no namespace\)"):
+        rviz_camera(single, "rear")

@@ -242,6 +242,45 @@ def test_streaming_random_large_accuracy():
     assert abs(got["fpr95"] - _official_fpr(y.astype(int), s)) < 1e-4
 
 
+def test_streaming_bins_do_not_depend_on_frame_order():
+    """The bins are a function of the lowest and highest score only: any order of the same frames
+    gives the same counts (the old first-frame range did not)."""
+    frames = list(_frames(13, n_frames=8, grow=True))
+    a, b = OODMetrics(), OODMetrics()
+    for s, y in frames:
+        a.update(s, y)
+    for s, y in reversed(frames):
+        b.update(s, y)
+    assert (a.level, a.base) == (b.level, b.base) and np.array_equal(a.counts, b.counts)
+    assert a.compute() == b.compute()
+
+
+@pytest.mark.parametrize("num_bins", [1 << 20, 256])
+def test_merge_equals_one_pass_over_all_frames(num_bins):
+    """Partitions of the frames (as bags on different workers), merged in any order, give exactly
+    the histogram of one pass; the compact state round-trips."""
+    frames = list(_frames(14, n_frames=9, grow=True)) + [(np.full((4, 4), 250.0, np.float32),
+                                                         np.eye(4, dtype=np.uint8))]
+    one = OODMetrics(num_bins)
+    for s, y in frames:
+        one.update(s, y)
+    parts = [frames[i::3] for i in range(3)]
+    accs = []
+    for part in parts:
+        m = OODMetrics(num_bins)
+        for s, y in part:
+            m.update(s, y)
+        accs.append(OODMetrics.from_state(m.state()))
+    merged = OODMetrics(num_bins)
+    for m in (accs[2], OODMetrics(num_bins), accs[0], accs[1]):       # an empty one too
+        merged.merge(m)
+    assert (merged.level, merged.base) == (one.level, one.base)
+    assert np.array_equal(merged.counts, one.counts)
+    assert merged.compute() == one.compute()
+    with pytest.raises(ValueError, match="merge"):
+        merged.merge(OODMetrics(num_bins * 2))
+
+
 def test_streaming_bad_args():
     with pytest.raises(ValueError, match="power of two"):
         OODMetrics(num_bins=1000)

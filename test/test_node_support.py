@@ -95,28 +95,36 @@ def test_slot_keeps_only_the_newest_and_counts_drops():
 
 
 def test_slot_with_a_slow_worker_never_backs_up():
+    """While the worker is busy with a frame, the camera sends bursts: the worker then gets the
+    newest frame of each burst, every other one is counted as dropped, nothing queues. The worker's
+    "inference" lasts exactly until the test releases it, so no count depends on the machine's speed."""
     slot = LatestFrames()
     seen: list[int] = []
+    started, finish = threading.Semaphore(0), threading.Semaphore(0)
 
     def worker():
-        while True:
-            items = slot.take_all(1.0)
-            if not items:
-                return
+        while items := slot.take_all(30.0):
             seen.append(items[0][1])
-            time.sleep(0.01)
+            started.release()       # busy with this frame ...
+            finish.acquire()        # ... until the test says it is done
 
     t = threading.Thread(target=worker)
     t.start()
-    for i in range(50):
-        slot.put("", i)
-        time.sleep(0.001)
-    time.sleep(0.05)
+    slot.put("", 0)
+    assert started.acquire(timeout=30)
+    n = 1
+    for _ in range(5):              # five bursts of ten frames while the worker is busy
+        for _ in range(10):
+            slot.put("", n)
+            n += 1
+        finish.release()
+        assert started.acquire(timeout=30)
     slot.close()
-    t.join(2)
+    finish.release()
+    t.join(30)
     assert not t.is_alive()
-    assert seen == sorted(seen) and seen[-1] == 49          # in order, and the newest frame was processed
-    assert len(seen) + slot.counts().dropped == 50 and slot.counts().dropped > 20
+    assert seen == [0, 10, 20, 30, 40, 50]                   # the newest of each burst, in order
+    assert slot.counts() == SlotCounts(received=51, dropped=45)   # nine of each burst of ten
 
 
 def test_several_cameras_are_taken_together_newest_each():

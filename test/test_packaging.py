@@ -54,10 +54,27 @@ def _third_party_imports() -> dict[str, str]:
 
 def test_every_import_is_declared() -> None:
     declared = {_dist(r) for r in PYPROJECT["project"]["dependencies"]}
-    declared |= {_dist(r) for r in PYPROJECT["project"]["optional-dependencies"]["gpu"]}
+    # Optional stacks, imported only where used: TensorRT / CUDA (gpu), Ray (ray: pebal_ros/fleet).
+    for extra in ("gpu", "ray"):
+        declared |= {_dist(r) for r in PYPROJECT["project"]["optional-dependencies"][extra]}
     missing = {mod: where for mod, where in _third_party_imports().items()
                if mod not in PROVIDED_ELSEWHERE and DIST_OF.get(mod, mod).lower() not in declared}
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_ray_is_imported_only_by_the_fleet_and_only_when_used() -> None:
+    """Ray is an extra: no module outside pebal_ros/fleet imports it, and the fleet's modules import
+    it inside functions only (`pebal replay` without --ray must work where Ray is not installed)."""
+    for path in sorted((REPO / "pebal_ros").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            if any(n.split(".")[0] == "ray" for n in names):
+                rel = path.relative_to(REPO).as_posix()
+                assert rel.startswith("pebal_ros/fleet/"), f"{rel} imports ray"
+                assert id(node) not in top_level, f"{rel} imports ray at module level"
 
 
 def test_onnx_exporter_needs_are_declared() -> None:
@@ -103,3 +120,41 @@ def test_wheel_installs_and_finds_bundled_model(tmp_path: Path) -> None:
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()) == venv / "share" / "pebal_ros" / "models" / "pebal_synthetic_espnetv2.pt"
+
+
+def _extra(name: str) -> set[str]:
+    """The distributions an extra installs, following the project's own extras (``pebal_ros[ros]``)."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    out: set[str] = set()
+    todo, seen = [name], set()
+    while todo:
+        extra = todo.pop()
+        seen.add(extra)
+        for req in extras[extra]:
+            dist = _dist(req).replace("_", "-")
+            if dist == "pebal-ros":
+                todo += [e.strip() for e in req.split("[", 1)[1].split("]")[0].split(",") if e.strip() not in seen]
+            else:
+                out.add(dist)
+    return out
+
+
+def test_test_extra_is_enough_for_the_ros_tests() -> None:
+    """The README's test command (`pip install -e '.[test]'`, then pytest) runs the real ROS tests wherever
+    ROS 2 is installed: test/ros_env.py builds this checkout with colcon, in the Python that runs the
+    tests. So the test extra brings colcon and what the ROS 2 build needs in that Python (the packages
+    ros_env's install instructions name), and nothing that owns the top-level ``rclpy`` name and would
+    shadow the install's real one (rclpy-intellisense did)."""
+    import shlex
+
+    from ros_env import INSTALL_HELP
+
+    pip_line = INSTALL_HELP.split("-m pip install", 1)[1].split("\n  tar ")[0].replace("\\\n", " ")
+    needed = {_dist(r).replace("_", "-") for r in shlex.split(pip_line)}
+    assert {"colcon-common-extensions", "empy", "lark", "catkin-pkg", "pytest"} <= needed   # the line was parsed
+    test_extra = _extra("test")
+    assert needed <= test_extra, f"the test extra lacks {sorted(needed - test_extra)}"
+    assert not {d for d in test_extra if d.startswith("rclpy")}, test_extra
+    # CI runs the README's test command as written, with no ROS install step of its own in between
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert not re.search(r"pip install[^\n]*\.\[", ci), "CI installs an extra the README's test command does not"

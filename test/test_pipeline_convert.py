@@ -293,8 +293,13 @@ def test_corrupt_compressed_payloads(store):
         compressed_to_array(compressed_msg(store, "jpeg", b"not an image at all, really"))
     with pytest.raises(CorruptCompressedImageError, match="says png but the payload is jpeg"):
         compressed_to_array(compressed_msg(store, "png", jpg))
-    # Intact markers, garbage in between: the decoder itself must fail.
+    # Intact markers, garbage in between: no frame header to read the size from, nothing decoded.
     broken = jpg[:2] + bytes(200) + jpg[-2:]
+    with pytest.raises(CorruptCompressedImageError, match="corrupt header"):
+        compressed_to_array(compressed_msg(store, "jpeg", broken))
+    # A readable frame header, garbage after it: the decoder itself must fail.
+    sof = jpg.index(b"\xff\xc0")
+    broken = jpg[:sof + 2 + int.from_bytes(jpg[sof + 2:sof + 4], "big")] + bytes(200) + jpg[-2:]
     with pytest.raises(CorruptCompressedImageError, match="does not decode"):
         compressed_to_array(compressed_msg(store, "jpeg", broken))
     with pytest.raises(EmptyImageError):

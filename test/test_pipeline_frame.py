@@ -140,7 +140,7 @@ def test_colorize_and_overlay():
     expect = 0.35 * 100 + 0.65 * np.array(ANOMALY_COLOR)
     assert np.abs(ov[0, 1] - expect).max() <= 1.0, ov[0, 1]
     assert tuple(ov[0, 0]) == tuple(ov[1, 1]) == ANOMALY_COLOR
-    heat = score_heatmap(np.array([[0.0, 1.0]], np.float32), 0.0, 1.0)
+    heat = score_heatmap(np.array([[0.0, 1.0]], np.float32), 0.5, 0.5, outline=False)
     assert heat.shape == (1, 2, 3) and heat[0, 0, 2] > heat[0, 0, 0] and heat[0, 1, 0] > heat[0, 1, 2]
 
 
@@ -403,7 +403,7 @@ def test_a_large_jpeg_feeds_the_network_from_a_reduced_decode(factory):
     scene = cv2.GaussianBlur(make_scene(96, 192, blob=(40, 60, 20, 32)), (5, 5), 1.5)
     msg, payload = _jpeg_msg(factory, scene)
     rt = InputSpy(input_size=(24, 48))
-    pipe = FramePipeline(rt, PipelineConfig(threshold=1e9, overlay_boxes=False), factory)   # no anomalies
+    pipe = FramePipeline(rt, PipelineConfig(threshold=1e6, overlay_boxes=False), factory)   # no anomalies
     res = pipe.process(msg)
     reduced = cv2.cvtColor(cv2.imdecode(payload, cv2.IMREAD_REDUCED_COLOR_4), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(rt.inputs[-1], reduced)
@@ -458,3 +458,38 @@ def test_reduced_decoding_keeps_every_bad_frame_check(factory):
     with pytest.raises(ValueError, match="reduce must be one of"):
         compressed_to_array(msg, "rgb", reduce=3)
     assert compressed_to_array(msg, "rgb", reduce=8).shape == (12, 24, 3)
+
+
+class _MaskRuntime:
+    """A runtime whose anomaly mask is given (the pipeline's region rule is what is under test)."""
+    name = "fixed-mask"
+    channel_order = "rgb"
+
+    def __init__(self, mask: np.ndarray):
+        self.mask = mask.astype(np.uint8)
+        self.input_size = mask.shape
+
+    def infer(self, image: np.ndarray, threshold: float) -> FrameOutputs:
+        return FrameOutputs(semantic=np.zeros(self.mask.shape, np.uint8),
+                            score=np.where(self.mask > 0, 1.0, -1.0).astype(np.float32), mask=self.mask.copy())
+
+
+@pytest.mark.parametrize("camera_scale", [(2, 2), (3, 3), (3, 2), (1, 1)])
+def test_min_region_area_is_in_camera_pixels(factory, camera_scale):
+    """No reported region is smaller than min_region_area camera pixels, and every network region
+    whose camera-pixel area reaches it is reported (e.g. 12 network pixels = 48 camera pixels at 2x
+    were reported for min_region_area 50)."""
+    sy, sx = camera_scale
+    mask = np.zeros((30, 96), np.uint8)
+    sizes = list(range(3, 31))   # one horizontal bar of each size, 2 rows apart
+    for i, n in enumerate(sizes):
+        mask[(i % 10) * 3, (i // 10) * 32:(i // 10) * 32 + n] = 1
+    cam = np.zeros((30 * sy, 96 * sx, 3), np.uint8)
+    for m in (7, 20, 36, 40, 50, 61):
+        pipe = FramePipeline(_MaskRuntime(mask), PipelineConfig(threshold=0.0, min_region_area=m, max_regions=100),
+                             factory)
+        st = pipe.process_image(cam, outputs=["status"]).status
+        got = sorted(r.area for r in st.regions)
+        # independent: each bar of n network pixels covers n * sx * sy camera pixels
+        want = sorted(n * sx * sy for n in sizes if n * sx * sy >= m)
+        assert got == want, (m, camera_scale)

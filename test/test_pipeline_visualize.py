@@ -91,3 +91,60 @@ def test_outline_near_the_borders_matches_full_frame_dilation() -> None:
     ring = (cv2.dilate(mask, kernel) > 0) & (mask == 0)
     green = (overlay(image, None, mask) == ANOMALY_COLOR).all(-1)
     np.testing.assert_array_equal(green & (mask == 0), ring)
+
+
+# -- the score heat map: one scale around the threshold ------------------------------------------
+COOLWARM = [(0.0, (59, 76, 192)), (0.5, (221, 221, 221)), (1.0, (180, 4, 38))]   # ends and middle
+
+
+def test_heatmap_fixed_scale_around_the_threshold() -> None:
+    """A frame with nothing above the threshold shows no red anywhere (the per-frame 1st-99th
+    percentile scale painted its own top 1 % deep red), and a score has the same colour in every
+    frame whatever else the frame holds."""
+    from pebal_ros.pipeline.visualize import score_heatmap
+
+    thr, span = -3.7, 3.0
+    rng = np.random.default_rng(0)
+    calm = rng.uniform(thr - 2.0, thr - 0.01, (40, 60)).astype(np.float32)       # 0 % flagged
+    heat = score_heatmap(calm, thr, span)
+    assert (heat[..., 0].astype(int) <= heat[..., 2]).all()          # blue side only: R <= B
+    busy = np.concatenate([calm, rng.uniform(thr + 0.5, thr + 9.0, (40, 60)).astype(np.float32)], 1)
+    heat2 = score_heatmap(busy, thr, span, outline=False)
+    assert np.array_equal(score_heatmap(calm, thr, span, outline=False), heat2[:, :60])
+    right = heat2[:, 60:].astype(int)
+    assert (right[..., 0] > right[..., 2]).all()                      # flagged: red side
+    # ends and middle of the scale: the colours the colour bar promises (independent of the LUT code)
+    edges = np.array([[thr - span - 5, thr - span, thr, thr + span, thr + span + 5]], np.float32)
+    got = score_heatmap(edges, thr, span, outline=False)[0]
+    for i, (_, rgb) in zip((0, 1, 2, 3, 4), [COOLWARM[0], COOLWARM[0], COOLWARM[1], COOLWARM[2], COOLWARM[2]]):
+        assert np.abs(got[i].astype(int) - np.array(rgb)).max() <= 2, (i, got[i])
+
+
+def test_heatmap_threshold_line_is_the_mask_outline() -> None:
+    from pebal_ros.pipeline.visualize import THRESHOLD_LINE, score_heatmap
+
+    score = np.full((30, 40), -6.0, np.float32)
+    score[10:18, 12:25] = -1.0
+    heat = score_heatmap(score, -3.0, 3.0)
+    line = np.all(heat == THRESHOLD_LINE, axis=-1)
+    assert np.array_equal(line, _ring4(score > -3.0))      # the overlay's outline, as for the mask
+
+
+def test_colorbar_marks_the_threshold() -> None:
+    """The legend's gradient runs from threshold - span to threshold + span; the threshold's tick
+    sits where the colours cross from the blue to the red side."""
+    from pebal_ros.pipeline.visualize import colorbar, with_colorbar
+
+    bar = colorbar(400, -3.73, 3.0)
+    rows = [y for y in range(bar.shape[0]) if (np.abs(bar[y].astype(int) - [59, 76, 192]).sum(1) <= 3).any()]
+    row = bar[rows[len(rows) // 2]].astype(int)
+    blue = np.flatnonzero(np.abs(row - [59, 76, 192]).sum(1) <= 3)
+    red = np.flatnonzero(np.abs(row - [180, 4, 38]).sum(1) <= 12)
+    tick = np.flatnonzero((row == 0).all(1))
+    inner = tick[(tick > blue.min() + 2) & (tick < red.max() - 2)]
+    assert blue.max() < red.min() and len(inner)
+    middle = (blue.min() + red.max()) / 2
+    assert abs(inner.mean() - middle) <= 2
+    heat = np.zeros((300, 600, 3), np.uint8)
+    inset = with_colorbar(heat, -3.73, 3.0)
+    assert inset.shape == heat.shape and (inset[-5:, -5:] != 0).any() and (inset[:50, :50] == 0).all()

@@ -275,7 +275,7 @@ def test_deterministic_writer(tmp_path: Path) -> None:
 
 
 def test_threaded_writer_same_file_and_errors_surface(tmp_path: Path) -> None:
-    from pebal_ros.replay.bag import BagWriter
+    from pebal_ros.replay.bag import BagWriter, BagWriteError
     from pebal_ros.replay.recording import image_message
 
     store = make_typestore()
@@ -289,7 +289,7 @@ def test_threaded_writer_same_file_and_errors_surface(tmp_path: Path) -> None:
     w = BagWriter(tmp_path / "c", store, threaded=True)
     w.add_topic("/img", "sensor_msgs/msg/Image")
     w.write("/img", 1, "not a message")          # fails on the writer thread
-    with pytest.raises(BagError, match="writing .* failed"):
+    with pytest.raises(BagWriteError, match=r"/c: writing failed: AttributeError"):   # names the output
         w.close()
 
 
@@ -392,3 +392,85 @@ def test_sqlite3_without_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             "/camera/image_raw": "sensor_msgs/msg/Image", "/camera/image_raw/compressed":
             "sensor_msgs/msg/CompressedImage", "/camera/labels": "sensor_msgs/msg/Image"}
         assert sum(1 for _ in reader.messages()) == 18 and reader.backends == {"bag.db3": "sqlite3"}
+
+
+# -- damaged metadata.yaml: the storage files still hold the recording ---------------------------
+def _edit_metadata(bag: Path, edit) -> None:
+    doc = yaml.safe_load((bag / "metadata.yaml").read_text())
+    edit(doc["rosbag2_bagfile_information"])
+    (bag / "metadata.yaml").write_text(yaml.safe_dump(doc))
+
+
+def _rename(d: dict, old: str, new: str) -> None:
+    d[new] = d.pop(old)
+
+
+DAMAGE = {
+    "topic name key renamed": (lambda i: _rename(i["topics_with_message_count"][0]["topic_metadata"], "name", "nam"),
+                               "topic_metadata has no 'name'"),
+    "topic type key renamed": (lambda i: _rename(i["topics_with_message_count"][1]["topic_metadata"], "type", "typ"),
+                               "topic_metadata has no 'type'"),
+    "topic metadata a string": (lambda i: i["topics_with_message_count"][0].update(topic_metadata="x"),
+                                "topic_metadata is str 'x', expected a mapping"),
+    "file list an integer": (lambda i: i.update(relative_file_paths=5),
+                             "relative_file_paths is int 5, expected a list"),
+    "file name null": (lambda i: i.update(relative_file_paths=[None]),
+                       "relative_file_paths[0] is NoneType None, expected a string"),
+    "count a string": (lambda i: i["topics_with_message_count"][0].update(message_count="many"),
+                       "message_count is str 'many', expected an integer"),
+    "count true": (lambda i: i.update(message_count=True), "message_count is bool True, expected an integer"),
+    "count negative": (lambda i: i.update(message_count=-3), "message_count is negative (-3)"),
+    "compression mode an integer": (lambda i: i.update(compression_mode=7),
+                                    "compression_mode is int 7, expected a string"),
+    "no bag information": (lambda i: i.clear(), "has no 'rosbag2_bagfile_information'"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_metadata_keys_and_types_read_from_storage(tmp_path: Path, damage: str) -> None:
+    """A renamed key or a value of the wrong type costs the metadata, never the recording (these
+    raised KeyError/TypeError/AttributeError from inside the reader, aborting a folder run)."""
+    edit, expected = DAMAGE[damage]
+    bag = _write(tmp_path / "bag")
+    if damage == "no bag information":
+        (bag / "metadata.yaml").write_text("something_else: {version: 9}\n")
+    else:
+        _edit_metadata(bag, edit)
+    counts, issues = count_messages(bag)
+    assert counts == TOPICS
+    assert len(issues) == 1 and issues[0].file == "metadata.yaml"
+    text = str(issues[0])
+    assert expected in text and "reading the storage files" in text and "\n" not in text
+
+
+def test_metadata_yaml_error_is_one_line(tmp_path: Path) -> None:
+    bag = _write(tmp_path / "bag")
+    (bag / "metadata.yaml").write_text("rosbag2_bagfile_information:\n  version: 9\n   bad: [\n")
+    counts, issues = count_messages(bag)
+    assert counts == TOPICS
+    assert "not valid YAML" in str(issues[0]) and "line " in str(issues[0]) and "\n" not in str(issues[0])
+
+
+def test_zstd_messages_without_metadata(tmp_path: Path) -> None:
+    """The crashed-recorder case with per-message zstd: no metadata.yaml says the payloads are
+    compressed, the zstd magic number does (all were undecodable before)."""
+    bag = _write(tmp_path / "bag", compression="message")
+    (bag / "metadata.yaml").unlink()
+    counts, issues = count_messages(bag)
+    assert counts == TOPICS and not issues
+    assert [im.tobytes() for im in _decoded_images(bag)] == [f.tobytes() for f, _ in FRAMES]
+
+
+def test_zstd_message_bomb_refused(tmp_path: Path) -> None:
+    from pebal_ros.replay import bag as bagmod
+
+    bag = _write(tmp_path / "bag", compression="message")
+    limit = bagmod.MAX_MESSAGE_BYTES
+    try:
+        bagmod.MAX_MESSAGE_BYTES = 1000        # every 2880-byte frame now counts as too large
+        with BagReader(bag) as reader:
+            got = [m.topic for m in reader.messages(["/camera/image_raw"])]
+            issues = [str(i) for i in reader.issues]
+    finally:
+        bagmod.MAX_MESSAGE_BYTES = limit
+    assert got == [] and len(issues) == 6 and "more than 1,000 bytes when decompressed" in issues[0]

@@ -20,12 +20,11 @@ def test_latency_stats_match_numpy() -> None:
 
 
 def test_topk_keeps_largest_in_order_ties_to_earliest() -> None:
-    top = rep.TopK(k=3, width=8)
-    img = np.zeros((4, 8, 3), np.uint8)
+    top = rep.TopK(k=3)
     for i, f in enumerate([0.1, 0.5, 0.5, 0.05, 0.9, 0.2]):
         if top.wants(f):
-            top.add(f, f"#{i}", img)
-    assert [(f, t) for f, t, _ in top.items()] == [(0.9, "#4"), (0.5, "#1"), (0.5, "#2")]
+            top.add(f, f"#{i}")
+    assert top.items() == [(0.9, "#4"), (0.5, "#1"), (0.5, "#2")]
 
 
 def test_output_topics_follow_the_launch_file() -> None:

@@ -319,3 +319,86 @@ def test_report_without_labels_has_no_ground_truth_rows(drive: Path, runtime, tm
     labelled = replay_bag(drive, runtime, tmp_path / "labelled", _opts())
     assert "ground_truth_metrics" in labelled.summary["timing"]["stages_ms_per_frame"]
     assert "Accuracy against ground truth" in (labelled.report_dir / "report.html").read_text()
+
+
+def test_folder_run_survives_damaged_metadata_and_zstd_without_metadata(model: Path, tmp_path: Path, capsys,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renamed metadata key used to raise KeyError and abort the whole folder run; an intact MCAP
+    with zstd-compressed messages and no metadata.yaml gave 0 of 8 frames. Now each bag is replayed
+    from what it holds, and a bug met on one bag fails that bag alone, in one line."""
+    import yaml
+
+    from pebal_ros.cli import main
+    from pebal_ros.replay import replay as replay_mod
+
+    bags = tmp_path / "bags"
+    write_recording(bags / "a_renamed_key", frames(4))
+    meta = bags / "a_renamed_key" / "metadata.yaml"
+    doc = yaml.safe_load(meta.read_text())
+    tm = doc["rosbag2_bagfile_information"]["topics_with_message_count"][0]["topic_metadata"]
+    tm["nam"] = tm.pop("name")
+    meta.write_text(yaml.safe_dump(doc))
+    write_recording(bags / "b_crashed_zstd", frames(8), compression="message", label_topic=None)
+    (bags / "b_crashed_zstd" / "metadata.yaml").unlink()
+    write_recording(bags / "c_plain", frames(3))
+    common = ["--model", str(model), "--threshold", str(THR), "--no-progress"]
+    assert main(["replay", str(bags), "--out", str(tmp_path / "out"), *common]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    index = {Path(r["bag"]).name: r for r in json.loads((tmp_path / "out" / "summary.json").read_text())}
+    assert index["a_renamed_key"]["status_text"].startswith("4 of 4 frames processed")
+    assert any("has no 'name'" in i for i in index["a_renamed_key"]["issues"])
+    assert index["b_crashed_zstd"]["status_text"] == "8 of 8 frames processed"
+    assert index["c_plain"]["status_text"] == "3 of 3 frames processed"
+
+    real = replay_mod.replay_bag
+
+    def buggy(bag, *a, **kw):      # a bug that only one bag meets
+        if Path(bag).name == "a_renamed_key":
+            raise KeyError("name")
+        return real(bag, *a, **kw)
+
+    monkeypatch.setattr("pebal_ros.replay.cli.replay_bag", buggy)
+    assert main(["replay", str(bags), "--out", str(tmp_path / "out2"), *common]) == 1
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "a_renamed_key" in x)
+    assert "KeyError: 'name'" in line and "a bug in pebal" in line and "Traceback" not in err
+    index = {Path(r["bag"]).name: r for r in json.loads((tmp_path / "out2" / "summary.json").read_text())}
+    assert index["b_crashed_zstd"]["exit_code"] == 0 and index["c_plain"]["exit_code"] == 0
+
+
+def test_labelled_anomalies_found_and_missed_in_words(drive: Path, runtime, tmp_path: Path) -> None:
+    """Each labelled anomaly (one square per frame here) is counted as detected / partly / missed
+    from the result bag's own masks, the report says so in words, and the contact sheets outline
+    the labels (the report used to show AP 0.5 % and nothing else while the animal went unflagged)."""
+    import cv2
+
+    from pebal_ros.replay.report import TRUTH_COLOR
+
+    res = replay_bag(drive, runtime, tmp_path / "out", _opts())
+    gt = res.summary["deterministic"]["ground_truth"]
+    masks = [m.data.reshape(m.height, m.width) > 0 for _, m in _read(res.result_bag)["/pebal/anomaly_mask"]]
+    objects = [(i, int((lab == 1).sum()), int((masks[i] & (lab == 1)).sum()))
+               for i, (_, lab) in enumerate(frames(10)) if (lab == 1).any()]
+    obj = gt["objects"]
+    assert obj["labelled"] == len(objects) == 7
+    assert obj["missed"] == sum(f == 0 for _, _, f in objects)
+    assert obj["detected"] == sum(f >= 0.5 * a for _, a, f in objects)
+    assert obj["partly"] == len(objects) - obj["missed"] - obj["detected"]
+    labels = np.concatenate([lab.reshape(-1) for _, lab in frames(10)])
+    flagged = np.concatenate([m.reshape(-1) for m in masks])
+    assert gt["flagged_share"]["anomaly_pixels"] == pytest.approx(flagged[labels == 1].mean())
+    assert gt["flagged_share"]["inlier_pixels"] == pytest.approx(flagged[labels == 0].mean())
+    sheet = cv2.cvtColor(cv2.imread(str(res.report_dir / "contact_sheet.png")), cv2.COLOR_BGR2RGB)
+    assert (sheet == TRUTH_COLOR).all(-1).sum() > 0            # the labels are outlined
+
+    # Nothing can pass a threshold of 100: every labelled square is missed, and named.
+    blind = replay_bag(drive, runtime, tmp_path / "blind", _opts(threshold=100.0))
+    obj = blind.summary["deterministic"]["ground_truth"]["objects"]
+    assert (obj["labelled"], obj["detected"], obj["partly"], obj["missed"]) == (7, 0, 0, 7)
+    page = (blind.report_dir / "report.html").read_text()
+    assert "The detector found none of the labelled anomalies." in page
+    first = f"missed: the labelled anomaly in frame /camera/image_raw #1 (0 of {objects[0][1]} pixels flagged)"
+    assert objects[0][0] == 1 and first in page
+    misses = cv2.cvtColor(cv2.imread(str(blind.report_dir / "misses.png")), cv2.COLOR_BGR2RGB)
+    assert (misses == TRUTH_COLOR).all(-1).sum() > 0 and "misses.png" in page

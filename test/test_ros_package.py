@@ -324,6 +324,35 @@ def test_rviz_config_shows_camera_and_outputs():
     assert displays["Camera"]["Topic"]["Reliability Policy"] == "Best Effort"
 
 
+def test_rviz_config_layout_and_no_tf_needed():
+    """The saved window layout (Qt's QMainWindow state, rviz/make_layout.py) places every image
+    display's panel and the Displays panel; RViz matches them by name, so a renamed display would
+    silently fall back to a thumbnail. The identity transformer keeps the Global Status OK without TF
+    (the RViz test, test/ros/ros_rviz.py, checks both on screen)."""
+    import yaml
+    cfg = yaml.safe_load((REPO / "rviz" / "pebal.rviz").read_text())
+    geometry = cfg["Window Geometry"]
+    state = bytes.fromhex(geometry["QMainWindow State"])
+    names = [d["Name"] for d in cfg["Visualization Manager"]["Displays"]] + [p["Name"] for p in cfg["Panels"]]
+    for name in names:   # QDataStream writes a QString as its length and UTF-16BE
+        encoded = name.encode("utf-16-be")
+        assert len(encoded).to_bytes(4, "big") + encoded in state, f"{name!r} has no place in the saved layout"
+    assert geometry["Hide Left Dock"] is False and geometry["Hide Right Dock"] is False
+    assert (geometry["Width"], geometry["Height"]) == (1920, 1080)   # the size the layout was made for
+    assert cfg["Visualization Manager"]["Transformation"]["Current"]["Class"] == "rviz_common/Identity"
+
+
+def test_launch_rviz_camera_selects_the_camera_rviz_shows(launch_mod):
+    _, actions = _run(launch_mod, rviz="true", cameras="front:/cam_front/image_raw,rear", rviz_camera="rear")
+    (rviz,) = _nodes(actions, "rviz2")
+    cfg = Path(rviz.kwargs["arguments"][1])
+    text = cfg.read_text()
+    cfg.unlink()
+    assert "Value: /rear/pebal/overlay" in text and "Value: /rear/image_raw\n" in text and "front" not in text
+    with pytest.raises(ValueError, match="not one of the cameras"):
+        _run(launch_mod, cameras="front,rear", rviz_camera="left")
+
+
 def test_launch_rviz_without_rviz2_says_so_and_keeps_detectors():
     mod = _load_launch_with_stand_ins(REPO, missing=("rviz2",))
     _, actions = _run(mod, rviz="true", cameras="front,rear")

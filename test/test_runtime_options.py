@@ -192,7 +192,7 @@ def test_gpu_option_with_device_auto_without_cuda(ckpt: Path) -> None:
 
 def test_fp16_checkpoint_on_onnxruntime_asks_for_a_half_export(ckpt: Path, monkeypatch) -> None:
     import pebal_ros.export.onnx as exporter
-    from pebal_ros.open_model import _cache_name, cached_onnx
+    from pebal_ros.open_model import cached_onnx, export_key
 
     calls: list[bool] = []
     monkeypatch.setattr(exporter, "export_checkpoint", lambda *a, half=False, **k: calls.append(half))
@@ -203,7 +203,7 @@ def test_fp16_checkpoint_on_onnxruntime_asks_for_a_half_export(ckpt: Path, monke
             cached_onnx(s, quiet=True)
     assert calls == [False, True]
     # an FP16 export is its own cache entry, never confused with the FP32 one
-    assert _cache_name(ckpt, (H, W), fp32) != _cache_name(ckpt, (H, W), fp16)
+    assert export_key(fp32, (H, W)) != export_key(fp16, (H, W))
 
 
 @pytest.mark.slow

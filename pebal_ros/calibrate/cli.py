@@ -41,8 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model (.onnx/.pt/.pth/.engine); default: the bundled model")
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
-    from ..model_settings import add_runtime_arguments
+    from ..model_settings import add_input_arguments, add_runtime_arguments
     add_runtime_arguments(p)
+    add_input_arguments(p)
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help="network input size of a .pt/.pth checkpoint (default: its config's); the "
                    "threshold holds for this size only")
@@ -88,10 +89,11 @@ def _target(args: argparse.Namespace) -> tuple[str, float]:
 
 
 def network_min_area(min_area_camera: int, camera: tuple[int, int], network: tuple[int, int]) -> int:
-    """The node's rule (pipeline/frame.py): regions are found at network resolution, so the camera-pixel
-    area is scaled by the resize factor."""
-    scale = (camera[0] / network[0]) * (camera[1] / network[1])
-    return max(1, int(round(min_area_camera / scale)))
+    """The node's rule (pipeline/frame.py): regions are found at network resolution, and one counts
+    when its area scaled to camera pixels reaches ``min_area_camera``."""
+    from ..pipeline.regions import min_area_at_scale
+
+    return min_area_at_scale(min_area_camera, (camera[1] / network[1]) * (camera[0] / network[0]))
 
 
 def _pct(x: float) -> str:
@@ -116,7 +118,8 @@ def format_table(stats: Any, thresholds: list[float], chosen: float) -> str:
     return "\n".join(lines)
 
 
-def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress: bool = True) -> Any:
+def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress: bool = True,
+               max_pixels: int | None = None) -> Any:
     """Every frame through the runtime's per-frame pipeline into a :class:`CalibrationStats`; a frame
     that fails is counted in its source's skips with the reason, and the others go on."""
     from tqdm import tqdm
@@ -127,8 +130,9 @@ def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress
 
     # Network-resolution outputs for the normal frames: what the node's status and regions describe;
     # camera resolution for labelled frames, whose labels are the truth at the image's size.
-    net_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="network", outputs=()))
-    cam_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="camera", outputs=()))
+    cap = {} if max_pixels is None else {"max_decoded_pixels": max_pixels}   # bag frames: the pipeline decodes
+    net_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="network", outputs=(), **cap))
+    cam_pipe = FramePipeline(runtime, PipelineConfig(threshold=0.0, output_resolution="camera", outputs=(), **cap))
 
     def run(pipe: FramePipeline, frame: Any) -> Any:
         if frame.msg is not None:
@@ -160,10 +164,33 @@ def accumulate(runtime: Any, normal: Any, labelled: Any, min_area: int, progress
     return stats
 
 
-def main(args: argparse.Namespace) -> int:
+class ScoringFailed(Exception):
+    """The frames could not be scored at all (no model, no cluster); the message says why."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def score_here(settings: Any, normal: Any, labelled: Any, min_area: int,
+               progress: bool) -> tuple[Any, tuple[int, int] | None]:
+    """Every frame scored in this process: the statistics and the network's input size."""
+    from ..open_model import open_runtime
+
+    try:
+        runtime = open_runtime(settings)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        raise ScoringFailed(f"cannot load the model: {exc}") from None
+    stats = accumulate(runtime, normal, labelled, min_area, progress=progress,
+                       max_pixels=settings.config.input.max_decoded_pixels)
+    return stats, tuple(runtime.input_size) if getattr(runtime, "input_size", None) else None
+
+
+def main(args: argparse.Namespace, score: Any = score_here) -> int:
+    """``score``: how the frames are scored (:func:`score_here`; ``pebal calibrate --ray`` passes the
+    fleet's, which scores the bags on a Ray cluster and merges the statistics exactly)."""
     from ..calibration import Calibration, file_sha256, sidecar_path, write_calibration
     from ..model_settings import command_settings, model_problem
-    from ..open_model import open_runtime
     from .plot import write_plot
     from .sources import LabelledFrames, NormalFrames, SourceError
     from .stats import CalibrationTargetError
@@ -199,17 +226,17 @@ def main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         return _fail(model_problem(exc))
     print(f"{PROG}: {settings.summary()}", flush=True)   # its own warnings would say "calibrate": we are
-    try:
-        runtime = open_runtime(settings)
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
-        return _fail(f"cannot load the model: {exc}")
     model = settings.model
     min_area = int(settings.inference.min_region_area)
     if min_area < 1:
         return _fail(f"--min-region-area must be >= 1, got {min_area}")
 
+    # image files are read lazily, so the cap resolved with the settings still applies to them
+    normal.max_pixels = labelled.max_pixels = settings.config.input.max_decoded_pixels
     try:
-        stats = accumulate(runtime, normal, labelled, min_area, progress=not args.no_progress)
+        stats, net_size = score(settings, normal, labelled, min_area, not args.no_progress)
+    except ScoringFailed as exc:
+        return _fail(str(exc), exc.code)
     except SourceError as exc:
         return _fail(str(exc))
     for what, skips in (("normal", normal.skips), ("anomaly", labelled.skips)):
@@ -232,7 +259,6 @@ def main(args: argparse.Namespace) -> int:
     achieved = stats.figures(threshold)
     achieved.update(stats.labelled_metrics())
     achieved["normal_pixels"] = float(stats.normal_pixels)
-    net_size = tuple(runtime.input_size) if getattr(runtime, "input_size", None) else None
     print(f"\n{stats.frames} normal frame(s), {stats.normal_pixels} pixels"
           + (f"; {len(labelled) - labelled.skips.total} labelled anomaly frame(s), "
              f"{stats.anomaly_pixels} anomalous pixels" if len(labelled) else "")

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from ..image_limits import DEFAULT_MAX_PIXELS
 from ..labels import ANOMALY_LABEL, VOID_LABEL
 
 
@@ -59,16 +59,19 @@ class NormalFrames:
     ``topics``: image topics to read from bags (default: every Image/CompressedImage topic that is
     not a label topic, as ``pebal replay`` picks them). ``every``: use every N-th frame per topic
     (consecutive camera frames are nearly identical). ``max_frames``: stop after N frames in all.
+    ``max_pixels``: image files declaring more pixels are skipped with the reason, undecoded (bag
+    frames are capped by the pipeline that decodes them).
     """
 
     def __init__(self, inputs: list[str | Path], topics: list[str] | None = None, every: int = 1,
-                 max_frames: int | None = None, recursive: bool = False) -> None:
+                 max_frames: int | None = None, recursive: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         from ..data.io import collect_images
         from ..replay.bag import is_bag
 
         if every < 1:
             raise SourceError(f"--every must be >= 1, got {every}")
-        self.topics, self.every, self.max_frames = topics, every, max_frames
+        self.topics, self.every, self.max_frames, self.max_pixels = topics, every, max_frames, max_pixels
         self.bags: list[Path] = []
         self.images: list[Path] = []
         self.problems: list[str] = []
@@ -155,12 +158,17 @@ class NormalFrames:
                     yield Frame(f"{bag.name}:{raw.topic}#{i}", msg=msg)
                 for issue in reader.issues:
                     self.skips.add(f"bag read problem: {issue}")
+        from ..data.io import read_rgb
         for path in self.images:
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
+            try:
+                rgb = read_rgb(path, self.max_pixels)
+            except FileNotFoundError:
                 self.skips.add(f"{path}: not a readable image")
                 continue
-            yield Frame(path.name, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            except ValueError as exc:   # over the decode cap: the reason names the file, size and cap
+                self.skips.add(str(exc))
+                continue
+            yield Frame(path.name, rgb=rgb)
 
 
 # -- labelled anomaly frames --------------------------------------------------------------------
@@ -170,9 +178,10 @@ class LabelledFrames:
     by file stem (``x.jpg`` <-> ``x.png``; a ``_leftImg8bit`` image suffix may be dropped)."""
 
     def __init__(self, datasets: list[str] | None = None, images: str | Path | None = None,
-                 labels: str | Path | None = None) -> None:
+                 labels: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         from ..data.benchmarks import BENCHMARKS, load_benchmark
 
+        self.max_pixels = max_pixels
         self.parts: list[tuple[str, Any]] = []
         for spec in datasets or []:
             name, sep, root = spec.partition("=")
@@ -212,7 +221,7 @@ class LabelledFrames:
                 yield Frame(item["name"], rgb=item["image"], label=item["label"])
         for img, lab in self.pairs:
             try:
-                rgb, label = read_rgb(img), read_label(lab)
+                rgb, label = read_rgb(img, self.max_pixels), read_label(lab, self.max_pixels)
                 check_same_size(rgb, label, img, lab)
             except (FileNotFoundError, ValueError) as exc:
                 self.skips.add(str(exc))

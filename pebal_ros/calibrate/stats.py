@@ -5,7 +5,9 @@ the fused graph and the node):
 
 * pixel false-positive rate: the fraction of pixels of the normal frames above ``t``. Streamed into
   the metrics' bounded-memory score histogram (:class:`pebal_ros.metrics.OODMetrics`, 2^20 bins), so
-  any number of frames costs the same memory; the rate at ``t`` is exact up to one bin width.
+  any number of frames costs the same memory; the rate at ``t`` is exact up to one bin width. The
+  histogram's bins depend on the lowest and highest score only, not on the order of the frames, so
+  accumulators of different bags merge exactly (:meth:`CalibrationStats.merge`).
 * frame alarm rate: the fraction of normal frames that hold a connected anomalous region of at least
   ``min_area`` pixels (the regions :func:`pebal_ros.pipeline.regions.find_regions` gives the node's
   status). Lowering ``t`` only grows the mask, and a region only grows or merges, so each frame alarms
@@ -123,6 +125,33 @@ class CalibrationStats:
     def add_labelled(self, score: np.ndarray, label: np.ndarray) -> None:
         """One labelled frame: ``label`` 0 inlier / 1 anomaly / 255 void, same shape as ``score``."""
         self.labelled.update(np.asarray(score, np.float32), label)
+
+    # -- several processes or machines ---------------------------------------------------------
+    def merge(self, other: "CalibrationStats") -> "CalibrationStats":
+        """Add another accumulator's frames: the result is what one pass over both sets of frames
+        gives (the histograms merge exactly; alarm levels and extremes do not depend on order), so
+        bags scored in parallel (``pebal calibrate --ray``) give the single-process threshold."""
+        self.normal.merge(other.normal)
+        self.labelled.merge(other.labelled)
+        self.levels.extend(other.levels)
+        self.score_min = min(self.score_min, other.score_min)
+        self.score_max = max(self.score_max, other.score_max)
+        return self
+
+    def state(self) -> dict:
+        """A compact copy (non-empty bins only) to send between processes; :meth:`from_state`."""
+        return {"normal": self.normal.state(), "labelled": self.labelled.state(),
+                "levels": np.asarray(self.levels, np.float64), "score_min": self.score_min,
+                "score_max": self.score_max}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "CalibrationStats":
+        out = cls(int(state["normal"]["num_bins"]))
+        out.normal = OODMetrics.from_state(state["normal"])
+        out.labelled = OODMetrics.from_state(state["labelled"])
+        out.levels = [float(v) for v in state["levels"]]
+        out.score_min, out.score_max = float(state["score_min"]), float(state["score_max"])
+        return out
 
     @property
     def frames(self) -> int:

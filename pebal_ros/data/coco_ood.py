@@ -175,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="COCO root with <split>/*.jpg and annotations/instances_<split>.json")
     parser.add_argument("--out", type=Path, default=None,
                         help="output root (default: the COCO root itself, as Meta-OoD does)")
-    parser.add_argument("--split", default="train2017")
+    parser.add_argument("--split", default="train2017", help="COCO split to read (default: train2017)")
     parser.add_argument("--annotations", type=Path, default=None, help="instances JSON (overrides the default path)")
     parser.add_argument("--min-size", type=int, default=MIN_IMAGE_SIZE,
                         help="minimum image height and width in pixels (Meta-OoD: 480)")

@@ -7,27 +7,40 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from ..image_limits import DEFAULT_MAX_PIXELS, ImageHeaderError, read_image
+
 # What cv2.imread reads and people keep camera frames in
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 H x W x 3 RGB (the network's channel order)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read image {path} (missing or not an image)")
+def _read(path: str | Path, flags: int, max_pixels: int, what: str) -> np.ndarray:
+    try:
+        img = read_image(path, flags, max_pixels)   # ImageTooLargeError (a ValueError) propagates
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read {what} {path} ({exc.strerror or exc})") from None
+    except ImageHeaderError as exc:
+        raise FileNotFoundError(f"cannot read {what} {path} (not an image: {exc})") from None
+    if img is None:
+        raise FileNotFoundError(f"cannot read {what} {path} (missing or not an image)")
+    return img
+
+
+def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as uint8 H x W x 3 RGB (the network's channel order); one that declares
+    more than ``max_pixels`` pixels raises :class:`~pebal_ros.image_limits.ImageTooLargeError`
+    (a ValueError) before it is decoded."""
+    bgr = _read(path, cv2.IMREAD_COLOR, max_pixels, "image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def read_label(path: str | Path) -> np.ndarray:
+def read_label(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a single-channel 8-bit label map (H x W uint8), keeping the stored values.
 
     ``IMREAD_UNCHANGED`` keeps the raw ids; ``IMREAD_GRAYSCALE`` would turn an RGB-stored map
-    into luminance. An RGB file is accepted only when its three channels are equal.
+    into luminance. An RGB file is accepted only when its three channels are equal. Capped at
+    ``max_pixels`` like :func:`read_rgb`.
     """
-    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if lab is None:
-        raise FileNotFoundError(f"cannot read label map {path} (missing or not an image)")
+    lab = _read(path, cv2.IMREAD_UNCHANGED, max_pixels, "label map")
     if lab.ndim == 3:
         if lab.shape[2] == 4:
             lab = lab[..., :3]

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..cache import write_atomic
 from ..graph.engine_cache import (EngineCache, EngineKey, StaleEngineError, read_sidecar, sha256_file,
                            shapes_string, write_sidecar)
 from .onnx import ExportSpec, parse_hw, read_spec
@@ -116,12 +117,14 @@ def calibration_frames(folder: str | Path, hw: tuple[int, int], channel_order: s
                        limit: int | None = None) -> Iterator[np.ndarray]:
     """uint8 HxWx3 frames (in the graph's channel order, resized to ``hw``) from an image folder."""
     import cv2
+
+    from ..image_limits import read_image
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder} for INT8 calibration")
     for path in files[:limit]:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        bgr = read_image(path, cv2.IMREAD_COLOR)   # the decode cap's default: a bomb raises, named
         if bgr is None:
             raise ValueError(f"cannot read calibration image {path}")
         if bgr.shape[:2] != tuple(hw):
@@ -302,8 +305,10 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
     if blob is None:
         raise RuntimeError("TensorRT failed to build the engine (see the log above)")
     seconds = time.perf_counter() - t0
-    planned.write_bytes(bytes(blob))
-    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    # mkstemp + os.replace: a reader never sees half an engine, and a symlink planted at the
+    # engine's name is replaced, never written through
+    write_atomic(planned, bytes(blob), mode=0o644)
+    write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()), mode=0o644)
     # model: the ONNX file's metadata, so the engine carries what the model is (model_settings)
     write_sidecar(planned, key, onnx_path=str(onnx_path), channel_order=spec.channel_order,
                   threshold=spec.threshold, fast=spec.fast, model=spec.to_metadata(), workspace_mib=workspace_mib,
@@ -319,7 +324,9 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, precis
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", required=True, help="fused .onnx written by `pebal export`")
     p.add_argument("--output", "-o", help="engine path (default: <onnx stem>.<precision>.engine beside it)")
-    p.add_argument("--precision", choices=("fp16", "fp32", "int8"), default="fp16")
+    p.add_argument("--precision", choices=("fp16", "fp32", "int8"), default="fp16",
+                   help="engine precision: fp16 (default), fp32, or int8 (calibrated on --calib-dir frames "
+                        "or --calib-cache)")
     p.add_argument("--workspace-mib", type=int, default=2048, help="builder workspace limit (MiB)")
     p.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside the ONNX)")
     p.add_argument("--min-hw", type=parse_hw, help="dynamic exports: profile minimum HEIGHTxWIDTH")

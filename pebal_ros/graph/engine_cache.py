@@ -6,14 +6,23 @@ ways or silently runs a different model. Every engine ``pebal build-engine`` wri
 a JSON sidecar (``x.engine.json``) holding its ``EngineKey``. Before deserializing, the runtime
 compares the sidecar with the machine it runs on and refuses a mismatch with a message saying
 what differs and how to rebuild; the builder reuses a cached engine only when the keys match.
+
+The sidecar also records the engine file's own SHA-256, checked before the engine is used (a
+truncated copy or a swapped file is refused, not deserialized). An engine cache folder follows the
+user cache's rules (:mod:`pebal_ros.cache`): it must be private (owned by the user, not writable by
+others), its engines and sidecars are regular files of this user, never symbolic links, and are
+written through ``mkstemp`` names and ``os.replace``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from .. import cache
 
 SIDECAR_SUFFIX = ".json"
 KEY_VERSION = 1
@@ -24,12 +33,8 @@ class StaleEngineError(RuntimeError):
     """The engine does not belong to this ONNX file / TensorRT / GPU / precision / shape set."""
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    return cache.file_sha256(path)
 
 
 @dataclass(frozen=True)
@@ -84,24 +89,50 @@ def sidecar_path(engine_path: str | Path) -> Path:
 
 
 def write_sidecar(engine_path: str | Path, key: EngineKey, **extra: Any) -> Path:
+    """The sidecar of ``engine_path`` (written atomically), with the engine file's SHA-256."""
     path = sidecar_path(engine_path)
-    payload = {"key_version": KEY_VERSION, **asdict(key), "digest": key.digest(), **extra}
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    payload = {"key_version": KEY_VERSION, **asdict(key), "digest": key.digest(),
+               "engine_sha256": sha256_file(engine_path), **extra}
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    return cache.write_atomic(path, text.encode("utf-8"), mode=0o644)
 
 
-def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
+MAX_SIDECAR_BYTES = 1 << 20
+
+
+def read_sidecar(engine_path: str | Path, text: bytes | None = None) -> dict[str, Any]:
+    """The sidecar of ``engine_path`` as a dict (``text``: its content, already read)."""
     path = sidecar_path(engine_path)
-    if not path.is_file():
+    if text is None and not path.is_file():
         raise StaleEngineError(
             f"{engine_path} has no {path.name} beside it, so nothing says which ONNX file, "
             "TensorRT version and GPU it was built for; refusing to load it blindly. Rebuild it with "
             "`pebal build-engine --onnx MODEL.onnx --output ENGINE` (or pass allow_unverified=True "
             "if you built it yourself with trtexec for this exact machine)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        if text is None:
+            with open(path, "rb") as fh:
+                text = fh.read(MAX_SIDECAR_BYTES + 1)
+        if len(text) > MAX_SIDECAR_BYTES:
+            raise ValueError(f"larger than {MAX_SIDECAR_BYTES} bytes")
+        meta = json.loads(text)
+    except (OSError, ValueError) as exc:
         raise StaleEngineError(f"{path}: unreadable engine sidecar ({exc})") from None
+    if not isinstance(meta, dict):
+        raise StaleEngineError(f"{path}: unreadable engine sidecar (not a JSON object)")
+    return meta
+
+
+def _engine_mismatch(engine_path: str | Path, meta: dict[str, Any], digest: str | None = None) -> str | None:
+    """Why the engine file is not the one its sidecar describes (None: it is)."""
+    recorded = meta.get("engine_sha256")
+    if not isinstance(recorded, str):
+        return "its sidecar does not record the engine's SHA-256 (written by an older pebal)"
+    digest = digest or sha256_file(engine_path)
+    if digest != recorded:
+        return (f"the engine file is not the one its sidecar describes (sha256 {digest[:12]}…, recorded "
+                f"{recorded[:12]}…): truncated, corrupted or replaced")
+    return None
 
 
 def verify_engine(engine_path: str | Path, tensorrt_version: str, gpu_name: str,
@@ -113,6 +144,10 @@ def verify_engine(engine_path: str | Path, tensorrt_version: str, gpu_name: str,
     meta = read_sidecar(engine_path)
     key = EngineKey.from_dict(meta)
     problems = []
+    if "engine_sha256" in meta:      # sidecars of older versions lack it: their other checks still apply
+        mismatch = _engine_mismatch(engine_path, meta)
+        if mismatch:
+            problems.append(mismatch)
     if key.tensorrt_version != tensorrt_version:
         problems.append(f"built with TensorRT {key.tensorrt_version}, this is TensorRT {tensorrt_version}")
     if key.gpu_name != gpu_name or key.compute_capability != compute_capability:
@@ -132,20 +167,36 @@ def verify_engine(engine_path: str | Path, tensorrt_version: str, gpu_name: str,
 
 
 class EngineCache:
-    """A directory of engines named by their key digest; a lookup hits only on an exact key."""
+    """A directory of engines named by their key digest; a lookup hits only on an exact key and an
+    engine file whose SHA-256 is the one its sidecar records. The directory must be private
+    (:func:`pebal_ros.cache.check_folder`: raises CacheError otherwise)."""
 
     def __init__(self, directory: str | Path):
-        self.dir = Path(directory)
+        self.dir = cache.check_folder(directory, what="engine cache folder")
 
     def path_for(self, key: EngineKey, stem: str = "pebal") -> Path:
         return self.dir / f"{stem}.{key.precision}.{key.digest()[:16]}.engine"
 
     def lookup(self, key: EngineKey, stem: str = "pebal") -> Path | None:
         path = self.path_for(key, stem)
-        if not path.is_file():
+        side = sidecar_path(path)
+        try:
+            meta = read_sidecar(path, cache.read_verified(side, MAX_SIDECAR_BYTES))
+            stored = EngineKey.from_dict(meta)
+            fd = cache.open_verified(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, StaleEngineError, ValueError) as exc:
+            cache.say_once(f"engine cache entry {path} not used ({exc}); rebuilding it")
             return None
         try:
-            stored = EngineKey.from_dict(read_sidecar(path))
-        except StaleEngineError:
+            digest = cache.sha256_fd(fd)
+        finally:
+            os.close(fd)
+        if stored != key:
             return None
-        return path if stored == key else None
+        mismatch = _engine_mismatch(path, meta, digest)
+        if mismatch:
+            cache.say_once(f"engine cache entry {path} not used: {mismatch}; rebuilding it")
+            return None
+        return path

@@ -12,7 +12,9 @@ frame of every camera in one batched inference per tick where the runtime has a 
 Threading: the subscription callbacks only put the frame into a one-deep mailbox per camera; a
 worker thread takes the newest frame of each camera, runs the shared ``FramePipeline`` and
 publishes. Frames replaced before the worker took them are counted as dropped, so inference never
-builds a backlog.
+builds a backlog. A model (re)load runs on a loader thread (``loader.py``) while the old model
+keeps serving, and is swapped in on the executor thread. SIGINT/SIGTERM stop the worker first,
+then the node, then the context (``main``), so no frame is published into a dead context.
 
     ros2 run pebal_ros detector_node --ros-args -r image:=/camera/image_raw -p model:=/path/model.onnx
 """
@@ -20,23 +22,25 @@ from __future__ import annotations
 
 import array
 import functools
+import math
 import os
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from pebal_msgs.msg import PebalStatus  # type: ignore[import-not-found]
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 
 from ..pipeline.convert import FrameError
@@ -44,13 +48,20 @@ from ..pipeline.frame import FramePipeline, RuntimeOutputError
 from ..pipeline.messages import OUTPUT_NAMES
 from ..paths import bundled_model
 from ..runtime.base import Runtime
+from ..textcap import capped
 from .camera_info import CameraInfoScaleError, camera_info_for_output
-from .params import PARAMS, ParamSpec, pipeline_config, resolve_node_settings, validate
+from .health import ERROR, OK, WARN, assess
+from .loader import BackgroundLoader, LoaderBusy, LoadResult, quick_model_check
+from .params import (EFFECTIVE_THRESHOLD, EFFECTIVE_THRESHOLD_DESCRIPTION, PARAMS, ParamSpec, pipeline_config,
+                     resolve_node_settings, validate)
 from .wire import Wire
 from .worker import LatestFrames, RunningStats, diagnostic_values
 
 OUTPUT_NAMESPACE = "pebal"
 PACKAGE = "pebal_ros"
+# parameters whose change means another runtime (loaded in the background)
+RELOAD_KEYS = ("model", "runtime", "device", "input_size", "precision", "cuda_graph", "compile", "threads", "batch")
+STOP_WAIT_S = 1.0   # how long a stop waits for the frame in progress (Ctrl-C must end the node within 2 s)
 
 
 def make_qos(kind: str, depth: int) -> QoSProfile:
@@ -106,7 +117,7 @@ class PebalDetector(Node):
             value = self.declare_parameter(name, spec.default, _descriptor(name, spec)).value
             reason = validate(name, value)
             if reason:   # a bad params file: refuse to start rather than run with a surprise
-                raise ValueError(f"parameter {reason}")
+                raise ValueError(f"parameter {capped(reason)}")
             self._values[name] = float(value) if isinstance(spec.default, float) else value
 
         # Frames arrive and outputs leave as serialized bytes, handled with rosbags' message classes
@@ -125,6 +136,12 @@ class PebalDetector(Node):
         self._model_threshold: float | None = None
         self._settings: Any = None          # pebal_ros.model_settings.ModelSettings in use
         self._warned: set[str] = set()
+        self._stopping = False              # set by stop(): nothing is published any more
+        self._load_error = ""               # why the last background load failed ('' once one succeeds)
+        self._reverting = False             # set while a failed load's parameters are put back
+        # the loader thread only wakes the executor; the swap runs there (_finish_load)
+        self._load_done = self.create_guard_condition(self._finish_load)
+        self._loader = BackgroundLoader(on_done=self._load_done.trigger)
 
         # Load the model; a missing or incompatible file is reported and the node stays up
         # (diagnostics say ERROR; setting a good `model` parameter recovers).
@@ -132,8 +149,8 @@ class PebalDetector(Node):
             self._pipeline, self._runtime_info, self._settings = self._build_pipeline(self._values)
             self._model_threshold = self._settings.threshold
         except Exception as exc:  # noqa: BLE001 - every loading failure is reported the same way
-            self._model_error = str(exc)
-            self.get_logger().error(f"no model loaded: {exc}")
+            self._model_error = capped(exc) or type(exc).__name__
+            self.get_logger().error(f"no model loaded: {self._model_error}")
 
         depth = int(self._values["qos_depth"])
         self._out_qos = make_qos(str(self._values["output_qos"]), depth)
@@ -153,7 +170,11 @@ class PebalDetector(Node):
                                                      self._out_qos)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(float(self._values["diagnostics_period"]), self._publish_diagnostics)
+        self._own_set = False     # the node itself updating effective_threshold
+        self.declare_parameter(EFFECTIVE_THRESHOLD, math.nan,
+                               ParameterDescriptor(name=EFFECTIVE_THRESHOLD, description=EFFECTIVE_THRESHOLD_DESCRIPTION))
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._show_effective_threshold()
 
         self._worker = threading.Thread(target=self._work, name="pebal_worker", daemon=True)
         self._worker.start()
@@ -161,7 +182,7 @@ class PebalDetector(Node):
                            for c in self.cameras)
         outputs = ", ".join(self.resolve_topic_name(c.topic(OUTPUT_NAMESPACE)) for c in self.cameras)
         self.get_logger().info(f"pebal detector ready: input {self._values['input_type']} on {inputs}, outputs "
-                               f"under {outputs}, runtime {self._runtime_info or 'none'}")
+                               f"under {outputs}, runtime {capped(self._runtime_info or 'none', 1024)}")
 
     # -- model / parameters -------------------------------------------------------------------
     def _build_pipeline(self, values: dict[str, Any], settings: Any = None) -> tuple[FramePipeline, dict[str, Any], Any]:
@@ -179,7 +200,7 @@ class PebalDetector(Node):
         info.setdefault("name", runtime.name)
         info["model"] = str(settings.model)
         info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, tuple, list))}
-        self.get_logger().info(f"loaded {settings.summary()}")
+        self.get_logger().info(f"loaded {capped(settings.summary(), 1024)}")
         self._log_warnings(settings)
         return pipeline, info, settings
 
@@ -189,7 +210,29 @@ class PebalDetector(Node):
                 self._warned.add(w)
                 self.get_logger().warning(w)
 
+    def _show_effective_threshold(self) -> None:
+        """Publish the threshold that runs as the effective_threshold parameter."""
+        pipeline = self._pipeline
+        value = float(pipeline.cfg.threshold) if pipeline is not None else math.nan
+        old = self.get_parameter(EFFECTIVE_THRESHOLD).value
+        if value == old or (math.isnan(value) and math.isnan(old)):
+            return
+        self._own_set = True
+        try:
+            self.set_parameters([Parameter(EFFECTIVE_THRESHOLD, Parameter.Type.DOUBLE, value)])
+        finally:
+            self._own_set = False
+
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate and apply a parameter change. Settings that need another runtime (RELOAD_KEYS)
+        are checked as far as that is cheap (the file exists, the settings resolve) and then loaded
+        in the background: the answer comes at once and the current model keeps serving; a load
+        that fails later is logged, shown in /diagnostics and its parameters are set back."""
+        if any(p.name == EFFECTIVE_THRESHOLD for p in params):
+            if self._own_set:
+                return SetParametersResult(successful=True)
+            return SetParametersResult(successful=False, reason=f"{EFFECTIVE_THRESHOLD} is read-only: it shows the "
+                                                                "threshold that runs; set threshold instead")
         new = dict(self._values)
         for p in params:
             if p.name not in PARAMS:
@@ -198,38 +241,101 @@ class PebalDetector(Node):
                 return SetParametersResult(successful=False, reason=f"{p.name} is read-only (set it at start-up)")
             reason = validate(p.name, p.value)
             if reason:
-                return SetParametersResult(successful=False, reason=reason)
+                return SetParametersResult(successful=False, reason=capped(reason))
             new[p.name] = float(p.value) if isinstance(PARAMS[p.name].default, float) else p.value
-        reload = (any(new[k] != self._values[k] for k in ("model", "runtime", "device", "input_size", "precision",
-                                                          "cuda_graph", "compile", "threads", "batch"))
-                  or self._pipeline is None or self._settings is None)
-        settings = self._settings
-        if not reload and any(new[k] != self._values[k] for k in ("threshold", "min_region_area")):
-            try:   # the model file was read already: only the layers change
-                settings = resolve_node_settings(new, self._settings.info)
-            except ValueError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
-        try:
-            cfg = pipeline_config(new, settings.threshold if settings is not None else None)
-        except ValueError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
+        if self._reverting:   # a failed load's own parameters going back to what runs
+            return SetParametersResult(successful=True)
+        # a reload: another value, or any reload parameter set while no model is loaded (a retry)
+        reload = any(p.name in RELOAD_KEYS and (new[p.name] != self._values[p.name] or self._pipeline is None)
+                     for p in params)
+        if reload and self._loader.loading:
+            return SetParametersResult(successful=False, reason=f"a model is loading: {self._loader.loading}; "
+                                                                "set it again when /diagnostics says it is done")
+        load_settings = None
         if reload:
+            model_changed = new["model"] != self._values["model"] or self._settings is None
             try:
-                pipeline, info, settings = self._build_pipeline(new)
-            except Exception as exc:  # noqa: BLE001 - reported to the caller, old model kept
-                return SetParametersResult(successful=False, reason=f"cannot load model: {exc}")
-        elif settings is not self._settings:
+                if model_changed:
+                    reason = quick_model_check(str(new["model"]), bundled_model)
+                    if reason:
+                        return SetParametersResult(successful=False, reason=f"cannot load model: {reason}")
+                else:   # the same file with other settings: resolving them is cheap and says what is wrong
+                    load_settings = resolve_node_settings(new, self._settings.info)
+                pipeline_config(new, load_settings.threshold if load_settings is not None else None)
+            except Exception as exc:  # noqa: BLE001 - settings, runtime or device refused: the reason, old model kept
+                return SetParametersResult(successful=False, reason=f"cannot load model: {capped(exc)}")
+        # everything else applies to the model in use now (and to the one loading, at the swap)
+        current = {k: (self._values[k] if k in RELOAD_KEYS else v) for k, v in new.items()}
+        settings = self._settings
+        if settings is not None and any(current[k] != self._values[k] for k in ("threshold", "min_region_area")):
+            try:   # the model file was read already: only the layers change
+                settings = resolve_node_settings(current, self._settings.info)
+            except ValueError as exc:
+                return SetParametersResult(successful=False, reason=capped(exc))
+        try:
+            cfg = pipeline_config(current, settings.threshold if settings is not None else None)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=capped(exc))
+        if settings is not self._settings:
             self._log_warnings(settings)
         with self._lock:
-            if reload:
-                self._pipeline, self._runtime_info = pipeline, info
-                self._model_error = ""
-            elif self._pipeline is not None:
+            if self._pipeline is not None:
                 self._pipeline.cfg = cfg
-            self._settings, self._model_threshold = settings, settings.threshold
-            self._values = new
-            self._update_publishers(list(new["outputs"]))
+            if settings is not None:
+                self._settings, self._model_threshold = settings, settings.threshold
+            self._values = current
+            self._update_publishers(list(current["outputs"]))
+        self._show_effective_threshold()
+        if reload:
+            request = {k: new[k] for k in RELOAD_KEYS}
+            what = str(new["model"]) or "the bundled model"
+            try:
+                self._loader.start(what, request, functools.partial(self._build_pipeline, new, load_settings))
+            except LoaderBusy as exc:   # only the executor thread starts loads: cannot happen, but say so
+                return SetParametersResult(successful=False, reason=f"a model is loading: {exc}")
+            running = self._runtime_info.get("model", "no model")
+            self.get_logger().info(f"loading {capped(what)} in the background; {capped(running)} keeps running")
         return SetParametersResult(successful=True)
+
+    def _finish_load(self) -> None:
+        """On the executor thread, when the loader is done: swap the new pipeline in, in one step, or
+        report why it failed and set its parameters back to what runs."""
+        result: LoadResult | None = self._loader.take()
+        if result is None:
+            return
+        request = result.request
+        values = {**self._values, **request}
+        error = result.error
+        if not error:
+            pipeline, info, settings = result.value
+            try:   # parameters set while it loaded (threshold, outputs, ...) apply to it too
+                settings = resolve_node_settings(values, settings.info)
+                pipeline.cfg = pipeline_config(values, settings.threshold)
+            except ValueError as exc:
+                error = capped(exc)
+        if error:
+            what = str(request["model"]) or "the bundled model"
+            running = self._runtime_info.get("model", "no model")
+            self._load_error = capped(f"{what}: {error}")
+            self.get_logger().error(f"cannot load model {capped(what)}: {error}; {capped(running)} keeps running")
+            back = [Parameter(k, value=self._values[k]) for k in RELOAD_KEYS
+                    if self.get_parameter(k).value != self._values[k]]
+            if back:
+                self._reverting = True
+                try:
+                    self.set_parameters(back)
+                finally:
+                    self._reverting = False
+            return
+        self._log_warnings(settings)
+        with self._lock:
+            self._pipeline, self._runtime_info = pipeline, info
+            self._settings, self._model_threshold = settings, settings.threshold
+            self._model_error = self._load_error = ""
+            self._values = values
+            self._update_publishers(list(values["outputs"]))
+        self._show_effective_threshold()
+        self.get_logger().info(f"now running {capped(info.get('model', ''))} (loaded in {result.seconds:.1f} s)")
 
     def _update_publishers(self, outputs: list[str]) -> None:
         for cam in self.cameras:
@@ -249,9 +355,9 @@ class PebalDetector(Node):
 
     # -- the worker ---------------------------------------------------------------------------
     def _work(self) -> None:
-        while rclpy.ok() and not self.frames.closed:
+        while not self.frames.closed and self.context.ok():
             items = self.frames.take_all(timeout=0.5)
-            if items:
+            if items and not self._stopping:
                 self._tick(items)
 
     def _tick(self, items: list[tuple[str, bytes, float]]) -> None:
@@ -266,7 +372,8 @@ class PebalDetector(Node):
             cam = by_name[name]
             if pipeline is None:
                 cam.stats.record_failure(f"no model loaded: {self._model_error}")
-                cam.logger.error(f"frame skipped, no model loaded: {self._model_error}", throttle_duration_sec=throttle)
+                cam.logger.error(f"frame skipped, no model loaded: {capped(self._model_error)}",
+                                 throttle_duration_sec=throttle)
                 continue
             wanted = [n for n, pub in pubs[name].items() if pub.get_subscription_count() > 0]
             want_info = cam.info_pub is not None and cam.info_pub.get_subscription_count() > 0
@@ -285,8 +392,12 @@ class PebalDetector(Node):
 
         def publisher(cam: CameraChannel) -> Any:
             cam_pubs, wire = pubs[cam.name], self.wire
-            # each output leaves as soon as it is built, the status first
-            return lambda name, out: cam_pubs[name].publish(wire.serialize(name, out))
+
+            def emit(name: str, out: Any) -> None:
+                # each output leaves as soon as it is built, the status first; none once stopping
+                if not self._stopping:
+                    cam_pubs[name].publish(wire.serialize(name, out))
+            return emit
 
         results: list[Any]
         try:
@@ -303,7 +414,7 @@ class PebalDetector(Node):
             if isinstance(result, Exception):
                 self._frame_failed(cam, result)
                 continue
-            if want_info and cam.info_pub is not None:
+            if want_info and cam.info_pub is not None and not self._stopping:
                 try:
                     self._publish_camera_info(cam, result.header, result.outputs.size)
                 except Exception as exc:  # noqa: BLE001 - e.g. a publisher destroyed by a parameter change
@@ -316,16 +427,19 @@ class PebalDetector(Node):
 
     def _frame_failed(self, cam: CameraChannel, exc: Exception) -> None:
         """Count and report a frame that produced no result; the node goes on with the next one."""
+        if self._stopping:   # e.g. the context went while the last frame was published: not an error
+            return
         throttle = float(self._values["warn_throttle_s"])
+        text = capped(exc)   # may quote what the sender chose (a 10 MB format...)
         if isinstance(exc, FrameError):
-            cam.stats.record_bad(str(exc))
-            cam.logger.warning(f"bad frame skipped: {exc}", throttle_duration_sec=throttle)
+            cam.stats.record_bad(text)
+            cam.logger.warning(f"bad frame skipped: {text}", throttle_duration_sec=throttle)
         elif isinstance(exc, RuntimeOutputError):
-            cam.stats.record_failure(str(exc))
-            cam.logger.error(str(exc), throttle_duration_sec=throttle)
+            cam.stats.record_failure(text)
+            cam.logger.error(text, throttle_duration_sec=throttle)
         else:   # anything else, e.g. a publisher destroyed by a parameter change while publishing
-            cam.stats.record_failure(f"{type(exc).__name__}: {exc}")
-            cam.logger.error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=throttle)
+            cam.stats.record_failure(f"{type(exc).__name__}: {text}")
+            cam.logger.error(f"frame failed: {type(exc).__name__}: {text}", throttle_duration_sec=throttle)
 
     def _publish_camera_info(self, cam: CameraChannel, header: Any, shape: tuple[int, ...]) -> None:
         info, pub = cam.camera_info, cam.info_pub
@@ -335,7 +449,7 @@ class PebalDetector(Node):
             out = camera_info_for_output(info, header, int(shape[1]), int(shape[0]), CameraInfo, RegionOfInterest,
                                          float_seq=lambda v: array.array("d", v.tobytes()))
         except CameraInfoScaleError as exc:
-            self.get_logger().warning(str(exc), throttle_duration_sec=60.0)
+            self.get_logger().warning(capped(exc), throttle_duration_sec=60.0)
             return
         pub.publish(out)
 
@@ -350,68 +464,89 @@ class PebalDetector(Node):
         st = DiagnosticStatus()
         st.name = f"{self.get_fully_qualified_name()}: PEBAL anomaly detector" + (f" ({cam.name})" if cam.name else "")
         st.hardware_id = str(self._runtime_info.get("name", "none"))
-        if self._pipeline is None:
-            st.level, st.message = DiagnosticStatus.ERROR, f"no model loaded: {self._model_error}"
-        elif snap.received == 0:
-            st.level, st.message = DiagnosticStatus.WARN, "no frames received yet"
-        elif snap.bad_frames or snap.failed:
-            st.level, st.message = DiagnosticStatus.WARN, f"{snap.bad_frames} bad / {snap.failed} failed frames"
-        else:
-            st.level, st.message = DiagnosticStatus.OK, f"{snap.rate_hz:.1f} Hz"
-        settings = self._settings
-        if settings is not None and not settings.threshold_calibrated and st.level == DiagnosticStatus.OK:
-            st.level = DiagnosticStatus.WARN
-            st.message += (f"; threshold {settings.threshold:.4g} not calibrated for this model "
-                           "(run pebal calibrate)")
+        settings, pipeline, loading = self._settings, self._pipeline, self._loader.loading
+        uncalibrated = settings is not None and not settings.threshold_calibrated
+        health = assess(snap.recent, snap.received, snap.window_s, snap.rate_hz,
+                        model_error=None if pipeline is not None else self._model_error,
+                        last_error=snap.last_error, loading=loading,
+                        uncalibrated_threshold=settings.threshold if uncalibrated else None)
+        st.level = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}[health.level]
+        st.message = capped(health.message, 1024)
         kv = diagnostic_values(snap, self._runtime_info)
         if settings is not None:
             kv += settings.as_key_values()
-        pipeline = self._pipeline
         if pipeline is not None:   # the threshold in use (parameter or the model's), not just the model's default
             kv.append(("threshold", f"{pipeline.cfg.threshold:g}"))
+        if loading:
+            kv.append(("model_loading", loading))
+        if self._load_error:
+            kv.append(("model_load_error", self._load_error))
         if len(self.cameras) > 1:
             kv.append(("cameras", ",".join(c.name for c in self.cameras)))   # served together, one batch per tick
-        st.values = [KeyValue(key=k, value=v) for k, v in kv]
+        # paths and errors come from parameters and senders: bounded, one line each
+        st.values = [KeyValue(key=k, value=capped(v)) for k, v in kv]
         return st
 
-    def destroy_node(self) -> None:
+    def stop(self, timeout: float = STOP_WAIT_S) -> bool:
+        """Stop taking and publishing frames and wait (up to ``timeout``) for the frame in progress:
+        called before the context goes, so nothing is published into a dead one. True when the
+        worker has ended."""
+        self._stopping = True
         self.frames.close()
         if self._worker.is_alive():
-            self._worker.join(timeout=1.5)   # Ctrl-C must end the node within 2 s, even mid-inference
-        super().destroy_node()
+            self._worker.join(timeout=timeout)
+        return not self._worker.is_alive()
 
-    @property
-    def busy(self) -> bool:
-        """The worker is still inside a frame (a slow model on a CPU) after ``destroy_node``."""
-        return self._worker.is_alive()
+    def destroy_node(self) -> None:
+        self.stop()
+        super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
+    # Our own SIGINT/SIGTERM handling instead of rclpy's: rclpy's handler shuts the context down at
+    # once, under a worker that is still publishing ("publisher's context is invalid"). Here a
+    # signal only ends the spin loop; then the worker stops, the node is destroyed, and only then
+    # the context goes.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    phase = ["starting"]
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+        if phase[0] == "starting":   # still loading the model: give up at once
+            raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     node: PebalDetector | None = None
     code = 0
     try:
         node = PebalDetector()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        phase[0] = "spinning"
+        while not stop.is_set() and rclpy.ok():
+            # a Python signal handler runs between callbacks: wake up at least every 0.1 s for it
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ValueError as exc:   # a bad parameter at start-up: one clear line, not a traceback
-        rclpy.logging.get_logger("pebal_detector").fatal(str(exc))
+        rclpy.logging.get_logger("pebal_detector").fatal(capped(exc, 1024))
         code = 1
     finally:
+        phase[0] = "stopping"    # a second signal now changes nothing
         if node is not None:
-            node.destroy_node()
+            node.destroy_node()      # the worker first, while the context is still valid
         if rclpy.ok():
             rclpy.shutdown()
-    if node is not None and node.busy:
-        # The worker is still in the runtime's native code (e.g. torch's thread pool): a normal
-        # interpreter exit would destroy those threads under it and abort ("terminate called
-        # without an active exception", exit -6). Nothing is left to save, so leave at once.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    if code:
-        raise SystemExit(code)
+    # Everything is shut down in order (worker, node, context, logging). What is left is the
+    # interpreter's own teardown of torch, ONNX Runtime and their thread pools: 1.3-1.8 s of a stop
+    # measured here, and where the worker is still in native code (a slow frame) or a model still
+    # loads, it would destroy those threads under them and abort ("terminate called without an
+    # active exception", exit -6). Nothing is left to save: leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ Kept out of the launch file so they are unit-tested without ROS 2.
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
 from dataclasses import dataclass
+from typing import Mapping, TextIO
 
 from ..pipeline.messages import OUTPUT_NAMES
-
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+from ..ros_names import check_namespace, check_topic
 
 # The topics the shipped rviz/pebal.rviz displays (namespace "", camera /camera/image_raw).
 RVIZ_CAMERA_TOPIC = "/camera/image_raw"
@@ -23,17 +25,12 @@ class Camera:
 
 
 def _check_namespace(ns: str) -> str:
-    ns = ns.strip().strip("/")
-    if ns and not all(_NAME.match(part) for part in ns.split("/")):
-        raise ValueError(f"invalid namespace {ns!r}: use letters, digits and '_' (parts separated by '/')")
-    return ns
+    """ROS's namespace rules (pebal_ros.ros_names); the namespace without surrounding '/'."""
+    return check_namespace(ns)
 
 
 def _check_topic(topic: str) -> str:
-    topic = topic.strip()
-    if not topic or not all(_NAME.match(part) for part in topic.strip("/").split("/")) or "//" in topic:
-        raise ValueError(f"invalid topic name {topic!r}")
-    return topic
+    return check_topic(topic)
 
 
 def parse_cameras(cameras: str, namespace: str = "", camera_topic: str = RVIZ_CAMERA_TOPIC) -> list[Camera]:
@@ -55,7 +52,7 @@ def parse_cameras(cameras: str, namespace: str = "", camera_topic: str = RVIZ_CA
         if not ns:
             raise ValueError(f"camera entry {entry!r} needs a namespace (ns:topic)")
         if namespace.strip("/"):
-            ns = f"{_check_namespace(namespace)}/{ns}"
+            ns = _check_namespace(f"{_check_namespace(namespace)}/{ns}")   # the whole one: its length too
         out.append(Camera(ns, _check_topic(topic or f"/{ns}/image_raw")))
     names = [c.namespace for c in out]
     if len(set(names)) != len(names):
@@ -106,6 +103,18 @@ def output_topic(namespace: str, name: str) -> str:
     return f"/{ns}/pebal/{name}" if ns else f"/pebal/{name}"
 
 
+def rviz_camera(cameras: list[Camera], name: str) -> Camera:
+    """The camera RViz shows: the one whose namespace is ``name`` (or ends in ``/name``), else the first."""
+    name = name.strip().strip("/")
+    if not name:
+        return cameras[0]
+    for cam in cameras:
+        if cam.namespace == name or cam.namespace.endswith("/" + name):
+            return cam
+    raise ValueError(f"rviz_camera {name!r} is not one of the cameras: "
+                     f"{', '.join(c.namespace or '(no namespace)' for c in cameras)}")
+
+
 def rviz_config_for(template: str, camera: Camera) -> str:
     """The shipped RViz config re-targeted to one camera's topics."""
     text = template.replace(f"Value: {RVIZ_CAMERA_TOPIC}\n", f"Value: {camera.topic}\n")
@@ -113,3 +122,17 @@ def rviz_config_for(template: str, camera: Camera) -> str:
     if ns:
         text = text.replace(f"Value: {RVIZ_OUTPUT_PREFIX}", f"Value: /{ns}{RVIZ_OUTPUT_PREFIX}")
     return text
+
+
+def emulate_tty(stream: TextIO | None = None, env: Mapping[str, str] | None = None) -> bool:
+    """Whether launch should give the node a pseudo-terminal (rcutils then colours its log lines):
+    only when launch's own output is a terminal and RCUTILS_COLORIZED_OUTPUT does not say 0. Else
+    the escape codes would land raw in a log file, a pipe or journald."""
+    stream = sys.stdout if stream is None else stream
+    env = os.environ if env is None else env
+    if env.get("RCUTILS_COLORIZED_OUTPUT", "").strip() == "0":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):   # a closed or unusual stream: no terminal
+        return False

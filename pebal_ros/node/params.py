@@ -8,21 +8,20 @@ callback: a bad value is rejected with the returned reason and the node keeps th
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import InferenceConfig, RuntimeConfig
+from ..config import MAX_DECODED_PIXELS_LIMIT, InferenceConfig, InputConfig, RuntimeConfig, threshold_problem
 from ..pipeline.convert import SUPPORTED_ENCODINGS
 from ..pipeline.frame import OUTPUT_RESOLUTIONS, PipelineConfig
 from ..pipeline.messages import OUTPUT_NAMES
+from ..ros_names import RULE, namespace_problem
 
 DEFAULT_THRESHOLD = InferenceConfig().threshold
 RUNTIMES = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_TYPES = ("raw", "compressed")
 QOS_CHOICES = ("sensor_data", "reliable", "best_effort")
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -34,10 +33,27 @@ class ParamSpec:
     float_range: tuple[float, float] | None = None
     int_range: tuple[int, int] | None = None
     check: Callable[[Any], str | None] | None = None   # extra check: reason or None
+    numeric_text: bool = False                    # a double that may arrive as text ("NaN")
 
 
 def _threshold(v: Any) -> str | None:
-    return None if (math.isfinite(v) or math.isnan(v)) else "must be a finite number (or NaN for the model's own)"
+    if math.isnan(v):
+        return None
+    reason = threshold_problem(v)
+    return f"{reason}; or NaN for the model's own" if reason else None
+
+
+def parse_number(value: Any) -> Any:
+    """A numeric parameter given as text ("NaN", "-3.5") as its number; anything else unchanged.
+
+    ``ros2 param set`` and ``-p`` read values as YAML, where ``NaN`` and ``1e3`` (no dot) are
+    strings: the documented ``threshold NaN`` must not be refused as "not a double"."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
 
 
 def _input_size(v: Any) -> str | None:
@@ -66,9 +82,9 @@ def _cameras(v: Any) -> str | None:
     names = [str(c).strip("/") for c in v]
     if len(set(names)) != len(names):
         return f"lists a camera twice: {list(v)}"
-    bad = [c for c in names if c and not all(_NAME.match(part) for part in c.split("/"))]
+    bad = [c for c in names if c and namespace_problem(c)]
     if bad:
-        return f"has invalid namespace(s) {bad}: use letters, digits and '_' (parts separated by '/')"
+        return f"has invalid namespace(s) {bad}: {namespace_problem(bad[0])} ({RULE})"
     return None
 
 
@@ -111,6 +127,11 @@ PARAMS: dict[str, ParamSpec] = {
     "input_encoding_override": ParamSpec(
         "", "Treat incoming raw images as this encoding instead of the message's (for drivers that label "
             "frames wrongly, e.g. 'bgr8' sent as '8UC3'). Empty: use the message's encoding.", check=_encoding),
+    "max_decoded_pixels": ParamSpec(
+        InputConfig.max_decoded_pixels, "Largest frame decoded, in pixels (width x height; default 8192x8192). "
+        "A larger frame (e.g. a 140 KB PNG declaring 12000x12000, a decompression bomb) is refused from its "
+        "header before anything is decoded, counted as a bad frame with the reason, and the next frame runs.",
+        int_range=(1, MAX_DECODED_PIXELS_LIMIT)),
     "use_camera_info": ParamSpec(False, "Subscribe to 'camera_info' and republish it, scaled to the output "
                                         "resolution and stamped like the outputs, on pebal/camera_info.",
                                  read_only=True),
@@ -120,9 +141,11 @@ PARAMS: dict[str, ParamSpec] = {
                                "inference per tick where the runtime has a batch dimension. [\"\"]: one camera "
                                "on the node's own topics.", read_only=True, check=_cameras),
     "threshold": ParamSpec(math.nan, "Anomaly threshold on the PEBAL score (free energy): score > threshold is "
-                                     "anomalous. NaN: the model's own (its calibration record, the threshold "
-                                     "stored in the model file or its preset; a warning when none was "
-                                     "calibrated for it).", check=_threshold),
+                                     "anomalous, between -1e6 and 1e6. NaN (also the text 'NaN'): the model's "
+                                     "own (its calibration record, the threshold stored in the model file or its "
+                                     "preset; a warning when none was calibrated for it). The threshold that "
+                                     "runs is the read-only parameter effective_threshold.",
+                           check=_threshold, numeric_text=True),
     "input_size": ParamSpec("", "Network input size HEIGHTxWIDTH (e.g. 512x1024) for a .pt model. Empty: the "
                                 "model's own (stored in the file; baked into .onnx/.engine files, which refuse "
                                 "another size).", check=_input_size),
@@ -155,6 +178,14 @@ PARAMS: dict[str, ParamSpec] = {
 }
 
 
+# Not in PARAMS (nothing to configure): the threshold that runs, for `ros2 param get`, where
+# `threshold` says NaN ("the model's own"). The node refuses any attempt to set it.
+EFFECTIVE_THRESHOLD = "effective_threshold"
+EFFECTIVE_THRESHOLD_DESCRIPTION = ("Read-only: the anomaly threshold the node runs with, after resolving threshold NaN to "
+                                   "the model's own (its calibration record, file or preset). NaN while no model is "
+                                   "loaded. Set `threshold` to change it.")
+
+
 def _type_name(v: Any) -> str:
     if isinstance(v, bool):
         return "bool"
@@ -174,6 +205,8 @@ def validate(name: str, value: Any) -> str | None:
     spec = PARAMS.get(name)
     if spec is None:
         return None   # not ours (e.g. use_sim_time): leave it to rclpy
+    if spec.numeric_text:
+        value = parse_number(value)
     want = _type_name(spec.default)
     got = _type_name(value)
     if want == "double" and got == "integer":
@@ -213,6 +246,7 @@ def pipeline_config(values: dict[str, Any], model_threshold: float | None = None
         overlay_alpha=float(values["overlay_alpha"]),
         overlay_boxes=bool(values["overlay_boxes"]),
         encoding_override=str(values["input_encoding_override"]),
+        max_decoded_pixels=int(values["max_decoded_pixels"]),
     ).validate()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..pipeline.convert import FrameError
 from ..pipeline.messages import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, OUTPUT_TYPES, MessageFactory, default_typestore
+from ..textcap import capped
 
 # The distributions whose message definitions rosbags ships; Image, CompressedImage, Header and
 # Time are the same in all of them, so an unknown (newer) distro uses the newest we know.
@@ -49,7 +50,7 @@ class Wire:
             return self._store.deserialize_cdr(memoryview(raw), self.input_type)
         except Exception as exc:  # noqa: BLE001 - rosbags raises several kinds for bad bytes
             raise UndecodableMessageError(
-                f"{len(raw)} bytes do not deserialize as {self.input_type} ({type(exc).__name__}: {exc})") from None
+                f"{len(raw)} bytes do not deserialize as {self.input_type} ({type(exc).__name__}: {capped(exc)})") from None
 
     def serialize(self, name: str, msg: Any) -> bytes:
         """CDR bytes of output ``name`` (a pipeline output message) for ``Publisher.publish``."""

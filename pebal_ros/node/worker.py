@@ -14,6 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..textcap import capped
+from .health import OutcomeWindow
+
 
 @dataclass(frozen=True)
 class SlotCounts:
@@ -87,14 +90,17 @@ class StatsSnapshot:
     stages_ms: dict[str, float] = field(default_factory=dict)   # median per non-inference stage
     non_inference_ms: float = 0.0   # median of the node's own work besides inference, per frame
     frames_per_inference: float = 0.0   # mean number of frames (cameras) that shared an inference call
+    recent: dict[str, int] = field(default_factory=dict)   # frames per outcome in the last window_s
+    window_s: float = 0.0
 
 
 class RunningStats:
-    """Counters plus a sliding window of latencies for /diagnostics (thread-safe)."""
+    """Counters plus a sliding window of latencies for /diagnostics (thread-safe); the outcomes of
+    the last ``health_window_s`` seconds of frames set the health level (pebal_ros.node.health)."""
 
     PERCENTILES = (50, 90, 99)
 
-    def __init__(self, window: int = 300):
+    def __init__(self, window: int = 300, health_window_s: float = 10.0):
         self._lock = threading.Lock()
         self._e2e: deque[float] = deque(maxlen=window)
         self._inf: deque[float] = deque(maxlen=window)
@@ -108,6 +114,7 @@ class RunningStats:
         self.failed = 0
         self.skipped_idle = 0
         self.last_error = ""
+        self.recent = OutcomeWindow(health_window_s)
 
     def record(self, e2e_ms: float, inference_ms: float, stages: dict[str, float] | None = None,
                now: float | None = None, batch: int = 1) -> None:
@@ -119,24 +126,28 @@ class RunningStats:
             self._e2e.append(e2e_ms)
             self._inf.append(inference_ms)
             self._times.append(time.perf_counter() if now is None else now)
+            self.recent.add("ok", self._times[-1])
             if stages:
                 for k, v in stages.items():
                     self._stages.setdefault(k, deque(maxlen=self._window)).append(v)
                 self._work.append(sum(stages.values()))
 
-    def record_bad(self, reason: str) -> None:
+    def record_bad(self, reason: str, now: float | None = None) -> None:
         with self._lock:
             self.bad_frames += 1
-            self.last_error = reason
+            self.last_error = capped(reason)   # a sender's text: never megabytes in every diagnostics message
+        self.recent.add("bad", now)
 
-    def record_failure(self, reason: str) -> None:
+    def record_failure(self, reason: str, now: float | None = None) -> None:
         with self._lock:
             self.failed += 1
-            self.last_error = reason
+            self.last_error = capped(reason)
+        self.recent.add("failed", now)
 
-    def record_idle(self) -> None:
+    def record_idle(self, now: float | None = None) -> None:
         with self._lock:
             self.skipped_idle += 1
+        self.recent.add("idle", now)
 
     @classmethod
     def _percentiles(cls, values: list[float]) -> dict[str, float]:
@@ -163,6 +174,7 @@ class RunningStats:
                 stages_ms={k: float(np.median(v)) for k, v in self._stages.items() if v},
                 non_inference_ms=float(np.median(self._work)) if self._work else 0.0,
                 frames_per_inference=float(np.mean(self._batch)) if self._batch else 0.0,
+                recent=self.recent.counts(now), window_s=self.recent.seconds,
             )
 
 
@@ -177,6 +189,9 @@ def diagnostic_values(snap: StatsSnapshot, runtime_info: dict[str, Any]) -> list
         ("frames_failed", str(snap.failed)),
         ("frames_skipped_no_subscribers", str(snap.skipped_idle)),
     ]
+    if snap.window_s:   # what the health level is judged on (the counts above are since start-up)
+        kv.append(("health_window_s", f"{snap.window_s:g}"))
+        kv += [(f"recent_frames_{k}", str(v)) for k, v in snap.recent.items()]
     for name, d in (("latency_ms", snap.e2e_ms), ("inference_ms", snap.inference_ms)):
         for k, v in d.items():
             kv.append((f"{name}_{k}", f"{v:.2f}"))

@@ -8,21 +8,32 @@ reshaped through strides, so the common ``rgb8``/``bgr8`` cases never copy the p
 
 Every problem with an incoming frame raises a subclass of :class:`FrameError` whose message says
 what was wrong and what was expected; the node logs it (throttled) and carries on, replay records
-it as the reason a frame was skipped.
+it as the reason a frame was skipped. A frame that declares more than ``max_pixels`` pixels
+(``input.max_decoded_pixels``) is refused before anything is decoded or converted: a compressed
+frame's size is read from its PNG/JPEG header (:mod:`pebal_ros.image_limits`).
 """
 from __future__ import annotations
 
 import array
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
+from .. import image_limits
+from ..image_limits import DEFAULT_MAX_PIXELS, ImageHeaderError, ImageTooLargeError
+from ..textcap import capped
+
 
 class FrameError(ValueError):
-    """An input frame that cannot be processed (the next frame may well be fine)."""
+    """An input frame that cannot be processed (the next frame may well be fine).
+
+    Its message quotes message fields the sender chose: it is capped (a backstop; each quoted field
+    is capped where it is quoted, so the reason itself stays readable)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(capped(message, 1024))
 
 
 class UnsupportedEncodingError(FrameError):
@@ -39,6 +50,10 @@ class EmptyImageError(FrameError):
 
 class CorruptCompressedImageError(FrameError):
     """A CompressedImage payload that does not decode (truncated, corrupt, not JPEG/PNG)."""
+
+
+class OversizedFrameError(FrameError, ImageTooLargeError):
+    """The frame declares more pixels than the decode cap (a decompression bomb, or a wrong header)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +116,7 @@ def encoding_info(encoding: str) -> EncodingInfo:
     if info is None:
         why = _REFUSED.get(encoding, "unknown encoding")
         raise UnsupportedEncodingError(
-            f"image encoding {encoding!r} is not supported ({why}); supported: {', '.join(SUPPORTED_ENCODINGS)}"
+            f"image encoding {capped(encoding)!r} is not supported ({why}); supported: {', '.join(SUPPORTED_ENCODINGS)}"
         )
     return info
 
@@ -116,7 +131,7 @@ def _as_u8_buffer(data: Any) -> np.ndarray:
     return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
-def image_view(msg: Any) -> tuple[np.ndarray, EncodingInfo]:
+def image_view(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, EncodingInfo]:
     """The message's pixels as an array in their native layout, a view of ``msg.data`` where possible.
 
     Returns (array, info): HxWxC for packed encodings (uint8 or native-endian uint16), Hx(2W) bytes
@@ -126,7 +141,8 @@ def image_view(msg: Any) -> tuple[np.ndarray, EncodingInfo]:
     info = encoding_info(encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
-        raise EmptyImageError(f"image has size {width}x{height} (encoding {encoding})")
+        raise EmptyImageError(f"image has size {width}x{height} (encoding {capped(encoding)})")
+    image_limits.check_pixels(height, width, max_pixels, f"{capped(encoding)} image", OversizedFrameError)
     buf = _as_u8_buffer(msg.data)
     if buf.size == 0:
         raise EmptyImageError(f"image {width}x{height} {encoding} has empty data")
@@ -176,16 +192,18 @@ def _to_u8(px: np.ndarray) -> np.ndarray:
     return cv2.convertScaleAbs(px, alpha=255.0 / 65535.0) if px.dtype == np.uint16 else px
 
 
-def image_to_array(msg: Any, order: str = "rgb", out: np.ndarray | None = None) -> np.ndarray:
+def image_to_array(msg: Any, order: str = "rgb", out: np.ndarray | None = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Convert a ``sensor_msgs/Image``-like message to uint8 HxWx3 in ``order`` ("rgb"/"bgr").
 
     The result is a view of the message's buffer when the encoding already matches ``order``
     (it may then be read-only and non-contiguous); otherwise it is written into ``out`` when
-    given with the right shape (buffer reuse across frames).
+    given with the right shape (buffer reuse across frames). More than ``max_pixels`` pixels:
+    :class:`OversizedFrameError`.
     """
     if order not in ("rgb", "bgr"):
         raise ValueError(f"order must be 'rgb' or 'bgr', got {order!r}")
-    px, info = image_view(msg)
+    px, info = image_view(msg, max_pixels)
     code = info.to_rgb if order == "rgb" else info.to_bgr
     if info.dtype == np.uint16 and info.kind == "packed" and "bayer" not in str(msg.encoding):
         px = _to_u8(px)
@@ -248,7 +266,7 @@ def float_image_fields(image: np.ndarray) -> dict[str, Any]:
 def float_image_from_msg(msg: Any) -> np.ndarray:
     """Read a ``32FC1`` image message back into float32 HxW (the score map)."""
     if str(msg.encoding) != "32FC1":
-        raise UnsupportedEncodingError(f"expected a 32FC1 image, got {msg.encoding!r}")
+        raise UnsupportedEncodingError(f"expected a 32FC1 image, got {capped(msg.encoding)!r}")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     buf = _as_u8_buffer(msg.data)
     if buf.size != h * step or step < w * 4 or step % 4:
@@ -270,7 +288,7 @@ def compressed_format_kind(fmt: str) -> str:
     f = fmt.lower()
     if "compresseddepth" in f:
         raise UnsupportedEncodingError(
-            f"CompressedImage format {fmt!r} is a compressedDepth image (depth, not colour); not supported"
+            f"CompressedImage format {capped(fmt)!r} is a compressedDepth image (depth, not colour); not supported"
         )
     if "jpeg" in f or "jpg" in f:
         return "jpeg"
@@ -278,7 +296,7 @@ def compressed_format_kind(fmt: str) -> str:
         return "png"
     if f.strip() == "":
         return ""   # unspecified: decide by magic bytes
-    raise UnsupportedEncodingError(f"CompressedImage format {fmt!r} is not supported; expected jpeg or png")
+    raise UnsupportedEncodingError(f"CompressedImage format {capped(fmt)!r} is not supported; expected jpeg or png")
 
 
 _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -286,27 +304,15 @@ _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_RE
 
 
 def jpeg_size(msg: Any) -> tuple[int, int] | None:
-    """(H, W) of a JPEG CompressedImage from its header alone (no decoding); None for anything else
-    (PNG, unreadable header). Pillow reads just the frame header."""
+    """(H, W) of a JPEG CompressedImage from its frame header alone (no decoding); None for anything
+    else (PNG, unreadable header: the full decode says what is wrong)."""
     buf = _as_u8_buffer(msg.data)
     if not buf[:3].tobytes().startswith(_JPEG_SOI):
         return None
-    from PIL import Image as PILImage
-
     try:
-        # the frame header sits before the entropy-coded data, within the first 64 KiB (the
-        # largest APPn segment) unless a file carries several: then read it all
-        for head in (buf[:65536], buf):
-            try:
-                with PILImage.open(io.BytesIO(head.tobytes()), formats=["JPEG"]) as im:
-                    w, h = im.size
-                return int(h), int(w)
-            except OSError:
-                if head.size == buf.size:
-                    raise
-    except Exception:  # noqa: BLE001 - a bad header: the full decode will say what is wrong
+        return image_limits.jpeg_size(buf)
+    except ImageHeaderError:
         return None
-    return None
 
 
 def jpeg_reduction(size: tuple[int, int], target: tuple[int, int]) -> int:
@@ -319,11 +325,14 @@ def jpeg_reduction(size: tuple[int, int], target: tuple[int, int]) -> int:
     return 1
 
 
-def compressed_to_array(msg: Any, order: str = "rgb", reduce: int = 1) -> np.ndarray:
+def compressed_to_array(msg: Any, order: str = "rgb", reduce: int = 1,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage``-like message (JPEG or PNG) to uint8 HxWx3.
 
     ``reduce`` (2, 4 or 8; JPEG only): decode at that fraction of the size in libjpeg's DCT, giving
-    ceil(H / reduce) x ceil(W / reduce) pixels.
+    ceil(H / reduce) x ceil(W / reduce) pixels. The size the header declares, not the reduced one,
+    must be within ``max_pixels`` (:class:`OversizedFrameError`): libjpeg's buffers for a
+    progressive JPEG follow the declared size at any scale, and the overlay decodes it whole.
     """
     if order not in ("rgb", "bgr"):
         raise ValueError(f"order must be 'rgb' or 'bgr', got {order!r}")
@@ -332,7 +341,7 @@ def compressed_to_array(msg: Any, order: str = "rgb", reduce: int = 1) -> np.nda
     declared = compressed_format_kind(str(msg.format))
     buf = _as_u8_buffer(msg.data)
     if buf.size == 0:
-        raise EmptyImageError(f"CompressedImage ({msg.format!r}) has empty data")
+        raise EmptyImageError(f"CompressedImage ({capped(msg.format)!r}) has empty data")
     head = buf[:8].tobytes()
     if head.startswith(_JPEG_SOI):
         actual = "jpeg"
@@ -348,13 +357,19 @@ def compressed_to_array(msg: Any, order: str = "rgb", reduce: int = 1) -> np.nda
             raise CorruptCompressedImageError(f"PNG payload of {buf.size} bytes has no IEND chunk (truncated?)")
     else:
         raise CorruptCompressedImageError(
-            f"CompressedImage payload ({buf.size} bytes, format {msg.format!r}) is neither JPEG nor PNG "
+            f"CompressedImage payload ({buf.size} bytes, format {capped(msg.format)!r}) is neither JPEG nor PNG "
             f"(starts with {head[:4].hex()})"
         )
     if declared and declared != actual:
         raise CorruptCompressedImageError(f"CompressedImage format says {declared} but the payload is {actual}")
     if reduce != 1 and actual != "jpeg":
         raise ValueError(f"reduce={reduce} needs a JPEG payload, got {actual}")
+    try:
+        height, width = image_limits.png_size(buf) if actual == "png" else image_limits.jpeg_size(buf)
+    except ImageHeaderError as exc:
+        raise CorruptCompressedImageError(f"{actual.upper()} payload of {buf.size} bytes: {exc}") from None
+    image_limits.check_pixels(height, width, max_pixels, f"{actual.upper()} payload of {buf.size} bytes",
+                              OversizedFrameError)
     img = cv2.imdecode(buf, _REDUCED[reduce])
     if img is None or img.size == 0:
         raise CorruptCompressedImageError(f"{actual.upper()} payload of {buf.size} bytes does not decode")
@@ -389,10 +404,11 @@ def is_compressed(msg: Any) -> bool:
     return hasattr(msg, "format") and not hasattr(msg, "encoding")
 
 
-def msg_to_array(msg: Any, order: str = "rgb", out: np.ndarray | None = None) -> np.ndarray:
-    """Image or CompressedImage -> uint8 HxWx3 in ``order``."""
+def msg_to_array(msg: Any, order: str = "rgb", out: np.ndarray | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Image or CompressedImage -> uint8 HxWx3 in ``order``; more than ``max_pixels`` pixels is refused."""
     if is_compressed(msg):
-        return compressed_to_array(msg, order)
+        return compressed_to_array(msg, order, max_pixels=max_pixels)
     if not hasattr(msg, "encoding"):
         raise UnsupportedEncodingError(f"{type(msg).__name__} is neither a sensor_msgs Image nor CompressedImage")
-    return image_to_array(msg, order, out)
+    return image_to_array(msg, order, out, max_pixels)

@@ -24,12 +24,12 @@ from typing import Any, Callable, Collection, Sequence
 import cv2
 import numpy as np
 
-from ..config import InferenceConfig
+from ..config import InferenceConfig, InputConfig, threshold_problem
 from ..runtime.base import FrameOutputs, Runtime, infer_many, supports_batch
 from .convert import (SUPPORTED_ENCODINGS, FrameError, compressed_to_array, is_compressed, jpeg_reduction,
                       jpeg_size, msg_to_array)
 from .messages import OUTPUT_ENCODINGS, OUTPUT_NAMES, MessageFactory, StatusFields
-from .regions import Region, find_regions
+from .regions import Region, find_regions, min_area_at_scale
 from .visualize import colorize, overlay
 
 OUTPUT_RESOLUTIONS = ("camera", "network")
@@ -51,10 +51,12 @@ class PipelineConfig:
     overlay_alpha: float = 0.5
     overlay_boxes: bool = True
     encoding_override: str = ""               # treat raw images as this encoding ("" = the message's)
+    max_decoded_pixels: int = InputConfig.max_decoded_pixels   # larger frames are refused from the header
 
     def validate(self) -> "PipelineConfig":
-        if not np.isfinite(self.threshold):
-            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        reason = threshold_problem(self.threshold)
+        if reason:      # e.g. 1e39: infinity in the runtimes' float32, every frame would fail
+            raise ValueError(f"threshold {reason}")
         if self.output_resolution not in OUTPUT_RESOLUTIONS:
             raise ValueError(f"output_resolution must be one of {OUTPUT_RESOLUTIONS}, got {self.output_resolution!r}")
         check_outputs(self.outputs)
@@ -66,6 +68,7 @@ class PipelineConfig:
             raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
         if self.encoding_override and self.encoding_override not in SUPPORTED_ENCODINGS:
             raise ValueError(f"encoding_override {self.encoding_override!r} is not a supported encoding")
+        InputConfig(self.max_decoded_pixels)   # its own range check
         return self
 
     @classmethod
@@ -168,7 +171,8 @@ class FramePipeline:
         """
         if self.cfg.encoding_override and not is_compressed(msg):
             msg = _Relabelled(msg, self.cfg.encoding_override)
-        img = msg_to_array(msg, self.runtime.channel_order, out=self._decode_buf)
+        img = msg_to_array(msg, self.runtime.channel_order, out=self._decode_buf,
+                           max_pixels=self.cfg.max_decoded_pixels)
         if img.flags.owndata and img is not self._decode_buf:
             self._decode_buf = img   # converted into a new array: reuse it next frame (same size)
         return img
@@ -250,7 +254,8 @@ class FramePipeline:
         cam = jpeg_size(msg) if size is not None and is_compressed(msg) else None
         factor = jpeg_reduction(cam, (int(size[0]), int(size[1]))) if cam is not None and size is not None else 1
         if cam is not None and factor > 1:
-            small = compressed_to_array(msg, self.runtime.channel_order, reduce=factor)
+            small = compressed_to_array(msg, self.runtime.channel_order, reduce=factor,
+                                        max_pixels=self.cfg.max_decoded_pixels)
             if small.shape[:2] == (-(-cam[0] // factor), -(-cam[1] // factor)):
                 t1 = time.perf_counter()
                 net_in = self._network_input_slot(small, batch, slot) if slot is not None else self._network_input(small)
@@ -296,7 +301,8 @@ class FramePipeline:
         need_regions = "status" in wanted or ("overlay" in wanted and cfg.overlay_boxes)
         rsx, rsy = cam[1] / net[1], cam[0] / net[0]
         if need_regions and fraction > 0.0 and cfg.max_regions > 0:
-            min_area = max(1, int(round(cfg.min_region_area / (rsx * rsy))))
+            # the smallest network region whose camera-pixel area reaches min_region_area
+            min_area = min_area_at_scale(cfg.min_region_area, rsx * rsy)
             regions = [r.scaled(rsx, rsy) for r in find_regions(raw.mask, raw.score, min_area, cfg.max_regions)]
         td = time.perf_counter()
 

@@ -6,6 +6,7 @@ gathered only over the anomalous pixels (usually a small fraction of the frame) 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -32,9 +33,27 @@ class Region:
         y0 = int(np.floor(self.y_offset * sy))
         x1 = int(np.ceil((self.x_offset + self.width) * sx))
         y1 = int(np.ceil((self.y_offset + self.height) * sy))
-        return Region(x0, y0, x1 - x0, y1 - y0, int(round(self.area * sx * sy)),
+        return Region(x0, y0, x1 - x0, y1 - y0, scaled_area(self.area, sx * sy),
                       (self.centroid_x + 0.5) * sx - 0.5, (self.centroid_y + 0.5) * sy - 0.5,
                       self.mean_score, self.max_score)
+
+
+def scaled_area(area: int, scale: float) -> int:
+    """A region's area in pixels of an image with ``scale`` times as many pixels (network -> camera)."""
+    return int(round(area * scale))
+
+
+def min_area_at_scale(min_area: int, scale: float) -> int:
+    """The fewest pixels a region needs on a grid ``scale`` times smaller (by area) than the one
+    ``min_area`` is counted in, for its :func:`scaled_area` to reach ``min_area``: regions are found
+    on the network's grid, ``min_region_area`` is in camera pixels, and no reported region may be
+    smaller than it."""
+    a = max(1, int(math.floor(min_area / scale)))
+    while a > 1 and scaled_area(a - 1, scale) >= min_area:
+        a -= 1
+    while scaled_area(a, scale) < min_area:
+        a += 1
+    return a
 
 
 def find_regions(

@@ -108,20 +108,97 @@ def overlay(
     return buf
 
 
-def score_heatmap(
-    score: np.ndarray, lo: float | None = None, hi: float | None = None, out: np.ndarray | None = None
-) -> np.ndarray:
-    """Score map -> RGB heat map (TURBO), linearly scaled from ``lo`` (blue) to ``hi`` (red).
+# Heat maps: one fixed scale around the threshold, the same for every frame and image, so that
+# colours compare between frames and a frame where nothing is flagged shows no red at all. A
+# diverging map (Moreland's cool-warm): blue far below the threshold, light grey at it, red above.
+HEATMAP_SPAN = 3.0     # default score units either side of the threshold (inference.heatmap_span)
+_COOLWARM = ((0.0, (59, 76, 192)), (0.25, (124, 159, 249)), (0.5, (221, 221, 221)),
+             (0.75, (244, 154, 123)), (1.0, (180, 4, 38)))
+THRESHOLD_LINE = (0, 0, 0)      # the iso-line score == threshold, drawn around flagged regions
 
-    Without limits the frame's own 1st/99th percentiles are used (fine for a single image; pass
-    fixed limits for videos so colours are comparable between frames).
-    """
+
+@functools.lru_cache(maxsize=1)
+def heatmap_lut() -> np.ndarray:
+    """256x1x3 uint8 RGB lookup table of the diverging map; index 127.5 is the threshold."""
+    x = np.linspace(0.0, 1.0, 256)
+    stops = np.array([t for t, _ in _COOLWARM])
+    rgb = np.stack([np.interp(x, stops, [c[i] for _, c in _COOLWARM]) for i in range(3)], axis=-1)
+    return np.ascontiguousarray(np.round(rgb).astype(np.uint8).reshape(256, 1, 3))
+
+
+def score_to_u8(score: np.ndarray, threshold: float, span: float = HEATMAP_SPAN) -> np.ndarray:
+    """Scores mapped linearly from ``threshold - span`` (0) to ``threshold + span`` (255), clipped.
+    The threshold falls between 127 and 128: a pixel is on the red side exactly when it is flagged."""
+    if not (span > 0 and np.isfinite(span)):
+        raise ValueError(f"heat-map span must be a positive number, got {span}")
     s = np.asarray(score, dtype=np.float32)
-    if lo is None or hi is None:
-        p_lo, p_hi = np.percentile(s, [1, 99])
-        lo = float(p_lo) if lo is None else lo
-        hi = float(p_hi) if hi is None else hi
-    scale = 255.0 / max(hi - lo, 1e-6)
-    u8 = np.clip((s - lo) * scale, 0, 255).astype(np.uint8)
-    bgr = cv2.applyColorMap(u8, cv2.COLORMAP_TURBO)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=_buffer(out, s.shape + (3,)))
+    v = (s - np.float32(threshold)) * np.float32(127.5 / span) + np.float32(127.5)
+    # flagged (score > threshold) -> 128..255, the rest -> 0..127: never rounded across the threshold
+    return np.where(s > threshold, np.clip(np.ceil(v), 128, 255), np.clip(np.floor(v), 0, 127)).astype(np.uint8)
+
+
+def score_heatmap(score: np.ndarray, threshold: float, span: float = HEATMAP_SPAN,
+                  out: np.ndarray | None = None, outline: bool = True) -> np.ndarray:
+    """Score map -> RGB heat map on the fixed scale ``threshold +- span`` (see :func:`heatmap_lut`),
+    with the threshold's iso-line drawn around the flagged regions when ``outline``."""
+    u8 = score_to_u8(score, threshold, span)
+    buf = _buffer(out, u8.shape + (3,))
+    cv2.LUT(cv2.merge((u8, u8, u8)), heatmap_lut(), dst=buf)
+    if outline:
+        mask = (np.asarray(score) > threshold).view(np.uint8)
+        if cv2.countNonZero(mask):
+            ring = cv2.subtract(cv2.dilate(mask, _ring_kernel(outline_width(mask.shape))), mask)
+            buf[ring.astype(bool)] = THRESHOLD_LINE
+    return buf
+
+
+def colorbar(width: int, threshold: float, span: float = HEATMAP_SPAN, scale: float = 0.4,
+             title: str = "anomaly score, flagged above the threshold") -> np.ndarray:
+    """A legend strip (RGB, white background): the heat map's colours from ``threshold - span`` to
+    ``threshold + span`` with their values, and the threshold marked with a tick and its value."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+
+    def text_w(t: str, sc: float) -> int:
+        return cv2.getTextSize(t, font, sc, 1)[0][0]
+
+    ticks = [(threshold - span, f"{threshold - span:.1f}"), (threshold, f"threshold {threshold:.2f}"),
+             (threshold + span, f"{threshold + span:.1f}")]
+    # the type shrinks until the labels fit the strip (a small image gets a small legend)
+    while scale > 0.25 and (text_w(ticks[1][1], scale) + 2 * text_w(ticks[0][1], scale) > 0.9 * width):
+        scale = round(scale - 0.05, 2)
+    line = max(10, int(round(26 * scale / 0.4)))
+    bar_h, pad = max(8, line // 2), max(4, line // 4)
+    h = pad + line + bar_h + pad + line
+    img = np.full((h, width, 3), 255, np.uint8)
+    side = max(text_w(ticks[0][1], scale), text_w(ticks[2][1], scale)) // 2 + pad
+    x0, x1 = side, width - side
+    tscale = scale
+    while tscale > 0.25 and text_w(title, tscale) > width - 2 * pad:
+        tscale = round(tscale - 0.05, 2)
+    cv2.putText(img, title, (pad, pad + line - line // 4), font, tscale, (0, 0, 0), 1, cv2.LINE_AA)
+    y0 = pad + line
+    ramp = np.linspace(0, 255, x1 - x0).astype(np.uint8)
+    img[y0:y0 + bar_h, x0:x1] = heatmap_lut()[ramp, 0][None, :, :]
+    cv2.rectangle(img, (x0 - 1, y0 - 1), (x1, y0 + bar_h), (0, 0, 0), 1)
+    for k, (value, text) in enumerate(ticks):
+        x = int(round(x0 + (value - threshold + span) / (2 * span) * (x1 - x0 - 1)))
+        top = y0 - (pad if k == 1 else 0)
+        cv2.line(img, (x, top), (x, y0 + bar_h + pad // 2), (0, 0, 0), 2 if k == 1 else 1)
+        tw = text_w(text, scale)
+        tx = min(max(x - tw // 2, 0), width - tw)
+        cv2.putText(img, text, (tx, y0 + bar_h + pad + line - line // 3), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def with_colorbar(heat: np.ndarray, threshold: float, span: float = HEATMAP_SPAN) -> np.ndarray:
+    """``heat`` with its colour bar in the bottom-right corner (the image keeps its size)."""
+    h, w = heat.shape[:2]
+    scale = float(np.clip(min(h, w) / 900, 0.3, 0.8))
+    bar = colorbar(max(int(w * 0.38), 120), threshold, span, scale)
+    bh, bw = bar.shape[:2]
+    if bh > h or bw > w:         # too small for an inset: nothing legible would fit
+        return heat
+    out = heat.copy()
+    out[h - bh:, w - bw:] = bar
+    cv2.rectangle(out, (w - bw, h - bh), (w - 1, h - 1), (0, 0, 0), 1)
+    return out

@@ -37,12 +37,33 @@ from rosbags.rosbag2.storage_mcap import msgsrc as _msgsrc
 from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader as _RosbagsSqlite
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from .. import safe_yaml
+
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 STORAGE_SUFFIXES = {".mcap": "mcap", ".db3": "sqlite3"}
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# One message decompressed to more than this is damage or a bomb (a 7680x4320 rgb8 frame is 100 MB).
+MAX_MESSAGE_BYTES = 1 << 30
+
+
+def _unzstd(data: bytes) -> bytes:
+    """One zstd-compressed message payload, refusing to expand past MAX_MESSAGE_BYTES."""
+    dec = zstd.ZstdDecompressor()
+    out = dec.decompress(data, max_length=MAX_MESSAGE_BYTES)
+    if not dec.eof:
+        raise ValueError(f"more than {MAX_MESSAGE_BYTES:,} bytes when decompressed" if
+                         len(out) >= MAX_MESSAGE_BYTES else "the compressed data ends early")
+    return out
+
+
 class BagError(Exception):
     """The input cannot be read as a rosbag2 recording; the message says why, for the user."""
+
+
+class BagWriteError(BagError):
+    """Writing a bag failed (disk full, folder gone): the message names the file and the reason."""
 
 
 @dataclass
@@ -250,26 +271,123 @@ class _Metadata:
     compression_format: str | None = None
 
 
+# metadata.yaml of a real recording is a few KiB (one entry per topic and file); more is not one.
+METADATA_MAX_BYTES = 4 << 20
+
+
+def load_metadata_yaml(text: str) -> Any:
+    """The one place bag metadata is parsed: plain YAML data only (no Python objects), with bounded
+    size and alias expansion (an alias bomb in a recording's metadata costs one read problem)."""
+    return safe_yaml.load_text(text, "metadata.yaml", max_bytes=METADATA_MAX_BYTES)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line (PyYAML's own message spans several, with a code excerpt)."""
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"not valid YAML: {what}" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
+
+
+class _Fields:
+    """Typed access to one mapping of metadata.yaml: a missing key or a value of the wrong type is a
+    :class:`BagError` naming the key's path, never a KeyError/TypeError from deep inside the reader."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise BagError(f"{where or 'the document'} is {_kind(data)}, not a mapping")
+        self.data, self.where = data, where
+
+    def _at(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise BagError(f"{self.where or 'the document'} has no {key!r}")
+            return None
+        # bool is an int to Python, never to rosbag2 (a count of `true` messages is damage)
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
+            raise BagError(f"{self._at(key)} is {_kind(value)}, expected {_names(kind)}")
+        return value
+
+    def count(self, key: str) -> int | None:
+        value = self.get(key, int)
+        if value is not None and value < 0:
+            raise BagError(f"{self._at(key)} is negative ({value})")
+        return value
+
+    def sub(self, key: str, required: bool = False) -> _Fields | None:
+        value = self.get(key, dict, required)
+        return None if value is None else _Fields(value, self._at(key))
+
+    def items(self, key: str, kind: type) -> list[Any]:
+        values = self.get(key, list) or []
+        for i, v in enumerate(values):
+            if not isinstance(v, kind):
+                raise BagError(f"{self._at(key)}[{i}] is {_kind(v)}, expected {_names(kind)}")
+        return values
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _names(kind: type | tuple[type, ...]) -> str:
+    words = {str: "a string", int: "an integer", list: "a list", dict: "a mapping", bool: "true/false"}
+    return " or ".join(words.get(k, k.__name__) for k in _tuple(kind))
+
+
+def _kind(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+
+
 def _read_metadata(path: Path) -> _Metadata:
+    """metadata.yaml, checked key by key; :class:`BagError` (one line) for anything unusable."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        info = doc["rosbag2_bagfile_information"]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError) as exc:
-        raise BagError(f"{path} is not a readable rosbag2 metadata file: {exc}") from None
-    meta = _Metadata(version=info.get("version"), storage=info.get("storage_identifier"),
-                     message_count=info.get("message_count"))
-    # Versions 1-3 stored paths relative to the parent folder; only the file name is meaningful.
-    meta.files = [path.parent / Path(p).name for p in info.get("relative_file_paths") or []]
-    for entry in info.get("topics_with_message_count") or []:
-        tm = entry.get("topic_metadata", {})
-        if tm.get("serialization_format", "cdr") != "cdr":
-            raise BagError(f"topic {tm.get('name')}: serialization format "
-                           f"{tm.get('serialization_format')!r} is not supported (only cdr)")
-        meta.topics.append(TopicInfo(tm["name"], normalize_type(tm["type"]),
-                                     declared=entry.get("message_count")))
-    mode = (info.get("compression_mode") or "").lower()
+        with path.open("rb") as fh:
+            raw = fh.read(METADATA_MAX_BYTES + 1)
+        if len(raw) > METADATA_MAX_BYTES:
+            raise BagError(f"{path} is not a rosbag2 metadata file: larger than "
+                           f"{METADATA_MAX_BYTES >> 20} MiB")
+        doc = load_metadata_yaml(raw.decode("utf-8"))
+    except OSError as exc:
+        raise BagError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BagError(f"{path} is not a rosbag2 metadata file: not UTF-8 text ({exc.reason} at byte "
+                       f"{exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise BagError(f"{path} is {_yaml_reason(exc)}") from None
+    except (ValueError, RecursionError) as exc:   # e.g. an integer with 10^5 digits, deep nesting
+        raise BagError(f"{path} is not a usable rosbag2 metadata file: {type(exc).__name__}: "
+                       f"{str(exc)[:120]}") from None
+    try:
+        return _parse_metadata(path, doc)
+    except BagError as exc:
+        raise BagError(f"{path} is not a usable rosbag2 metadata file: {exc}") from None
+
+
+def _parse_metadata(path: Path, doc: Any) -> _Metadata:
+    info = _Fields(doc, "").sub("rosbag2_bagfile_information", required=True)
+    assert info is not None
+    meta = _Metadata(version=info.count("version"), storage=info.get("storage_identifier", str),
+                     message_count=info.count("message_count"))
+    # Versions 1-3 stored paths relative to the parent folder; only the file name is meaningful
+    # (and a name is all that is trusted: "../../x.mcap" reads x.mcap in the bag folder).
+    meta.files = [path.parent / Path(p).name for p in info.items("relative_file_paths", str)]
+    for i, entry in enumerate(info.items("topics_with_message_count", dict)):
+        item = _Fields(entry, f"{info.where}.topics_with_message_count[{i}]")
+        tm = item.sub("topic_metadata", required=True)
+        assert tm is not None
+        name, msgtype = tm.get("name", str, required=True), tm.get("type", str, required=True)
+        fmt = tm.get("serialization_format", str) or "cdr"
+        if fmt != "cdr":
+            raise BagError(f"topic {name}: serialization format {fmt!r} is not supported (only cdr)")
+        meta.topics.append(TopicInfo(name, normalize_type(msgtype), declared=item.count("message_count")))
+    mode = (info.get("compression_mode", str) or "").lower()
     meta.compression_mode = mode if mode and mode != "none" else None
-    meta.compression_format = info.get("compression_format") or None
+    meta.compression_format = info.get("compression_format", str) or None
     if meta.compression_mode and meta.compression_format != "zstd":
         raise BagError(f"compression format {meta.compression_format!r} is not supported (zstd only)")
     return meta
@@ -456,10 +574,13 @@ class BagReader:
                 info = self.topics[msg.topic]
                 info.read += 1
                 if wanted is None or msg.topic in wanted:
-                    if self.meta.compression_mode == "message":
+                    # Per-message compression is declared only in metadata.yaml, which a crashed
+                    # recorder never wrote: a payload starting with zstd's magic number is one
+                    # (CDR starts with its encapsulation header, whose first byte is 0).
+                    if self.meta.compression_mode == "message" or msg.data[:4] == ZSTD_MAGIC:
                         try:
-                            msg.data = zstd.decompress(msg.data)
-                        except zstd.ZstdError as exc:
+                            msg.data = _unzstd(msg.data)
+                        except (zstd.ZstdError, ValueError) as exc:
                             self.issues.append(ReadIssue(file.name, 0, None, f"message on "
                                                f"{msg.topic} at t={msg.timestamp}: bad zstd "
                                                f"payload ({exc}); message skipped"))
@@ -606,7 +727,7 @@ class BagWriter:
 
     def __init__(self, path: str | Path, typestore: Any, *, storage: str = "mcap", version: int = 9,
                  compression: str | None = None, threaded: bool = False, queue_size: int = 64) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
         from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 
         self.path = Path(path)
@@ -614,15 +735,18 @@ class BagWriter:
             raise BagError(f"{self.path} exists already; remove it or choose another output folder")
         plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
         self.typestore = typestore
-        self._writer = Writer(self.path, version=version, storage_plugin=plugin)  # type: ignore[arg-type]
-        if compression:
-            self._writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
-        self._writer.open()
         self._conns: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
         self._queue: Any = None
         self._thread: Any = None
         self._error: BaseException | None = None
+        self._writer = Writer(self.path, version=version, storage_plugin=plugin)  # type: ignore[arg-type]
+        if compression:
+            self._writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
+        try:
+            self._writer.open()
+        except (OSError, WriterError) as exc:
+            raise self._failed(exc) from exc
         if threaded:
             import queue
             import threading
@@ -651,14 +775,31 @@ class BagWriter:
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                     self._error = exc
 
+    @property
+    def error(self) -> BaseException | None:
+        """The first write failure (None while every write succeeded)."""
+        return self._error
+
+    def _failed(self, exc: BaseException) -> BagWriteError:
+        """The failure as one line naming the output: the file where the OS says so, else the bag."""
+        if self._error is None:
+            self._error = exc
+        if isinstance(exc, OSError):
+            where = exc.filename if exc.filename is not None else self.path
+            return BagWriteError(f"{where}: {exc.strerror or exc}")
+        return BagWriteError(f"{self.path}: writing failed: {type(exc).__name__}: {exc}")
+
     def _submit(self, topic: str, timestamp: int, msg: Any, raw: bool) -> None:
         conn = self._conns[topic]
         if self._error is not None:
-            raise BagError(f"writing {self.path} failed: {self._error}") from self._error
+            raise self._failed(self._error) from self._error
         if self._queue is not None:
             self._queue.put((conn, timestamp, msg, raw))
         else:
-            self._write_now(conn, timestamp, msg, raw)
+            try:
+                self._write_now(conn, timestamp, msg, raw)
+            except OSError as exc:
+                raise self._failed(exc) from exc
         self.counts[topic] += 1
 
     def write(self, topic: str, timestamp: int, msg: Any) -> None:
@@ -669,13 +810,20 @@ class BagWriter:
         self._submit(topic, timestamp, data, True)
 
     def close(self) -> None:
+        """Flush and finish the file (footer, metadata.yaml); :class:`BagWriteError` if any write
+        failed, in which case the bag is not complete."""
+        from rosbags.rosbag2 import WriterError
+
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-        self._writer.close()
+        try:
+            self._writer.close()
+        except (OSError, WriterError) as exc:
+            raise self._failed(exc) from exc
         if self._error is not None:
-            raise BagError(f"writing {self.path} failed: {self._error}") from self._error
+            raise self._failed(self._error) from self._error
 
     def __enter__(self) -> BagWriter:
         return self

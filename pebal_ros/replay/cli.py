@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import add_config_arguments
+from ..output_folder import FolderBusy, folder_lock, write_atomic
 from ..outputs import writable_folder
 from .model import MODEL_PRESET_HELP
 from ..pipeline.messages import OUTPUT_NAMES
 from .bag import FIND_DEPTH, STORAGE_SUFFIXES, BagError, find_bags
 from .replay import ReplayError, ReplayOptions, replay_bag
+from ..ros_names import check_namespace, check_topic
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,8 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default=None, help="onnxruntime | torch | tensorrt (default: from the suffix)")
     add_config_arguments(p, MODEL_PRESET_HELP)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
-    from ..model_settings import add_runtime_arguments
+    from ..model_settings import add_input_arguments, add_runtime_arguments
     add_runtime_arguments(p, threads=False)
+    add_input_arguments(p)
     p.add_argument("--input-size", default=None, metavar="HxW",
                    help="input size of the network (inference.input_size; default: the model's own)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per worker "
@@ -58,15 +61,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "image topic whose name contains 'label'/'ground_truth'; 'none' disables")
     p.add_argument("--labels", type=Path, default=None, help="folder of label PNGs (0 inlier/1 anomaly/255 "
                    "void, or train ids with 254 anomaly) for the first image topic")
-    p.add_argument("--label-match", default="auto", choices=("auto", "stamp", "name", "index"))
-    p.add_argument("--label-kind", default="auto", choices=("auto", "anomaly", "semantic"))
+    p.add_argument("--label-match", default="auto", choices=("auto", "stamp", "name", "index"),
+                   help="how --labels files are matched to frames: stamp (file stem = header stamp in ns or "
+                        "<sec>_<nanosec>), name (the number ending the stem = frame index), index (sorted order "
+                        "= frame order); auto (default): the first that fits every file")
+    p.add_argument("--label-kind", default="auto", choices=("auto", "anomaly", "semantic"),
+                   help="label convention: anomaly (0 inlier, 1 anomaly, 255 void), semantic (train ids 0-18, "
+                        "254 anomaly, 255 void); auto (default): told apart per image")
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
     p.add_argument("--outputs", nargs="+", default=list(OUTPUT_NAMES), choices=OUTPUT_NAMES,
                    help="output topics to write (default: all the node publishes)")
     p.add_argument("--namespace", default="", help="the node namespace to mimic: outputs go to "
                    "/<ns>/pebal/<output> (default: /pebal/<output>); with several cameras each camera "
-                   "topic's namespace is appended, as the launch file does per camera")
-    p.add_argument("--output-resolution", default="camera", choices=("camera", "network"))
+                   "topic's namespace is appended, as the launch file does per camera. A ROS namespace: "
+                   "letters, digits and '_' in tokens separated by '/'")
+    p.add_argument("--output-resolution", default="camera", choices=("camera", "network"),
+                   help="camera (default): outputs at the camera image size, as the node publishes them; "
+                        "network: at the model's input size (cheaper; the node's output_resolution)")
     p.add_argument("--min-region-area", type=int, default=None,
                    help="smallest anomalous region reported, in pixels (default: the model's settings, 50)")
     p.add_argument("--max-frames", type=int, default=None, help="process at most N frames per topic "
@@ -130,6 +141,18 @@ def settings_report(settings: Any) -> dict[str, Any]:
             "values": dict(settings.as_key_values()), "warnings": list(settings.warnings)}
 
 
+def replay_options(args: argparse.Namespace, settings: Any) -> ReplayOptions:
+    """The per-bag options of a run: the flags, with the values the settings resolution decided
+    (one place, so a local and a fleet replay of the same command run the same way)."""
+    opts = _options(args)
+    opts.threshold = settings.threshold
+    opts.min_region_area = settings.inference.min_region_area
+    opts.max_decoded_pixels = settings.config.input.max_decoded_pixels
+    opts.heatmap_span = settings.inference.heatmap_span
+    opts.settings = settings_report(settings)
+    return opts
+
+
 def _options(args: argparse.Namespace) -> ReplayOptions:
     return ReplayOptions(
         topics=args.topics, label_topic=None if args.label_topic == "none" else args.label_topic,
@@ -148,11 +171,28 @@ def _run_one(bag: Path, out_dir: Path, opts: ReplayOptions, runtime: Any) -> dic
     except OSError as exc:     # unreadable input or unwritable output: this bag fails, the others go on
         where = exc.filename if exc.filename is not None else bag
         return {"bag": str(bag), "exit_code": 1, "error": f"{where}: {exc.strerror or exc}"}
+    except Exception as exc:  # noqa: BLE001 - a bug met on one bag must not cost the other bags
+        return {"bag": str(bag), "exit_code": 1, "error": f"{bag}: {unexpected(exc)}"}
     det = res.summary["deterministic"]
-    return {"bag": str(bag), "exit_code": res.exit_code, "status_text": det["status_text"],
-            "status": det["status"], "issues": det["issues"], "report": str(res.report_dir / "report.html"),
-            "result_bag": str(res.result_bag), "frames_per_s": res.summary["timing"]["frames_per_s"],
-            "topics": det["topics"]}
+    out = {"bag": str(bag), "exit_code": res.exit_code, "status_text": det["status_text"],
+           "status": det["status"], "issues": det["issues"], "report": str(res.report_dir / "report.html"),
+           "result_bag": str(res.result_bag), "frames_per_s": res.summary["timing"]["frames_per_s"],
+           "topics": det["topics"]}
+    if det["status"] == "incomplete":     # the output failed: the error names it, the summary says so
+        out.update(error=f"{det['incomplete']} (the results in {res.out_dir} are incomplete; "
+                   f"{res.report_dir / 'summary.json'} says what is missing)",
+                   report=str(res.report_dir / "summary.json"))
+    return out
+
+
+def unexpected(exc: BaseException) -> str:
+    """An error replay has no words for (a bug), in one line that still says where it happened."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return (f"replay failed with {type(exc).__name__}: {str(exc)[:200] or 'no details'}{where} "
+            "(a bug in pebal: please report it with this line)")
 
 
 _WORKER_RUNTIME: Any = None
@@ -174,7 +214,10 @@ def _worker(bag: str, out_dir: str, opts: ReplayOptions) -> dict[str, Any]:
 def _print_result(r: dict[str, Any]) -> None:
     if "error" in r:
         err = r["error"]
-        print(f"pebal replay: {err if err.startswith(r['bag']) else r['bag'] + ': ' + err}", file=sys.stderr)
+        if r.get("status") == "incomplete":     # an output problem: the line names the output
+            print(f"pebal replay: {err}", file=sys.stderr)
+        else:
+            print(f"pebal replay: {err if err.startswith(r['bag']) else r['bag'] + ': ' + err}", file=sys.stderr)
         return
     stream = sys.stdout if r["exit_code"] == 0 else sys.stderr
     print(f"{r['bag']}: {r['status_text']} ({r['frames_per_s']:.1f} frames/s)", file=stream)
@@ -188,7 +231,7 @@ def _print_result(r: dict[str, Any]) -> None:
 
 def _write_index(out: Path, results: list[dict[str, Any]]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_atomic(out / "summary.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
     rows = []
     for r in results:
         rel = os.path.relpath(r["report"], out) if "report" in r else None
@@ -200,15 +243,18 @@ def _write_index(out: Path, results: list[dict[str, Any]]) -> Path:
             "table{border-collapse:collapse}</style></head><body><h1>PEBAL replay: "
             f"{len(results)} bags</h1><table><tr><th>bag</th><th>result</th><th></th></tr>"
             + "".join(rows) + "</table></body></html>")
-    path = out / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_atomic(out / "index.html", page)
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..open_model import open_runtime, runtime_path
     from ..model_settings import command_settings, model_problem
 
+    try:   # the outputs' topics: ROS's rules for the namespace, and for the longest topic under it
+        ns = check_namespace(args.namespace, "--namespace")
+        check_topic(f"/{ns}/pebal/{max(OUTPUT_NAMES, key=len)}" if ns else "/pebal", "output topic")
+    except ValueError as exc:
+        print(f"pebal replay: {exc}", file=sys.stderr)
+        return 2
     bags, problems = expand_bags(args.bags)
     for p in problems:
         print(f"pebal replay: {p}", file=sys.stderr)
@@ -234,10 +280,18 @@ def main(args: argparse.Namespace) -> int:
         print(f"pebal replay: {model_problem(exc) if not isinstance(exc, SystemExit) else exc}", file=sys.stderr)
         return 2
     writable_folder(args.out)   # before the model: an unwritable --out fails now, not after loading it
-    opts = _options(args)
-    opts.threshold = settings.threshold
-    opts.min_region_area = settings.inference.min_region_area
-    opts.settings = settings_report(settings)
+    try:
+        with folder_lock(args.out):       # held to the end: a second run into --out stops here
+            return _run(args, bags, settings)
+    except FolderBusy as exc:
+        print(f"pebal replay: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, bags: list[Path], settings: Any) -> int:
+    from ..open_model import open_runtime, runtime_path
+
+    opts = replay_options(args, settings)
     jobs = max(1, min(args.jobs, len(bags)))
     # runtime.threads (--threads, --set, --config) wins; else the cores shared among the workers
     threads = settings.options.threads or max(1, (os.cpu_count() or 1) // jobs)

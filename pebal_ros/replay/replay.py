@@ -12,7 +12,7 @@ the file broke.
 from __future__ import annotations
 
 import csv
-import shutil
+import io
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -22,10 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from ..config import InputConfig
+from ..output_folder import FolderBusy, OutputFolder, write_file
 from ..pipeline.frame import FramePipeline, PipelineConfig
 from ..pipeline.messages import OUTPUT_NAMES, OUTPUT_TYPES, MessageFactory
+from ..pipeline.visualize import HEATMAP_SPAN
 from . import report as rep
-from .bag import IMAGE_TYPES, BagReader, BagWriter, TopicInfo, make_typestore
+from .bag import IMAGE_TYPES, BagReader, BagWriteError, BagWriter, TopicInfo, make_typestore
 from .groundtruth import Accuracy, LabelFolder, LabelTopicMatcher, label_from_message
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -48,8 +51,11 @@ class ReplayOptions:
     namespace: str = ""                          # the node's namespace; outputs go to /<ns>/pebal/...
     output_resolution: str = "camera"
     min_region_area: int = 50
+    max_decoded_pixels: int = InputConfig.max_decoded_pixels   # larger frames and labels are refused
     reproducible: bool = False                   # write 0 for the measured latencies in status
-    top_k: int = 12
+    top_k: int = 12                              # frames on the contact sheet (largest flagged fraction)
+    top_misses: int = 6                          # frames on the misses sheet (with ground truth)
+    heatmap_span: float = HEATMAP_SPAN           # score units either side of the threshold in pictures
     max_frames: int | None = None                # per topic
     progress: bool = True
     overwrite: bool = False
@@ -66,6 +72,7 @@ class ReplayResult:
     summary: dict[str, Any]
     exit_code: int
     messages: list[str] = field(default_factory=list)
+    accuracy: Accuracy | None = None     # the ground-truth accumulators, to pool several bags
 
 
 def _output_prefix(namespace: str, topic: str, several: bool) -> str:
@@ -117,22 +124,23 @@ def select_topics(reader: BagReader, opts: ReplayOptions) -> tuple[list[TopicInf
     return sorted(chosen, key=lambda t: t.name), label
 
 
-def _prepare_out(out_dir: Path, overwrite: bool) -> tuple[Path, Path]:
-    result_bag, report_dir = out_dir / "result_bag", out_dir / "report"
-    for p in (result_bag, report_dir):
-        if p.exists():
-            if not overwrite:
-                raise ReplayError(f"{p} exists already; pass --overwrite or choose another --out")
-            shutil.rmtree(p)
-    report_dir.mkdir(parents=True)
-    return result_bag, report_dir
+def _output_problem(exc: BaseException, folder: OutputFolder) -> str:
+    """A failed write in one line, naming the output file (its final name, not the staging one)."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return folder.public(f"{exc.filename}: {exc.strerror or exc}")
+    return folder.public(str(exc))
 
 
 def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayOptions | None = None,
                threshold_default: float | None = None) -> ReplayResult:
-    """Replay one bag. Raises :class:`BagError`/:class:`ReplayError` when nothing can be done."""
-    from tqdm import tqdm
+    """Replay one bag. Raises :class:`BagError`/:class:`ReplayError` when nothing can be done.
 
+    ``out_dir`` is locked for the run (another run into it gets a ReplayError naming this process)
+    and ``result_bag/`` and ``report/`` are written under temporary names and moved into place at
+    the end. When writing fails (a full disk), the result is ``exit_code`` 1 with
+    ``summary["deterministic"]["status"] == "incomplete"`` and the reason, naming the output, in
+    ``status_text``, ``incomplete`` and ``messages``; ``report/`` then holds only that
+    ``summary.json``, and ``result_bag/`` is kept only if it was closed intact."""
     opts = opts or ReplayOptions()
     bag, out_dir = Path(bag), Path(out_dir)
     threshold = opts.threshold if opts.threshold is not None else threshold_default
@@ -141,123 +149,207 @@ def replay_bag(bag: str | Path, runtime: Any, out_dir: str | Path, opts: ReplayO
         threshold = default_threshold(runtime)
     with BagReader(bag) as reader:
         cams, label_topic = select_topics(reader, opts)
-        result_bag, report_dir = _prepare_out(out_dir, opts.overwrite)
-        in_store = make_typestore(reader.topics.values())
-        factory = MessageFactory.for_rosbags(make_typestore())
-        pipe = FramePipeline(runtime, PipelineConfig(
-            threshold=float(threshold), output_resolution=opts.output_resolution,
-            outputs=tuple(opts.outputs), min_region_area=opts.min_region_area).validate(), factory)
-        several = len(cams) > 1
-        prefixes = {t.name: _output_prefix(opts.namespace, t.name, several) for t in cams}
-        cam_names = {t.name for t in cams}
-        summaries = {t.name: rep.TopicSummary(t.name, t.msgtype, t.declared) for t in cams}
-        labels_dir = LabelFolder(opts.labels_dir, opts.label_match) if opts.labels_dir else None
-        accuracy = Accuracy(opts.label_kind) if (labels_dir or label_topic) else None
-        matcher = LabelTopicMatcher(accuracy) if (accuracy is not None and label_topic) else None
-        label_stats: Counter[str] = Counter()
-        other: Counter[str] = Counter()
-        records: list[rep.FrameRecord] = []
-        stages: defaultdict[str, float] = defaultdict(float)
-        top = rep.TopK(opts.top_k)
-        total = sum(t.declared or 0 for t in cams) or None
-        if opts.max_frames and total:
-            total = min(total, opts.max_frames * len(cams))
-
-        t_start = time.perf_counter()
-        writer = BagWriter(result_bag, factory.typestore, threaded=opts.writer_thread)
         try:
-            for t in cams:
-                for name in opts.outputs:
-                    writer.add_topic(f"{prefixes[t.name]}/{name}", OUTPUT_TYPES[name])
-            bar = tqdm(total=total, desc=f"replay {bag.name}", unit="frame", disable=not opts.progress, leave=False)
-            for raw in reader.messages():
-                if raw.topic in cam_names:
-                    s = summaries[raw.topic]
-                    index = s.read
-                    s.read += 1
-                    rec = rep.FrameRecord(raw.topic, index, raw.timestamp)
-                    if opts.max_frames is not None and index >= opts.max_frames:
-                        rec.status, rec.reason = "skipped", f"beyond --max-frames {opts.max_frames}"
-                    else:
-                        _process(raw, rec, in_store, pipe, opts, writer, prefixes[raw.topic], top, stages)
-                        bar.update(1)
-                    records.append(rec)
-                    if rec.status == "processed":
-                        s.processed += 1
-                        outputs, frame_id = rec.__dict__.pop("_outputs")
-                        t_gt = time.perf_counter()
-                        if labels_dir is not None and raw.topic == cams[0].name:
-                            try:
-                                label = labels_dir.get(index, rec.stamp_ns)
-                            except ValueError as exc:
-                                label_stats[f"unusable: {exc}"[:160]] += 1
-                                label = None
-                            if label is None:
-                                label_stats["frames_without_label"] += 1
-                            elif accuracy is not None:
-                                accuracy.update(outputs.score, outputs.mask, outputs.semantic, label)
-                        elif matcher is not None and rec.stamp_ns is not None:
-                            matcher.frame((frame_id, rec.stamp_ns), outputs)
-                        stages["ground_truth_metrics"] += (time.perf_counter() - t_gt) * 1e3
-                    else:
-                        s.skipped += 1
-                        s.skip_reasons[rec.reason] = s.skip_reasons.get(rec.reason, 0) + 1
-                elif label_topic is not None and raw.topic == label_topic.name:
+            folder = OutputFolder(out_dir, ("result_bag", "report"), overwrite=opts.overwrite).__enter__()
+        except FolderBusy as exc:
+            raise ReplayError(str(exc)) from None
+        except FileExistsError as exc:
+            raise ReplayError(f"{exc.filename} {exc.strerror}") from None
+        try:
+            return _replay_into(folder, bag, reader, cams, label_topic, runtime, float(threshold), opts)
+        finally:
+            folder.__exit__(None, None, None)
+
+
+def _replay_into(folder: OutputFolder, bag: Path, reader: BagReader, cams: list[TopicInfo],
+                 label_topic: TopicInfo | None, runtime: Any, threshold: float,
+                 opts: ReplayOptions) -> ReplayResult:
+    from tqdm import tqdm
+
+    result_bag, report_dir = folder.final("result_bag"), folder.final("report")
+    in_store = make_typestore(reader.topics.values())
+    factory = MessageFactory.for_rosbags(make_typestore())
+    pipe = FramePipeline(runtime, PipelineConfig(
+        threshold=threshold, output_resolution=opts.output_resolution,
+        outputs=tuple(opts.outputs), min_region_area=opts.min_region_area,
+        max_decoded_pixels=opts.max_decoded_pixels).validate(), factory)
+    several = len(cams) > 1
+    prefixes = {t.name: _output_prefix(opts.namespace, t.name, several) for t in cams}
+    cam_names = {t.name for t in cams}
+    summaries = {t.name: rep.TopicSummary(t.name, t.msgtype, t.declared) for t in cams}
+    labels_dir = (LabelFolder(opts.labels_dir, opts.label_match, opts.max_decoded_pixels)
+                  if opts.labels_dir else None)
+    accuracy = Accuracy(opts.label_kind) if (labels_dir or label_topic) else None
+    top = rep.TopK(opts.top_k)
+    misses = rep.TopK(opts.top_misses if accuracy is not None else 0)
+
+    def scored(outputs: Any, label: np.ndarray, tile: rep.Tile | None) -> None:
+        """A frame and its label met: the metrics, and the label onto the frame's tile."""
+        assert accuracy is not None
+        truth, objects = accuracy.update(outputs.score, outputs.mask, outputs.semantic, label,
+                                         frame=tile.title if tile is not None else "")
+        if tile is not None:
+            rep.attach_truth(tile, truth, objects)
+            if tile.missed_pixels and misses.wants(tile.missed_pixels):
+                misses.add(tile.missed_pixels, tile)
+
+    matcher = LabelTopicMatcher(scored) if (accuracy is not None and label_topic) else None
+    label_stats: Counter[str] = Counter()
+    other: Counter[str] = Counter()
+    records: list[rep.FrameRecord] = []
+    stages: defaultdict[str, float] = defaultdict(float)
+    total = sum(t.declared or 0 for t in cams) or None
+    if opts.max_frames and total:
+        total = min(total, opts.max_frames * len(cams))
+    failure: str | None = None
+
+    t_start = time.perf_counter()
+    writer: BagWriter | None = None
+    try:
+        writer = BagWriter(folder.stage("result_bag"), factory.typestore, threaded=opts.writer_thread)
+        for t in cams:
+            for name in opts.outputs:
+                writer.add_topic(f"{prefixes[t.name]}/{name}", OUTPUT_TYPES[name])
+        bar = tqdm(total=total, desc=f"replay {bag.name}", unit="frame", disable=not opts.progress, leave=False)
+        for raw in reader.messages():
+            if raw.topic in cam_names:
+                s = summaries[raw.topic]
+                index = s.read
+                s.read += 1
+                rec = rep.FrameRecord(raw.topic, index, raw.timestamp)
+                if opts.max_frames is not None and index >= opts.max_frames:
+                    rec.status, rec.reason = "skipped", f"beyond --max-frames {opts.max_frames}"
+                else:
+                    _process(raw, rec, in_store, pipe, opts, writer, prefixes[raw.topic], top, stages,
+                             tiles_for_all=accuracy is not None)
+                    bar.update(1)
+                records.append(rec)
+                if rec.status == "processed":
+                    s.processed += 1
+                    outputs, frame_id, tile = rec.__dict__.pop("_outputs")
                     t_gt = time.perf_counter()
-                    label_stats["read"] += 1
-                    try:
-                        msg = in_store.deserialize_cdr(raw.data, raw.msgtype)
-                        label = label_from_message(msg)
-                        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                    except Exception as exc:  # noqa: BLE001 - a bad label costs only itself
-                        label_stats[f"unusable: {type(exc).__name__}: {exc}"[:160]] += 1
-                        continue
-                    if matcher is not None:
-                        matcher.label((msg.header.frame_id, stamp), label)
+                    if labels_dir is not None and raw.topic == cams[0].name:
+                        try:
+                            label = labels_dir.get(index, rec.stamp_ns)
+                        except ValueError as exc:
+                            label_stats[f"unusable: {exc}"[:160]] += 1
+                            label = None
+                        if label is None:
+                            label_stats["frames_without_label"] += 1
+                        elif accuracy is not None:
+                            scored(outputs, label, tile)
+                    elif matcher is not None and rec.stamp_ns is not None:
+                        matcher.frame((frame_id, rec.stamp_ns), outputs, tile)
                     stages["ground_truth_metrics"] += (time.perf_counter() - t_gt) * 1e3
                 else:
-                    other[raw.topic] += 1
-            bar.close()
-        finally:
-            writer.close()
-        wall = time.perf_counter() - t_start
-        # Everything in the loop that is not per-frame processing: reading the bag, labels, metrics.
-        stages["bag_read_and_other"] = (wall * 1e3 - sum(r.latency_ms for r in records)
-                                        - stages.get("ground_truth_metrics", 0.0))
-        if accuracy is None:      # no labels: no "ground truth metrics" stage in the report
-            stages.pop("ground_truth_metrics", None)
-        issues = [str(i) for i in reader.issues]
-        backends = dict(reader.backends)
-        all_topics = dict(reader.topics)
+                    s.skipped += 1
+                    s.skip_reasons[rec.reason] = s.skip_reasons.get(rec.reason, 0) + 1
+            elif label_topic is not None and raw.topic == label_topic.name:
+                t_gt = time.perf_counter()
+                label_stats["read"] += 1
+                try:
+                    msg = in_store.deserialize_cdr(raw.data, raw.msgtype)
+                    label = label_from_message(msg, opts.max_decoded_pixels)
+                    stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                except Exception as exc:  # noqa: BLE001 - a bad label costs only itself
+                    label_stats[f"unusable: {type(exc).__name__}: {exc}"[:160]] += 1
+                    continue
+                if matcher is not None:
+                    matcher.label((msg.header.frame_id, stamp), label)
+                stages["ground_truth_metrics"] += (time.perf_counter() - t_gt) * 1e3
+            else:
+                other[raw.topic] += 1
+        bar.close()
+    except BagWriteError as exc:        # the output failed (disk full): stop, say so, keep nothing half-written
+        failure = _output_problem(exc, folder)
+    finally:
+        if writer is not None:
+            try:
+                writer.close()
+            except BagWriteError as exc:
+                failure = failure or _output_problem(exc, folder)
+    wall = time.perf_counter() - t_start
+    # Everything in the loop that is not per-frame processing: reading the bag, labels, metrics.
+    stages["bag_read_and_other"] = (wall * 1e3 - sum(r.latency_ms for r in records)
+                                    - stages.get("ground_truth_metrics", 0.0))
+    if accuracy is None:      # no labels: no "ground truth metrics" stage in the report
+        stages.pop("ground_truth_metrics", None)
 
     if matcher is not None:
         matcher.finish()
         label_stats["frames_without_label"] += matcher.frames_without_label
         label_stats["labels_without_frame"] += matcher.labels_without_frame
-    summary = _summarise(bag, result_bag, runtime, float(threshold), opts, cams, summaries, all_topics,
-                         other, records, issues, backends, wall, label_topic, labels_dir, accuracy,
-                         label_stats, top, report_dir, stages)
-    rep.write_summary(report_dir, summary)
-    with (report_dir / "frames.csv").open("w", newline="", encoding="utf-8") as fh:
-        rows = rep.records_to_rows(records)
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["topic"])
-        w.writeheader()
-        w.writerows(rows)
-    rep.write_html(report_dir, summary)
+    summary = _summarise(bag, result_bag, runtime, threshold, opts, cams, summaries, dict(reader.topics),
+                         other, records, [str(i) for i in reader.issues], dict(reader.backends), wall,
+                         label_topic, labels_dir, accuracy, label_stats, top, stages)
+    if failure is None:
+        try:
+            _write_report(folder.stage("report"), summary, records, top, misses, accuracy, opts)
+        except OSError as exc:
+            failure = _output_problem(exc, folder)
+    if failure is not None:
+        _mark_incomplete(summary, failure)
+        if writer is None or writer.error is not None:
+            folder.discard("result_bag")
+            summary["deterministic"]["result_bag"] = None
+        try:         # what the run can still say: the summary alone, saying what is missing and why
+            stage = folder.stage("report", fresh=True)
+            stage.mkdir()
+            rep.write_summary(stage, summary)
+        except OSError:
+            folder.discard("report")        # not even that fits: no report at all, never a stale one
+    folder.commit()
     processed = sum(s.processed for s in summaries.values())
-    code = 0 if processed else 1
-    return ReplayResult(bag, out_dir, result_bag, report_dir, summary, code)
+    code = 0 if processed and failure is None else 1
+    return ReplayResult(bag, folder.folder, result_bag if summary["deterministic"]["result_bag"] else None,
+                        report_dir, summary, code, [failure] if failure else [], accuracy=accuracy)
+
+
+def _mark_incomplete(summary: dict[str, Any], failure: str) -> None:
+    det = summary["deterministic"]
+    det["status"] = "incomplete"
+    det["incomplete"] = failure
+    det["status_text"] = f"incomplete, writing the results failed: {failure} ({det['status_text']} before that)"
+    det["contact_sheet"] = det["misses_sheet"] = False
+
+
+def _write_report(report_dir: Path, summary: dict[str, Any], records: list[rep.FrameRecord],
+                  top: rep.TopK, misses: rep.TopK, accuracy: Accuracy | None, opts: ReplayOptions) -> None:
+    """Plots, contact sheet, frames.csv and report.html, then summary.json last."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    det = summary["deterministic"]
+    if det["anomaly"]["frames"]:
+        rep.plot_anomaly_over_time(records, report_dir / "anomaly_over_time.png")
+    thr = float(det["threshold"])
+    det["contact_sheet"] = rep.contact_sheet([t for _, t in top.items()], report_dir / "contact_sheet.png",
+                                             thr, opts.heatmap_span)
+    det["misses_sheet"] = rep.contact_sheet([t for _, t in misses.items()], report_dir / "misses.png",
+                                            thr, opts.heatmap_span)
+    gt = det.get("ground_truth")
+    if accuracy is not None and gt and gt.get("metrics"):
+        scores, labels = accuracy.curve_sample()
+        rep.plot_curves(scores, labels, gt["metrics"], report_dir)
+    rows = rep.records_to_rows(records)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["topic"])
+    w.writeheader()
+    w.writerows(rows)
+    write_file(report_dir / "frames.csv", buf.getvalue())
+    rep.write_html(report_dir, summary)
+    rep.write_summary(report_dir, summary)
 
 
 def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, opts: ReplayOptions,
-             writer: BagWriter, prefix: str, top: rep.TopK, stages: defaultdict[str, float]) -> None:
+             writer: BagWriter, prefix: str, top: rep.TopK, stages: defaultdict[str, float],
+             tiles_for_all: bool = False) -> None:
     """Decode + pipeline + write one frame; fills ``rec`` (a skipped frame gets its reason) and adds
     the time of each stage to ``stages`` (ms)."""
     from ..pipeline.convert import FrameError
 
     t0 = time.perf_counter()
     try:
-        msg = store.deserialize_cdr(raw.data, raw.msgtype)
+        # a memoryview: rosbags slices off the CDR header, which would copy a bytes payload (as the node)
+        msg = store.deserialize_cdr(memoryview(raw.data), raw.msgtype)
     except Exception as exc:  # noqa: BLE001 - corrupt CDR: this frame only
         rec.status, rec.reason = "skipped", f"undecodable message ({type(exc).__name__})"
         return
@@ -288,12 +380,20 @@ def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, op
     rec.inference_ms = float(result.timings.get("inference", 0.0))
     rec.anomaly_fraction, rec.max_score, rec.mean_score = st.anomaly_fraction, st.max_score, st.mean_score
     rec.regions = len(st.regions)
-    if top.wants(st.anomaly_fraction):
+    tile = None
+    # With ground truth every frame may turn out to be a miss worth showing: each gets its tile.
+    if tiles_for_all or top.wants(st.anomaly_fraction):
         ov = msgs.get("overlay")
         img = (np.asarray(ov.data).reshape(ov.height, ov.width, 3) if ov is not None
                else _overlay_image(pipe, msg, result.outputs))
-        top.add(st.anomaly_fraction, f"{rec.topic} #{rec.index}", img)
-    rec.__dict__["_outputs"] = (result.outputs, str(msg.header.frame_id))
+        score = result.outputs.score
+        if getattr(pipe.runtime, "reuse_outputs", False):   # overwritten by the next frame otherwise
+            score = score.copy()
+        # references, not thumbnails: only the frames still on the sheet at the end are shrunk
+        tile = rep.make_tile(f"{rec.topic} #{rec.index}", st.anomaly_fraction, img, score)
+        if top.wants(st.anomaly_fraction):
+            top.add(st.anomaly_fraction, tile)
+    rec.__dict__["_outputs"] = (result.outputs, str(msg.header.frame_id), tile)
 
 
 def _overlay_image(pipe: FramePipeline, msg: Any, outputs: Any) -> np.ndarray:
@@ -315,7 +415,7 @@ def _summarise(bag: Path, result_bag: Path, runtime: Any, threshold: float, opts
                cams: list[TopicInfo], summaries: dict[str, rep.TopicSummary], all_topics: dict[str, TopicInfo],
                other: Counter, records: list[rep.FrameRecord], issues: list[str], backends: dict[str, str],
                wall: float, label_topic: TopicInfo | None, labels_dir: LabelFolder | None,
-               accuracy: Accuracy | None, label_stats: Counter, top: rep.TopK, report_dir: Path,
+               accuracy: Accuracy | None, label_stats: Counter, top: rep.TopK,
                stages: defaultdict[str, float]) -> dict[str, Any]:
     processed = [r for r in records if r.status == "processed"]
     # Declared-but-unreadable messages: every message the metadata promises must show up somewhere.
@@ -352,17 +452,14 @@ def _summarise(bag: Path, result_bag: Path, runtime: Any, threshold: float, opts
         "output_topics": sorted(f"{_output_prefix(opts.namespace, t.name, len(cams) > 1)}/{n}"
                                 for t in cams for n in opts.outputs),
     }
-    if fractions:
-        rep.plot_anomaly_over_time(records, report_dir / "anomaly_over_time.png")
-    det["contact_sheet"] = rep.contact_sheet(top.items(), report_dir / "contact_sheet.png")
+    det["contact_sheet"] = bool(top.items())
+    det["heatmap"] = {"low": threshold - opts.heatmap_span, "threshold": threshold,
+                      "high": threshold + opts.heatmap_span}
     if accuracy is not None:
         gt = accuracy.compute()
         gt["source"] = labels_dir.describe() if labels_dir else f"topic {label_topic.name if label_topic else '?'}"
         gt["frames_without_labels"] = int(label_stats.get("frames_without_label", 0))
         gt["label_messages"] = {k: v for k, v in label_stats.items() if k not in ("matched", "frames_without_label")}
-        if gt.get("metrics"):
-            scores, labels = accuracy.curve_sample()
-            rep.plot_curves(scores, labels, gt["metrics"], report_dir)
         det["ground_truth"] = gt
     timing = {
         "wall_s": wall, "frames_per_s": n_proc / wall if wall > 0 else 0.0,

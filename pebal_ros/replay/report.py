@@ -17,6 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..output_folder import write_file
+from ..pipeline.visualize import HEATMAP_SPAN, colorbar, score_heatmap
+
 PERCENTILES = (50, 90, 95, 99)
 
 
@@ -49,31 +52,78 @@ class TopicSummary:
     skip_reasons: dict[str, int] = field(default_factory=dict)
 
 
-class TopK:
-    """The k frames with the largest anomaly fraction, with a small overlay thumbnail each."""
+@dataclass(eq=False)
+class Tile:
+    """One frame on a contact sheet: its overlay and score map, and (once the frame's label is
+    matched) its labelled anomaly. Kept at full size and shrunk only when the sheet is drawn: most
+    frames that enter the top k are pushed out again, and a thumbnail per candidate cost more
+    per frame than anything else replay adds to the node's own work. The score is coloured when
+    the sheet is drawn, on the one scale of every heat map (pipeline.visualize.score_heatmap)."""
+    title: str
+    fraction: float                       # anomalous (flagged) fraction of the frame
+    overlay: np.ndarray                   # RGB (read only: it may be a message's payload)
+    score: np.ndarray                     # float32 (read only)
+    truth: np.ndarray | None = None       # uint8 0/1 labelled anomaly (any size)
+    objects: list[tuple[int, int]] = field(default_factory=list)   # labelled (pixels, flagged)
 
-    def __init__(self, k: int = 12, width: int = 320) -> None:
-        self.k, self.width = k, width
-        self._heap: list[tuple[float, int, str, np.ndarray]] = []
+    @property
+    def missed_pixels(self) -> int:
+        return sum(a - f for a, f in self.objects)
+
+    def caption(self) -> list[str]:
+        lines = [f"{self.title}  {100 * self.fraction:.2f}% flagged"]
+        if self.objects:
+            area, hit = sum(a for a, _ in self.objects), sum(f for _, f in self.objects)
+            lines.append(f"labelled anomaly: {hit} of {area} px flagged")
+        elif self.truth is not None:
+            lines.append("no labelled anomaly: all flagged are false")
+        return lines
+
+    def thumbnails(self, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(overlay RGB, score float32, truth 0/1 or None) at ``width`` pixels wide."""
+        h, w = self.overlay.shape[:2]
+        size = (width, max(1, round(h * width / w)))
+        truth = None
+        if self.truth is not None:
+            # INTER_AREA then > 0: a labelled object a few pixels wide still shows on a thumbnail
+            small = cv2.resize(self.truth.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            truth = (small > 0).astype(np.uint8)
+        return (cv2.resize(self.overlay, size, interpolation=cv2.INTER_AREA),
+                cv2.resize(np.asarray(self.score, np.float32), size, interpolation=cv2.INTER_AREA), truth)
+
+
+def make_tile(title: str, fraction: float, overlay_rgb: np.ndarray, score: np.ndarray) -> Tile:
+    return Tile(title, fraction, overlay_rgb, score)
+
+
+def attach_truth(tile: Tile, truth: np.ndarray, objects: list[tuple[int, int]]) -> None:
+    """The frame's labelled anomaly (uint8 0/1, any size) and its objects, onto its tile."""
+    tile.truth = truth
+    tile.objects = list(objects)
+
+
+class TopK:
+    """The k items with the largest value (ties: the earliest first), kept as they come."""
+
+    def __init__(self, k: int = 12) -> None:
+        self.k = k
+        self._heap: list[tuple[float, int, Any]] = []
         self._n = 0
 
-    def wants(self, fraction: float) -> bool:
-        return len(self._heap) < self.k or fraction > self._heap[0][0]
+    def wants(self, value: float) -> bool:
+        return self.k > 0 and (len(self._heap) < self.k or value > self._heap[0][0])
 
-    def add(self, fraction: float, title: str, overlay_rgb: np.ndarray) -> None:
-        h, w = overlay_rgb.shape[:2]
-        thumb = cv2.resize(overlay_rgb, (self.width, max(1, round(h * self.width / w))),
-                           interpolation=cv2.INTER_AREA)
-        # -index breaks ties towards the earlier frame: a deterministic sheet.
-        item = (fraction, -self._n, title, thumb)
+    def add(self, value: float, item: Any) -> None:
+        # -index breaks ties towards the earlier item: a deterministic sheet.
+        entry = (value, -self._n, item)
         self._n += 1
         if len(self._heap) < self.k:
-            heapq.heappush(self._heap, item)
-        elif item[:2] > self._heap[0][:2]:
-            heapq.heapreplace(self._heap, item)
+            heapq.heappush(self._heap, entry)
+        elif entry[:2] > self._heap[0][:2]:
+            heapq.heapreplace(self._heap, entry)
 
-    def items(self) -> list[tuple[float, str, np.ndarray]]:
-        return [(f, t, im) for f, _, t, im in sorted(self._heap, key=lambda x: (-x[0], -x[1]))]
+    def items(self) -> list[tuple[float, Any]]:
+        return [(v, it) for v, _, it in sorted(self._heap, key=lambda x: (-x[0], -x[1]))]
 
 
 def latency_stats(values_ms: Sequence[float]) -> dict[str, float]:
@@ -125,10 +175,20 @@ def anomaly_over_time_figure(records: Sequence[FrameRecord]) -> Any:
     return fig
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """A figure as PNG at ``path``; a failed write is an OSError naming ``path``."""
+    import io
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", metadata={"Software": None})
+    finally:
+        _pyplot().close(fig)
+    write_file(path, buf.getvalue())
+
+
 def plot_anomaly_over_time(records: Sequence[FrameRecord], path: Path) -> None:
-    fig = anomaly_over_time_figure(records)
-    fig.savefig(path, metadata={"Software": None})
-    _pyplot().close(fig)
+    save_figure(anomaly_over_time_figure(records), path)
 
 
 def plot_curves(scores: np.ndarray, labels: np.ndarray, metrics: dict[str, float], outdir: Path) -> None:
@@ -155,8 +215,7 @@ def plot_curves(scores: np.ndarray, labels: np.ndarray, metrics: dict[str, float
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(outdir / name, metadata={"Software": None})
-        plt.close(fig)
+        save_figure(fig, outdir / name)
 
 
 def _fit_caption(text: str, width: int, scale: float = 0.45, smallest: float = 0.32) -> tuple[str, float]:
@@ -171,29 +230,91 @@ def _fit_caption(text: str, width: int, scale: float = 0.45, smallest: float = 0
     return text, scale
 
 
-def contact_sheet(items: Sequence[tuple[float, str, np.ndarray]], path: Path, cols: int = 3) -> bool:
-    """Thumbnails in a grid, each captioned with its frame and anomaly fraction."""
-    if not items:
+TRUTH_COLOR = (255, 230, 0)     # labelled anomaly outline: yellow, with a dark edge on any background
+
+
+def _draw_truth(img: np.ndarray, truth: np.ndarray | None) -> None:
+    if truth is None or not truth.any():
+        return
+    contours, _ = cv2.findContours(truth, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(img, contours, -1, (0, 0, 0), 3, cv2.LINE_8)
+    cv2.drawContours(img, contours, -1, TRUTH_COLOR, 1, cv2.LINE_8)
+
+
+def contact_sheet(tiles: Sequence[Tile], path: Path, threshold: float, span: float = HEATMAP_SPAN,
+                  cols: int = 3, width: int = 320) -> bool:
+    """Tiles in a grid: each frame's overlay (flagged pixels green) above its anomaly score heat map
+    (one scale around the threshold; flagged regions outlined in black), the labelled anomaly
+    outlined in yellow on both where there is ground truth; captions say what was flagged and
+    found; a colour bar and a legend at the bottom."""
+    if not tiles:
         return False
-    th, tw = max(im.shape[0] for _, _, im in items), max(im.shape[1] for _, _, im in items)
-    cap = 22
-    rows = (len(items) + cols - 1) // cols
-    sheet = np.full((rows * (th + cap), cols * tw, 3), 255, np.uint8)
-    for i, (frac, title, im) in enumerate(items):
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    thumbs = [t.thumbnails(width) for t in tiles]
+    th, tw = max(o.shape[0] for o, _, _ in thumbs), width
+    lines = max(len(t.caption()) for t in tiles)
+    cap, gap = 6 + 16 * lines, 6
+    cell_h = cap + 2 * th + gap
+    rows = (len(tiles) + cols - 1) // cols
+    sheet_w = cols * tw + (cols - 1) * gap
+    has_truth = any(t.truth is not None for t in tiles)
+    legend = ["top: the frame with semantic colours, flagged pixels green",
+              "bottom: anomaly score (black line: the threshold, around flagged pixels)"]
+    if has_truth:
+        legend.append("yellow outline: labelled anomaly (ground truth)")
+    bar = colorbar(min(sheet_w, 640), threshold, span)
+    foot = bar.shape[0] + 18 * len(legend) + 8
+    sheet = np.full((rows * cell_h + foot, sheet_w, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
-        y, x = r * (th + cap), c * tw
-        sheet[y + cap: y + cap + im.shape[0], x: x + im.shape[1]] = im
-        text, scale = _fit_caption(f"{title}  {100 * frac:.2f}%", tw - 8)
-        cv2.putText(sheet, text, (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        y, x = r * cell_h, c * (tw + gap)
+        for k, line in enumerate(t.caption()):
+            text, scale = _fit_caption(line, tw - 8)
+            cv2.putText(sheet, text, (x + 4, y + 16 + 16 * k), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        over, score, truth = thumbs[i]
+        h, w = over.shape[:2]
+        heat = score_heatmap(score, threshold, span)
+        _draw_truth(over, truth)
+        _draw_truth(heat, truth)
+        sheet[y + cap: y + cap + h, x: x + w] = over
+        sheet[y + cap + th: y + cap + th + h, x: x + w] = heat
+    y = rows * cell_h
+    sheet[y: y + bar.shape[0], : bar.shape[1]] = bar
+    for k, text in enumerate(legend):
+        cv2.putText(sheet, text, (6, y + bar.shape[0] + 14 + 18 * k), font, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(None, "could not be encoded as PNG", str(path))
+    write_file(path, png.tobytes())
     return True
+
+
+def ground_truth_words(gt: dict[str, Any]) -> list[str]:
+    """What the accuracy figures mean, in sentences: how much of the labelled anomalies and of the
+    rest the mask flagged, and each large labelled anomaly it missed, by frame."""
+    out: list[str] = []
+    share = gt.get("flagged_share") or {}
+    if share.get("anomaly_pixels") is not None and share.get("inlier_pixels") is not None:
+        out.append(f"The mask flagged {100 * share['anomaly_pixels']:.1f} % of the labelled anomalous "
+                   f"pixels and {100 * share['inlier_pixels']:.1f} % of the other labelled pixels "
+                   "(false alarms).")
+    obj = gt.get("objects") or {}
+    if obj.get("labelled"):
+        pct = round(100 * obj["detected_share"])
+        out.append(f"Labelled anomalies: {obj['labelled']} (one per object and frame); detected "
+                   f"(at least {pct} % of its pixels flagged): {obj['detected']}; partly: "
+                   f"{obj['partly']}; missed (no pixel flagged): {obj['missed']}.")
+        if obj["labelled"] and obj["detected"] == 0:
+            out.append("The detector found none of the labelled anomalies.")
+        for m in obj.get("largest_misses") or []:
+            out.append(f"missed: the labelled anomaly in frame {m['frame']} "
+                       f"(0 of {m['pixels']} pixels flagged)")
+    return out
 
 
 # -- summary + page ------------------------------------------------------------------------------
 def write_summary(outdir: Path, summary: dict[str, Any]) -> Path:
-    path = outdir / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    return write_file(outdir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def _table(rows: Sequence[Sequence[Any]], head: Sequence[str]) -> str:
@@ -291,12 +412,20 @@ def write_html(outdir: Path, summary: dict[str, Any]) -> Path:
         parts.append(_table(rows, ["metric", "value"]))
         if gt.get("iou"):
             parts.append(_table([[k, _fmt(v, True)] for k, v in gt["iou"].items()], ["class", "IoU"]))
+        words = ground_truth_words(gt)
+        if words:
+            missed = [w for w in words if w.startswith("missed:")]
+            parts.append("".join(f"<p>{html.escape(w)}</p>" for w in words if not w.startswith("missed:")))
+            if missed:
+                parts.append("<ul class='bad'>" + "".join(f"<li>{html.escape(w)}</li>" for w in missed)
+                             + "</ul>")
+        if d.get("misses_sheet"):
+            parts.append("<h3>Frames with the most labelled anomalous pixels not flagged</h3>"
+                         "<img src='misses.png' alt='largest misses'>")
         if (outdir / "roc.png").exists():
             parts.append("<div class='row'><img src='roc.png' alt='ROC'><img src='pr.png' alt='PR'></div>")
     parts.append("<p>Raw figures: <a href='summary.json'>summary.json</a>.</p></body></html>")
-    path = outdir / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return write_file(outdir / "report.html", "\n".join(parts))
 
 
 def records_to_rows(records: Sequence[FrameRecord]) -> list[dict[str, Any]]:

@@ -44,6 +44,14 @@ def _providers(device: str, cuda_graph: bool = False) -> list:
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
 
 
+def _first_sentence(exc: BaseException, limit: int = 300) -> str:
+    """ONNX Runtime's message on one line, without its "[ONNXRuntimeError] : 10 : INVALID_GRAPH :" prefix."""
+    text = " ".join(str(exc).split())
+    if text.startswith("[ONNXRuntimeError]"):
+        text = text.split(" : ", 3)[-1]
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class OnnxRuntime:
     name = "onnxruntime"
     supports_batch = False      # the fused graph's input is one uint8 HxWx3 frame
@@ -75,7 +83,12 @@ class OnnxRuntime:
         self.providers = _providers(device, cuda_graph)
         if cuda_graph and self.spec.image_size is None:
             raise ValueError(f"{self.path}: cuda_graph needs a static-size export (this one has dynamic H/W)")
-        self.session = ort.InferenceSession(str(self.path), so, providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors are plain Exceptions
+            # A graph it cannot load (an unknown operator, external data pointing outside the model's
+            # folder, a corrupt file) is the file's problem: one line, not a 26-line traceback.
+            raise ValueError(f"{self.path}: ONNX Runtime cannot load it: {_first_sentence(exc)}") from None
         names_in = tuple(i.name for i in self.session.get_inputs())
         names_out = tuple(o.name for o in self.session.get_outputs())
         if names_in != INPUT_NAMES or names_out != OUTPUT_NAMES:

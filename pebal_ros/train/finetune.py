@@ -67,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training crop (default 900 900, official)")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap optimiser steps per epoch (smoke runs)")
     p.add_argument("--num-workers", type=int, default=None, help="data-loading worker processes per rank")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed of sampling and AnomalyMix (default: train.seed, 0)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines only)")
 

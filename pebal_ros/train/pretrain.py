@@ -47,15 +47,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--arch", default=None, help="architecture (default: pretrain.arch = espnetv2)")
     p.add_argument("--width", type=float, default=None, help="ESPNetv2 width multiplier s (0.5, 1.0, 1.25, 1.5, 2.0)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="total epochs (default: pretrain.epochs, 100)")
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    p.add_argument("--crop-size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    p.add_argument("--crop-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="training crop height and width (default: pretrain.crop_size, 512 1024)")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap optimiser steps per epoch")
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None, help="data-loading worker processes per rank "
+                   "(default: pretrain.num_workers, 2)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: pretrain.seed, 0)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines only)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -3,13 +3,14 @@ serving two cameras of different sizes with the bundled ``.pt`` on PyTorch with 
 batch dimension).
 Each camera's outputs arrive in its own namespace, where one node per camera would put them, with
 the camera's header and size, and its camera_info republished for them; /diagnostics has one status per camera; with both cameras streaming
-faster than inference, ticks run both frames in one inference (frames_per_inference > 1).
+faster than inference, ticks run both frames in one inference (frames_per_inference > 1). Frame
+counts are compared only once the node has finished with every frame it received (its counters
+settled), never within a time window: the test holds on a loaded machine.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-import time
 import unittest
 
 import launch
@@ -22,8 +23,8 @@ from ament_index_python.packages import get_package_share_directory
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from sensor_msgs.msg import CameraInfo, Image
 
-from _common import (RVIZ_QOS, Diagnostics, Outputs, assert_clean_exit, image_msg, pixels, send_and_wait,
-                     spin_until)
+from _common import (RVIZ_QOS, Diagnostics, Outputs, assert_clean_exit, delta, image_msg, patient_shutdown, pixels,
+                     send_and_wait, spin_until)
 
 CAMERAS = {"front": ("/cam_front/image_raw", (120, 200)), "rear": ("/cam_rear/image_raw", (96, 160))}
 
@@ -42,7 +43,7 @@ def generate_test_description():
                           "runtime": "torch", "device": "cpu", "params_file": params,
                           "use_camera_info": "true"}.items(),
     )
-    return launch.LaunchDescription([detector, launch_testing.actions.ReadyToTest()])
+    return launch.LaunchDescription([*patient_shutdown(), detector, launch_testing.actions.ReadyToTest()])
 
 
 class TestBatchedCameras(unittest.TestCase):
@@ -88,8 +89,10 @@ class TestBatchedCameras(unittest.TestCase):
                              (w, h, f"{ns}_cam"))
 
         # both cameras streaming at 20 Hz, faster than the model runs here: the worker finds both
-        # cameras' newest frames waiting and runs them in one inference
+        # cameras' newest frames waiting and runs them in one inference. Stream until each camera has
+        # had frames processed (however slow the machine), then stop and let the node finish.
         diags = {ns: Diagnostics(self.node, f"pebal_detector: PEBAL anomaly detector ({ns})") for ns in CAMERAS}
+        before = {ns: diag.settled() for ns, diag in diags.items()}
         imgs = {ns: pixels(h, w, 7) for ns, (_, (h, w)) in CAMERAS.items()}
         seq = [0]
 
@@ -98,14 +101,21 @@ class TestBatchedCameras(unittest.TestCase):
             for ns, pub in pubs.items():
                 pub.publish(image_msg(imgs[ns], "rgb8", (2000 + seq[0], 0), f"{ns}_cam"))
 
-        spin_until(self.node, lambda: False, 8.0, step=both, period=0.05)
+        def streamed_enough() -> bool:
+            return all(delta(d.latest, before[ns], "frames_processed") >= 5 for ns, d in diags.items())
+
+        self.assertTrue(spin_until(self.node, streamed_enough, 240, step=both, period=0.05),
+                        {ns: d.latest for ns, d in diags.items()})
         for ns, diag in diags.items():
-            values = diag.wait(lambda v: "frames_per_inference" in v, timeout=30)
+            values = diag.settled()
             self.assertIn("frames_per_inference", values, ns)
-            self.assertGreater(float(values["frames_per_inference"]), 1.2, (ns, values))
+            # at least some ticks served both cameras with one inference call (a mean over single-
+            # and two-camera calls: its exact value depends on the machine's speed, > 1 does not)
+            self.assertGreater(float(values["frames_per_inference"]), 1.0, (ns, values))
             self.assertEqual(values.get("cameras"), "front,rear", values)
             self.assertEqual(values.get("runtime_name"), "torch", values)
-            self.assertGreater(int(values["frames_processed"]), 5, values)
+            self.assertGreater(delta(values, before[ns], "frames_dropped") + delta(values, before[ns],
+                               "frames_processed"), 0, values)
         # outputs of the streamed frames kept each camera's size
         for ns, (_, (h, w)) in CAMERAS.items():
             streamed = [m for (name, st), m in outs[ns].got.items() if name == "status" and st[0] > 2000]
@@ -113,9 +123,9 @@ class TestBatchedCameras(unittest.TestCase):
             self.assertTrue(all((m.image_height, m.image_width) == (h, w) for m in streamed), ns)
 
         # the rear camera sends frames with a wrong step while the front one streams on: the rear's
-        # are counted bad, the front's still processed (in the same ticks)
-        processed = {ns: int(diags[ns].wait(lambda v: "frames_processed" in v)["frames_processed"]) for ns in CAMERAS}
-        bad_before = int(diags["rear"].wait(lambda v: "frames_bad" in v)["frames_bad"])
+        # are counted bad (or dropped, when a newer one replaced it first), never processed; the
+        # front's are still processed (in the same ticks). Compared once the node finished with all.
+        settled = {ns: diags[ns].settled() for ns in CAMERAS}
 
         def front_good_rear_bad():
             seq[0] += 1
@@ -123,15 +133,21 @@ class TestBatchedCameras(unittest.TestCase):
             h, w = CAMERAS["rear"][1]
             pubs["rear"].publish(image_msg(imgs["rear"], "rgb8", (3000 + seq[0], 0), "rear_cam", step=w * 3 + 1))
 
-        spin_until(self.node, lambda: False, 4.0, step=front_good_rear_bad, period=0.1)
-        rear = diags["rear"].wait(lambda v: int(v.get("frames_bad", "0")) > bad_before, timeout=30)
-        self.assertGreater(int(rear.get("frames_bad", "0")), bad_before, rear)
+        def rear_bad_and_front_processed() -> bool:
+            return (delta(diags["rear"].latest, settled["rear"], "frames_bad") > 0
+                    and delta(diags["front"].latest, settled["front"], "frames_processed") > 0)
+
+        self.assertTrue(spin_until(self.node, rear_bad_and_front_processed, 240, step=front_good_rear_bad,
+                                   period=0.1), {ns: d.latest for ns, d in diags.items()})
+        rear, front = diags["rear"].settled(), diags["front"].settled()
+        self.assertGreater(delta(rear, settled["rear"], "frames_bad"), 0, rear)
         self.assertIn("step", rear.get("last_error", ""), rear)
-        self.assertEqual(int(rear["frames_processed"]), processed["rear"], rear)
-        front = diags["front"].wait(lambda v: int(v["frames_processed"]) > processed["front"], timeout=30)
-        self.assertGreater(int(front["frames_processed"]), processed["front"], front)
+        self.assertEqual(delta(rear, settled["rear"], "frames_processed"), 0, rear)
+        self.assertEqual(delta(rear, settled["rear"], "frames_received"),
+                         delta(rear, settled["rear"], "frames_bad") + delta(rear, settled["rear"], "frames_dropped"),
+                         rear)
+        self.assertGreater(delta(front, settled["front"], "frames_processed"), 0, front)
         self.assertEqual(front.get("frames_bad"), "0", front)
-        time.sleep(0.1)
 
 
 @launch_testing.post_shutdown_test()

@@ -1,7 +1,9 @@
 """Live = replay, with real ROS 2 tools: a camera bag is played with ``ros2 bag play`` into the
 running detector node, its outputs recorded with ``ros2 bag record``; ``pebal replay`` runs on the
 same input bag. For every frame both processed the semantic and mask images must be identical and
-the score equal within 1e-5: the claim that replay validates what runs on the vehicle.
+the score equal within 1e-5: the claim that replay validates what runs on the vehicle. The bag plays
+in a loop until the node has answered every frame (twice), so a frame lost to DDS discovery or
+dropped by a loaded node is sent again instead of failing the test.
 
 Uses an ONNX model (both sides then load the very same graph; for a .pt checkpoint the model
 settings must also be resolved the same way, which is the model-settings library's job).
@@ -12,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +22,11 @@ import pytest
 import rclpy
 import rosbag2_py
 from ament_index_python.packages import get_package_prefix
+from pebal_msgs.msg import PebalStatus
 from rclpy.serialization import deserialize_message, serialize_message
 from rosidl_runtime_py.utilities import get_message
 
-from _common import image_msg, pixels, spin_until, tiny_onnx
+from _common import RVIZ_QOS, Diagnostics, image_msg, pixels, spin_until, stamp_of, tiny_onnx
 
 H, W = 96, 160
 FRAMES = 8
@@ -88,24 +91,36 @@ def _live_vs_replay(tmp_path: Path, model: str | None) -> None:
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     rclpy.init()
     client = rclpy.create_node("live_replay_probe")
+    answers: Counter[tuple[int, int]] = Counter()
+    client.create_subscription(PebalStatus, "/pebal/status", lambda m: answers.update([stamp_of(m)]), RVIZ_QOS)
+    diag = Diagnostics(client, "pebal_detector")
+    play, play_out, done = None, "", False
     try:
         # play only once the node listens and the recorder is subscribed to every output
         ready = spin_until(client, lambda: client.count_subscribers("/camera/image_raw") > 0 and all(
             client.count_subscribers(t) > 0 for t in OUT_TOPICS), 60)
         assert ready, "detector or recorder did not come up"
-        time.sleep(1.0)   # let the recorder's subscriptions match the node's publishers both ways
-        # half speed (4 Hz): even the bundled model on torch keeps up, so every frame is processed
-        play = subprocess.run(["ros2", "bag", "play", str(in_bag), "--rate", "0.5"], env=env, capture_output=True,
-                              text=True, timeout=120)
-        assert play.returncode == 0, play.stdout + play.stderr
-        time.sleep(3.0)   # the last frame's outputs reach the recorder
+        # The bag plays in a loop until the node has answered every frame twice. A fresh player's
+        # first frames can go out before DDS discovery has matched it to the node (seconds on a
+        # loaded machine), and a loaded node may drop a frame (newest frame only): the second pass
+        # runs long after discovery, between player, node and recorder alike. The same frame gives
+        # the same outputs, so repeats are harmless. Counted, not timed.
+        play = subprocess.Popen(["ros2", "bag", "play", str(in_bag), "--loop"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        done = spin_until(client, lambda: len(answers) == FRAMES and min(answers.values()) >= 2, 600)
     finally:
+        if play is not None:
+            play.send_signal(signal.SIGINT)
+            play_out = play.communicate(timeout=30)[0]
+        if play is not None and done:
+            diag.settled()   # the node finished with every frame it received
         client.destroy_node()
         rclpy.shutdown()
         rec.send_signal(signal.SIGINT)
         rec_out = rec.communicate(timeout=30)[0]
         node.send_signal(signal.SIGINT)
         node_out = node.communicate(timeout=30)[0]
+    assert done, f"the node answered {dict(answers)} of {FRAMES} frames\n{play_out[-2000:]}\n{node_out[-2000:]}"
     assert rec.returncode == 0, rec_out
     assert node.returncode == 0 and "Traceback" not in node_out, node_out
 
@@ -119,8 +134,8 @@ def _live_vs_replay(tmp_path: Path, model: str | None) -> None:
     replay = _read(replay_out / "result_bag", OUT_TOPICS)
     both = sorted(set(live["/pebal/status"]) & set(replay["/pebal/status"]))
     assert len(replay["/pebal/status"]) == FRAMES
-    assert len(both) >= FRAMES - 1, (f"live processed {len(live['/pebal/status'])} frames, "
-                                     f"{len(both)} in common with replay\n{node_out[-2000:]}")
+    assert len(both) == FRAMES, (f"live recorded {len(live['/pebal/status'])} frames, "
+                                 f"{len(both)} in common with replay\n{node_out[-2000:]}")
     for stamp in both:
         lv = {t: live[t][stamp] for t in OUT_TOPICS}
         rp = {t: replay[t][stamp] for t in OUT_TOPICS}
