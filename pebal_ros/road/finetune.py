@@ -220,7 +220,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="total epochs")
     p.add_argument("--batch-size", type=int, default=None, help="items per step")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: train.seed of the preset)")
     p.add_argument("--device", default=None, help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(p)

@@ -69,8 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which objects of the bank (default eval: kinds never used in training)")
     p.add_argument("--sources", default="real", choices=("real", "procedural", "both"),
                    help="real cut-outs, procedural objects or both (default real)")
-    p.add_argument("--min-objects", type=int, default=1)
-    p.add_argument("--max-objects", type=int, default=3)
+    p.add_argument("--min-objects", type=int, default=1, help="fewest objects pasted into a frame (default 1)")
+    p.add_argument("--max-objects", type=int, default=3, help="most objects pasted into a frame (default 3)")
     p.add_argument("--seed", type=int, default=1, help="placement seed (default 1; training uses road.seed)")
     p.add_argument("--out", type=Path, required=True, help="output folder (original/, labels/, manifest.json)")
     add_config_arguments(p)
