@@ -214,7 +214,7 @@ class InputConfig:
 
 @dataclass
 class Config:
-    model: str = "models/pebal_synthetic_espnetv2.pt"
+    model: str = "models/pebal_espnetv2_road.pt"
     arch: str | None = None
     loss: LossConfig = field(default_factory=LossConfig)
     anomalymix: AnomalyMixConfig = field(default_factory=AnomalyMixConfig)

@@ -16,7 +16,8 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan")
 # Bundled models whose preset holds their own, calibrated settings (see configs/synthetic.yaml).
-BUNDLED_PRESETS = {"pebal_synthetic_espnetv2.pt": "synthetic", "inlier_synthetic_espnetv2.pt": "synthetic"}
+BUNDLED_PRESETS = {"pebal_synthetic_espnetv2.pt": "synthetic", "inlier_synthetic_espnetv2.pt": "synthetic",
+                   "pebal_espnetv2_road.pt": "road"}
 # The preset's threshold was calibrated for this bundled model only (models/make_default_model.sh).
 BUNDLED_CALIBRATED = {"pebal_synthetic_espnetv2.pt"}
 # Fields an exported graph fixes: the graph itself resizes, normalises and smooths.

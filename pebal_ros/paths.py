@@ -22,7 +22,10 @@ import sysconfig
 from pathlib import Path
 
 PACKAGE = "pebal_ros"
-DEFAULT_MODEL_NAME = "pebal_synthetic_espnetv2.pt"
+# The default: the real-road model (models/make_road_model.sh). The synthetic one drives the synthetic
+# demo scene and the tests that need a small, fast model.
+DEFAULT_MODEL_NAME = "pebal_espnetv2_road.pt"
+SYNTHETIC_MODEL_NAME = "pebal_synthetic_espnetv2.pt"
 _SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -28,12 +28,15 @@ from pebal_ros.graph.engine_cache import (EngineCache, EngineKey, StaleEngineErr
                                           write_sidecar)
 from pebal_ros.model_settings import resolve_settings
 from pebal_ros.open_model import cached_onnx
-from pebal_ros.paths import bundled_model
+from pebal_ros.paths import SYNTHETIC_MODEL_NAME, bundled_model
 from pebal_ros.runtime.onnx import OnnxRuntime
 
 ROOT = os.geteuid() == 0
 NOBODY = 65534
 needs_root = pytest.mark.skipif(not ROOT, reason="a file of another user can only be made by root")
+# The small bundled model: these tests are about the cache, and its export takes seconds, not a minute.
+# It has no calibration record beside it, so the cache is where its record would be looked for.
+SYNTH = bundled_model(SYNTHETIC_MODEL_NAME)
 
 
 @pytest.fixture(autouse=True)
@@ -216,7 +219,7 @@ def exported(tmp_path_factory) -> Path:
     old = os.environ.get("PEBAL_CACHE")
     os.environ["PEBAL_CACHE"] = str(root)
     try:
-        cached_onnx(resolve_settings(None, runtime="onnxruntime"), quiet=True)
+        cached_onnx(resolve_settings(SYNTH, runtime="onnxruntime"), quiet=True)
     finally:
         if old is None:
             os.environ.pop("PEBAL_CACHE")
@@ -242,7 +245,7 @@ def street(tmp_path: Path) -> Path:
 
 def _infer(image: Path, out: Path, cache_root: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PEBAL_CACHE": str(cache_root)}
-    return subprocess.run([sys.executable, "-m", "pebal_ros.cli", "infer", str(image), "--out", str(out), *extra],
+    return subprocess.run([sys.executable, "-m", "pebal_ros.cli", "infer", str(image), "--model", str(SYNTH), "--runtime", "onnxruntime", "--out", str(out), *extra],
                           capture_output=True, text=True, env=env, timeout=900)
 
 
@@ -284,7 +287,7 @@ def test_same_model_in_three_places_is_exported_once(exported: Path, tmp_path: P
                                                      monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """A clone, a pip prefix and a colcon install tree each hold the bundled model: one export."""
     monkeypatch.setenv("PEBAL_CACHE", str(_copy(exported, tmp_path / "cache3")))
-    places = [bundled_model()]
+    places = [SYNTH]
     for prefix in ("pip_prefix", "colcon_install"):
         folder = tmp_path / prefix / "share" / "pebal_ros" / "models"
         folder.mkdir(parents=True)
@@ -312,7 +315,7 @@ def test_symlinks_where_the_export_writes_are_never_followed(exported: Path, tmp
         entry.unlink()
         for name in (entry.name, entry.with_suffix(f".{os.getpid()}.tmp.onnx").name):   # final and temporary
             (entry.parent / name).symlink_to(victim)
-    path = cached_onnx(resolve_settings(None, runtime="onnxruntime"), quiet=True)
+    path = cached_onnx(resolve_settings(SYNTH, runtime="onnxruntime"), quiet=True)
     assert victim.read_text() == "root-owned file\n"
     assert path.is_file() and not path.is_symlink()
     OnnxRuntime(path, device="cpu").infer(np.zeros((128, 256, 3), np.uint8), -3.7)
@@ -324,31 +327,31 @@ def _record(threshold: float, sha: str) -> str:
 
 
 def test_planted_calibration_record_is_not_applied(tmp_path: Path) -> None:
-    model = bundled_model()
+    model = SYNTH
     sha = file_sha256(model)
     folder = cache.cache_folder("calibration")
     (folder / f"{sha}.yaml").write_text(_record(1.0e30, sha))       # "calibrated" to never alarm
-    s = resolve_settings(None, runtime="onnxruntime")
+    s = resolve_settings(SYNTH, runtime="onnxruntime")
     assert s.threshold == pytest.approx(-3.73, abs=0.01) and "calibration file" not in s.source("threshold")
     assert any(f"{sha}.yaml" in w and "between -1e+06 and 1e+06" in w for w in s.warnings), s.warnings
 
 
 def test_calibration_record_through_a_symlink_is_ignored(tmp_path: Path) -> None:
-    sha = file_sha256(bundled_model())
+    sha = file_sha256(SYNTH)
     elsewhere = tmp_path / "planted.yaml"
     elsewhere.write_text(_record(-100.0, sha))
     (cache.cache_folder("calibration") / f"{sha}.yaml").symlink_to(elsewhere)
-    cal, where, reason = find_calibration(bundled_model())
+    cal, where, reason = find_calibration(SYNTH)
     assert cal is None and "symbolic link" in reason and "\n" not in reason
 
 
 @needs_root
 def test_calibration_record_of_another_user_is_ignored(tmp_path: Path) -> None:
-    sha = file_sha256(bundled_model())
+    sha = file_sha256(SYNTH)
     record = cache.cache_folder("calibration") / f"{sha}.yaml"
     record.write_text(_record(-100.0, sha))
     os.chown(record, NOBODY, NOBODY)
-    cal, _, reason = find_calibration(bundled_model())
+    cal, _, reason = find_calibration(SYNTH)
     assert cal is None and f"owned by uid {NOBODY}" in reason
 
 
@@ -356,7 +359,7 @@ def test_world_writable_cache_refuses_calibration_lookup(tmp_path: Path) -> None
     cache.cache_folder("calibration")
     os.chmod(tmp_path / "cache", 0o777)
     with pytest.raises(cache.CacheError, match="writable by other users"):
-        resolve_settings(None, runtime="onnxruntime")
+        resolve_settings(SYNTH, runtime="onnxruntime")
 
 
 # -- TensorRT engine caches: the same rules --------------------------------------------------------

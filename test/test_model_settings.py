@@ -21,7 +21,7 @@ from pebal_ros.model_settings import (Layer, SettingsError, cli_layers, resolve_
                                       validate_inference)
 from pebal_ros.models import build_model, save_checkpoint
 from pebal_ros.node.params import defaults, resolve_node_settings
-from pebal_ros.paths import bundled_model
+from pebal_ros.paths import SYNTHETIC_MODEL_NAME, bundled_model
 
 
 def _args(**kw) -> argparse.Namespace:
@@ -69,17 +69,38 @@ def test_checkpoint_own_settings_then_user_layers(ckpt: Path) -> None:
 
 def test_bundled_model_set_applies_on_top_of_its_preset() -> None:
     # regression: --set inference.threshold=-3.73 replaced the preset and ran 512x1024
-    base = resolve_settings(None)
-    assert base.model == bundled_model() and base.runtime == "onnxruntime" and base.bundled
+    synth = str(bundled_model(SYNTHETIC_MODEL_NAME))
+    base = resolve_settings(synth)
+    assert base.info.bundled_preset == "synthetic"
     assert base.inference.input_size == (128, 256) and base.threshold == pytest.approx(-3.73)
     assert base.source("input_size").startswith("preset synthetic") and base.threshold_calibrated
     assert not base.warnings and base.info.kind == "pebal"
-    s = settings_from_args(_args(overrides=["inference.threshold=-3.73"]), None)
+    s = settings_from_args(_args(overrides=["inference.threshold=-3.73"]), synth)
     assert s.inference == base.inference and s.source("threshold") == "--set"
     # a user config setting one key leaves every other of the preset's values alone
-    s = resolve_settings(None, [Layer("config x.yaml", {"inference": {"smooth_sigma": 2.0}}, explicit=False)])
+    s = resolve_settings(synth, [Layer("config x.yaml", {"inference": {"smooth_sigma": 2.0}}, explicit=False)])
     assert s.inference.input_size == (128, 256) and s.inference.smooth_sigma == 2.0
     assert s.threshold == pytest.approx(-3.73) and s.threshold_calibrated
+
+
+def _road_record():
+    from pebal_ros.calibration import read_calibration, sidecar_path
+    return read_calibration(sidecar_path(bundled_model("pebal_espnetv2_road.pt")))
+
+
+def test_default_model_is_the_calibrated_real_road_model() -> None:
+    """No --model: the real-road model, at its preset's size, with the threshold of the record shipped beside it."""
+    s = resolve_settings(None)
+    assert s.model == bundled_model() == bundled_model("pebal_espnetv2_road.pt")
+    assert s.runtime == "onnxruntime" and s.bundled and s.info.kind == "pebal" and s.info.arch == "espnetv2"
+    assert s.inference.input_size == (256, 512)
+    rec = _road_record()
+    assert rec.target == "pixel_fpr" and rec.target_value == pytest.approx(0.001)
+    assert s.threshold == pytest.approx(rec.threshold) and s.threshold_calibrated
+    assert s.source("threshold").startswith("calibration file") and not s.warnings
+    # a user's --set still wins over the shipped record
+    t = settings_from_args(_args(overrides=["inference.threshold=-5.0"]), None)
+    assert t.threshold == -5.0 and t.source("threshold") == "--set"
 
 
 def test_bundled_inlier_model_is_a_plain_segmentation_network() -> None:
@@ -275,7 +296,7 @@ def test_same_settings_in_infer_replay_and_node(model_kind: str, ckpt: Path) -> 
     assert si.source("threshold") == sr.source("threshold") == sn.source("threshold")
     assert si.threshold_calibrated == sn.threshold_calibrated
     if model is None:
-        assert sn.inference.input_size == (128, 256) and sn.threshold == pytest.approx(-3.73)
+        assert sn.inference.input_size == (256, 512) and sn.threshold == pytest.approx(_road_record().threshold)
 
 
 def test_same_outputs_through_infer_and_the_node_runtime(ckpt: Path, tmp_path: Path) -> None:

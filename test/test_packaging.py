@@ -104,7 +104,9 @@ def test_wheel_installs_and_finds_bundled_model(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     (wheel,) = wheels.glob("pebal_ros-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "pebal_ros-0.1.0.data/data/share/pebal_ros/models/pebal_synthetic_espnetv2.pt" in names
+    share = "pebal_ros-0.1.0.data/data/share/pebal_ros/models/"
+    for model in ("pebal_synthetic_espnetv2.pt", "pebal_espnetv2_road.pt", "pebal_espnetv2_road.pt.calibration.yaml"):
+        assert share + model in names
     assert not any(n.endswith(".onnx") for n in names), "a cached export was packaged"
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -119,7 +121,7 @@ def test_wheel_installs_and_finds_bundled_model(tmp_path: Path) -> None:
     r = subprocess.run([str(py), "-c", "from pebal_ros.paths import bundled_model; print(bundled_model())"],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert Path(r.stdout.strip()) == venv / "share" / "pebal_ros" / "models" / "pebal_synthetic_espnetv2.pt"
+    assert Path(r.stdout.strip()) == venv / "share" / "pebal_ros" / "models" / "pebal_espnetv2_road.pt"
 
 
 def _extra(name: str) -> set[str]:

@@ -97,8 +97,8 @@ def _encoding(v: Any) -> str | None:
 PARAMS: dict[str, ParamSpec] = {
     "model": ParamSpec(
         "", "Model artefact: fused .onnx (ONNX Runtime), .engine/.plan (TensorRT) or .pt (PyTorch, loaded "
-            "weights-only: pickled code is refused). Empty: the bundled PEBAL model pebal_synthetic_espnetv2.pt "
-            "through ONNX Runtime, as pebal replay runs it. Its settings (input size, normalisation, "
+            "weights-only: pickled code is refused). Empty: the bundled real-road PEBAL model "
+            "pebal_espnetv2_road.pt through ONNX Runtime, as pebal replay runs it. Its settings (input size, normalisation, "
             "threshold) come from the model file, its preset or calibration record. Changing it at run time "
             "loads the new model first and keeps the old one if loading fails."),
     "runtime": ParamSpec("auto", "Inference backend; 'auto' picks it from the model file's suffix.", choices=RUNTIMES),
