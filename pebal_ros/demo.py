@@ -91,13 +91,11 @@ def write_sample_recording(path: Path, n_frames: int, size: tuple[int, int], fmt
     return _write(path, frames, fmt)
 
 
-def write_road_recording(path: Path, clip: Any, limit: int | None, fmt: str = "raw") -> int:
-    """The bundled road clip (every file verified first) as a rosbag2 MCAP bag, stamped at the
-    drive's own times; returns the number of frames."""
-    from .demo_road import road_frames
-
-    frames = list(road_frames(clip, limit))      # verified before a byte of the bag is written
-    return _write(path, frames, fmt, clip.period_ns)
+def write_road_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], period_ns: int,
+                         fmt: str = "raw") -> int:
+    """Frames of the road clip (``demo_road.road_frames``: read and verified) as a rosbag2 MCAP
+    bag, stamped at the drive's own times; returns the number of frames."""
+    return _write(path, frames, fmt, period_ns)
 
 
 @dataclass
@@ -124,7 +122,7 @@ def _parts(args: argparse.Namespace) -> list[Part]:
 
 
 def _run_part(part: Part, runtime: Any, args: argparse.Namespace, size: tuple[int, int], clip: Any,
-              t0: float) -> tuple[int, list[str]]:
+              road: list[tuple[np.ndarray, np.ndarray]], t0: float) -> tuple[int, list[str]]:
     """Record, replay and report one part into OUT/<part>; returns (exit code, lines to print)."""
     from .replay.cli import settings_report
     from .replay.replay import ReplayOptions, replay_bag
@@ -141,7 +139,7 @@ def _run_part(part: Part, runtime: Any, args: argparse.Namespace, size: tuple[in
         n = write_sample_recording(recording, args.frames, size, args.format, args.seed, not args.no_progress)
         what = f"synthetic drive ({n} frames, {size[0]}x{size[1]}, {args.format})"
     else:
-        n = write_road_recording(recording, clip, args.road_frames, args.format)
+        n = write_road_recording(recording, road, clip.period_ns, args.format)
         w, h = clip.size
         what = f"road clip ({n} of {len(clip.frames)} frames, {w}x{h}, {args.format}; {clip.describe()})"
     t1 = time.perf_counter()
@@ -172,7 +170,7 @@ def _run_part(part: Part, runtime: Any, args: argparse.Namespace, size: tuple[in
 
 
 def main(args: argparse.Namespace) -> int:
-    from .demo_road import RoadClipError, open_road_clip
+    from .demo_road import RoadClipError, open_road_clip, road_frames
     from .export.onnx import parse_hw
     from .model_settings import model_problem
     from .open_model import open_runtime
@@ -190,10 +188,11 @@ def main(args: argparse.Namespace) -> int:
     if args.road_frames is not None and args.road_frames < 1:
         print("pebal demo: --road-frames must be at least 1", file=sys.stderr)
         return 2
-    clip = None
+    clip, road = None, []
     if args.part in ("road", "both"):
-        try:
+        try:      # every bundled file verified before any model is loaded: a damaged install is one line
             clip = open_road_clip()
+            road = list(road_frames(clip, args.road_frames))
         except RoadClipError as exc:
             print(f"pebal demo: {exc}", file=sys.stderr)
             return 1
@@ -215,11 +214,7 @@ def main(args: argparse.Namespace) -> int:
                 except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
                     print(f"pebal demo: cannot load the model: {exc}", file=sys.stderr)
                     return 2
-                try:
-                    rc, lines = _run_part(part, runtime, args, size, clip, t_part)
-                except RoadClipError as exc:       # a damaged install: found before the bag is written
-                    print(f"pebal demo: {exc}", file=sys.stderr)
-                    return 1
+                rc, lines = _run_part(part, runtime, args, size, clip, road, t_part)
                 print("\n".join(lines), flush=True)
                 if rc:
                     return rc
