@@ -187,11 +187,11 @@ def build(clip: Path, bank: Path, out: Path, n_frames: int = 32, size: tuple[int
     cv2.fillPoly(ground, [np.round(poly).astype(np.int32)], 0)     # 0: Cityscapes' road train id
     road_cfg = RoadConfig()
     settings = RoadMixSettings(p_ground=1.0, height_range=height_range,
-                               brightness_range=tuple(road_cfg.brightness_range),
+                               brightness_range=road_cfg.brightness_range,
                                flip_probability=road_cfg.flip_probability)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
-    entries = []
+    entries: list[dict[str, Any]] = []
     for i, index in enumerate(indices):
         bgr = frames[index][y0:y0 + ch, x0:x0 + cw]
         rgb = cv2.cvtColor(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
