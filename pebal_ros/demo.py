@@ -5,13 +5,14 @@ replayed with ONNX Runtime exactly as `pebal replay` does, with its own report:
 
   synthetic  a synthetic drive down a street with anomalies lying on the road (labels: mono8
              train ids, 254 = anomaly), through the bundled synthetic model
-             pebal_synthetic_espnetv2.pt (the model the drive's renderer was made for);
+             pebal_synthetic_espnetv2.pt (trained on such renderings);
   road       a real highway drive (udacity/CarND-LaneLines-P1's solidWhiteRight clip, MIT, bundled
              with the package) with held-out objects pasted on the road (labels: 0 normal,
              1 object), through the bundled real-road model pebal_espnetv2_road.pt.
 
-Prints where each result bag and report are. Needs no GPU, no ROS 2 and no network; a model's
-ONNX export is built on first use and cached.
+Prints where each result bag and report are. --model, --threshold and --preset/--config/--set
+apply to every part that runs. Needs no GPU, no ROS 2 and no network; a model's ONNX export is
+built on first use and cached.
 
 Examples:
   pebal demo
