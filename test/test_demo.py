@@ -137,6 +137,7 @@ def test_cached_onnx_export(tmp_path: Path, monkeypatch) -> None:
     assert rt.name == "onnxruntime" and tuple(rt.input_size) == (64, 128)
 
 
+@pytest.mark.slow
 def test_demo_default_model(tmp_path: Path, capsys) -> None:
     """What a user runs first: both parts, each with its own bundled model through ONNX Runtime
     (fewer frames than the defaults)."""
