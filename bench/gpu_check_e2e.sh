@@ -17,8 +17,8 @@ status=0
 echo "=== 1/2 CUDA tests (pytest -m gpu)"
 timeout -k 5 200 python3 -m pytest -q -m gpu -p no:cacheprovider test/test_train_finetune.py test/test_evaluate.py || status=1
 echo "=== 2/2 demo (ONNX Runtime, CPU) and the same recording replayed with PyTorch on CUDA"
-timeout -k 5 200 python3 -m pebal_ros.cli demo --out /tmp/demo --no-progress || status=1
-timeout -k 5 150 python3 -m pebal_ros.cli replay /tmp/demo/recording --model models/pebal_synthetic_espnetv2.pt \
+timeout -k 5 200 python3 -m pebal_ros.cli demo --part synthetic --out /tmp/demo --no-progress || status=1
+timeout -k 5 150 python3 -m pebal_ros.cli replay /tmp/demo/synthetic/recording --model models/pebal_synthetic_espnetv2.pt \
   --preset synthetic --runtime torch --device cuda --out /tmp/replay_gpu --no-progress || status=1
 python3 - "$out" <<'PY' || status=1
 import json, sys
@@ -26,7 +26,7 @@ from pathlib import Path
 def summary(root):
     found = sorted(Path(root).rglob("summary.json"))
     return json.loads(found[0].read_text()) if found else {}
-cpu, gpu = summary("/tmp/demo"), summary("/tmp/replay_gpu")
+cpu, gpu = summary("/tmp/demo/synthetic"), summary("/tmp/replay_gpu")
 def pick(s):
     d, t = s.get("deterministic", {}), s.get("timing", {})
     gt = d.get("ground_truth") or {}

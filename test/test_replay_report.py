@@ -100,3 +100,21 @@ def test_contact_sheet_captions_fit_their_thumbnail() -> None:
         assert cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= 312
         assert text.endswith("3.80%") and scale >= 0.32
     assert rep._fit_caption("/a #1  3.80%", 312) == ("/a #1  3.80%", 0.45)      # short: unchanged
+
+
+def test_words_do_not_call_partly_found_objects_none_found() -> None:
+    """"found none" only when no pixel of any labelled anomaly was flagged; objects found in part
+    (the road demo's rockets: their bases) are said to be found in part."""
+    acc = Accuracy("anomaly")
+    label = np.zeros((20, 40), np.uint8)
+    label[2:12, 2:12] = 1
+    label[2:12, 20:30] = 1
+    mask = np.zeros_like(label)
+    mask[2:4, 2:12] = 1                                  # 20 of 100 pixels of the first object
+    acc.update(np.where(mask == 1, 1.0, -1.0).astype(np.float32), mask, np.zeros_like(label), label, "f")
+    words = rep.ground_truth_words(acc.compute())
+    assert "No labelled anomaly had 50 % of its pixels flagged; 1 of 2 were found in part." in words
+    assert "The detector found none of the labelled anomalies." not in words
+    blind = Accuracy("anomaly")
+    blind.update(np.full(label.shape, -1.0, np.float32), np.zeros_like(label), np.zeros_like(label), label, "f")
+    assert "The detector found none of the labelled anomalies." in rep.ground_truth_words(blind.compute())

@@ -75,11 +75,13 @@ def paste(image: np.ndarray, target: np.ndarray, rgb: np.ndarray, alpha: np.ndar
 
 
 def place_object(image: np.ndarray, target: np.ndarray, obj: dict[str, Any], rng: np.random.Generator,
-                 settings: RoadMixSettings = RoadMixSettings()) -> dict[str, Any] | None:
+                 settings: RoadMixSettings = RoadMixSettings(), horizon: float | None = None) -> dict[str, Any] | None:
     """Paste one outlier item (``image`` RGB, ``alpha``) into ``image``/``target`` in place.
 
-    Returns what was done (position, height, ground or not) or None if the object ended up
-    smaller than ``min_height`` or entirely outside the frame.
+    ``horizon``: the horizon row when it is known (a fixed camera whose ground region is only the
+    near road); None estimates it from the frame's road pixels. Returns what was done (position,
+    height, ground or not) or None if the object ended up smaller than ``min_height`` or entirely
+    outside the frame.
     """
     H, W = target.shape
     rgb, alpha = obj["image"], obj["alpha"]
@@ -90,8 +92,8 @@ def place_object(image: np.ndarray, target: np.ndarray, obj: dict[str, Any], rng
     if on_ground:
         p = int(ground[int(rng.integers(ground.size))])
         yb, xc = divmod(p, W)
-        horizon = estimate_horizon(target)
-        height = float(rng.uniform(*settings.height_range)) * max(0.0, yb - horizon)
+        row = estimate_horizon(target) if horizon is None else horizon
+        height = float(rng.uniform(*settings.height_range)) * max(0.0, yb - row)
     else:
         lo, hi = settings.free_height_range
         height = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * H
@@ -114,13 +116,14 @@ def place_object(image: np.ndarray, target: np.ndarray, obj: dict[str, Any], rng
 
 
 def mix_objects(image: np.ndarray, target: np.ndarray, objects: list[dict[str, Any]], rng: np.random.Generator,
-                settings: RoadMixSettings = RoadMixSettings()) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+                settings: RoadMixSettings = RoadMixSettings(), horizon: float | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Copies of ``image``/``target`` with each of ``objects`` placed in turn (a later one may cover
-    an earlier one); void pixels under an object become 254 too."""
+    an earlier one); void pixels under an object become 254 too. ``horizon``: see place_object."""
     image, target = image.copy(), target.copy()
     placed = []
     for obj in objects:
-        done = place_object(image, target, obj, rng, settings)
+        done = place_object(image, target, obj, rng, settings, horizon)
         if done is not None:
             placed.append(done)
     return image, target, placed

@@ -305,7 +305,10 @@ def ground_truth_words(gt: dict[str, Any]) -> list[str]:
                    f"(at least {pct} % of its pixels flagged): {obj['detected']}; partly: "
                    f"{obj['partly']}; missed (no pixel flagged): {obj['missed']}.")
         if obj["labelled"] and obj["detected"] == 0:
-            out.append("The detector found none of the labelled anomalies.")
+            # "found none" only when nothing of any of them was flagged: partly found ones are found
+            out.append("The detector found none of the labelled anomalies." if obj["partly"] == 0 else
+                       f"No labelled anomaly had {pct} % of its pixels flagged; {obj['partly']} of "
+                       f"{obj['labelled']} were found in part.")
         for m in obj.get("largest_misses") or []:
             out.append(f"missed: the labelled anomaly in frame {m['frame']} "
                        f"(0 of {m['pixels']} pixels flagged)")
