@@ -33,7 +33,16 @@ FRAMES = 8
 OUT_TOPICS = ["/pebal/semantic", "/pebal/anomaly_mask", "/pebal/anomaly_score", "/pebal/status"]
 
 
-def _write_camera_bag(path: Path) -> None:
+def _camera_frames(real: bool) -> list[np.ndarray]:
+    """Random pixels for the tiny test model; for the real-road default model, real road frames with
+    objects on the road (the demo's bundled clip), which it flags in part: random pixels it leaves alone."""
+    if not real:
+        return [pixels(H, W, 100 + i) for i in range(FRAMES)]
+    from pebal_ros.demo_road import open_road_clip, road_frames
+    return [rgb for rgb, label in road_frames(open_road_clip()) if label.any()][:FRAMES]
+
+
+def _write_camera_bag(path: Path, frames: list[np.ndarray]) -> None:
     writer = rosbag2_py.SequentialWriter()
     writer.open(rosbag2_py.StorageOptions(uri=str(path), storage_id="mcap"),
                 rosbag2_py.ConverterOptions("cdr", "cdr"))
@@ -47,7 +56,8 @@ def _write_camera_bag(path: Path) -> None:
         stamp = (1_700_000_000 + i, 5_000_000 * i)
         # a mix of encodings the node converts (rgb8 and bgr8), as a real driver could send
         enc = "rgb8" if i % 2 == 0 else "bgr8"
-        msg = image_msg(pixels(H, W, 100 + i), enc, stamp, frame_id="cam")
+        rgb = frames[i]
+        msg = image_msg(rgb if enc == "rgb8" else np.ascontiguousarray(rgb[..., ::-1]), enc, stamp, frame_id="cam")
         writer.write("/camera/image_raw", serialize_message(msg), stamp[0] * 10**9 + stamp[1])
     del writer
 
@@ -80,7 +90,9 @@ def test_live_equals_replay_bundled_default_model(tmp_path: Path) -> None:
 
 def _live_vs_replay(tmp_path: Path, model: str | None) -> None:
     in_bag, live_bag, replay_out = tmp_path / "camera", tmp_path / "live", tmp_path / "replay"
-    _write_camera_bag(in_bag)
+    frames = _camera_frames(real=model is None)
+    assert len(frames) == FRAMES
+    _write_camera_bag(in_bag, frames)
     env = os.environ.copy()
     exe = Path(get_package_prefix("pebal_ros")) / "lib" / "pebal_ros" / "detector_node"
     params = ["-p", f"model:={model}"] if model else []   # none: both sides use the bundled default
@@ -147,6 +159,6 @@ def _live_vs_replay(tmp_path: Path, model: str | None) -> None:
         assert (ls.threshold, ls.anomaly_fraction, len(ls.regions)) == (rs.threshold, rs.anomaly_fraction,
                                                                           len(rs.regions)), stamp
         assert (ls.header.frame_id, lv["/pebal/semantic"].header.frame_id) == ("cam", "cam")
-    # not vacuous: the test model marks some pixels anomalous and leaves others
+    # not vacuous: the model marks some pixels anomalous and leaves others
     fractions = [live["/pebal/status"][s].anomaly_fraction for s in both]
     assert 0.0 < max(fractions) and min(fractions) < 1.0, fractions
