@@ -18,7 +18,6 @@ CamVid val) and saved as ``model_epoch_NNN.pt``, so the epoch can be chosen on v
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -31,15 +30,13 @@ from tqdm import tqdm
 from pebal_ros.config import Config, resolve_config, save_config, to_dict
 
 from pebal_ros.train.checkpoint import atomic_save, load_training_state, model_payload, rng_state
-from pebal_ros.train.common import add_config_arguments, apply_threads, describe_params, format_terms, seed_everything
+from pebal_ros.train.common import (SHOWN_TERMS, add_config_arguments, apply_threads, describe_params, format_terms,
+                                    optimise, seed_everything)
 from pebal_ros.train.history import History
 from pebal_ros.train.schedule import poly_scheduler
 
 from .feature_cache import FeatureCache, file_sha256
 
-SHOWN_TERMS = ("total", "pal_inlier", "pal_mixed", "energy")
-LOGGED_TERMS = ("total", "pal_inlier", "pal_mixed", "pal_mixed_in", "pal_mixed_out", "energy",
-                "ebm_in", "ebm_out", "sparse", "smooth")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -166,16 +163,7 @@ def finetune_cached(cfg: Config, *, model_path: str | None, cache: Path, out: Pa
             batch = data.batch(idx)
             logits = cached_forward(model, batch, cfg, device)
             target = torch.from_numpy(batch["targets"].astype(np.int64)).to(device)
-            losses = pebal_loss(logits, target, cfg.loss)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            scheduler.step()
-            terms = {k: float(losses[k].detach()) for k in LOGGED_TERMS}
-            if not math.isfinite(terms["total"]):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step}: {terms}")
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
+            terms = optimise(pebal_loss(logits, target, cfg.loss), optimizer, scheduler, sums, epoch, step)
             global_step = epoch * n_steps + step + 1
             bar.set_postfix_str(format_terms(terms, SHOWN_TERMS) + f" lr={scheduler.get_last_lr()[0]:.2e}")
             if global_step % max(1, tc.log_every) == 0:

@@ -6,6 +6,7 @@ Config layering (defaults < ``--preset`` < ``--config`` < ``--set`` < dedicated 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,6 +20,28 @@ from pebal_ros.config import add_config_arguments as config_arguments
 
 from .distributed import DistInfo
 
+
+
+# Loss terms shown in the progress bar and summary (all of them go to the logs).
+SHOWN_TERMS = ("total", "pal_inlier", "pal_mixed", "energy")
+LOGGED_TERMS = ("total", "pal_inlier", "pal_mixed", "pal_mixed_in", "pal_mixed_out", "energy",
+                "ebm_in", "ebm_out", "sparse", "smooth")
+
+
+def optimise(losses: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any,
+             sums: dict[str, float], epoch: int, step: int) -> dict[str, float]:
+    """One optimiser and schedule step on ``losses["total"]``; returns the logged terms, also added to
+    ``sums``. A non-finite loss stops the run here, naming where, before it corrupts a checkpoint."""
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimizer.step()
+    scheduler.step()
+    terms = {k: float(losses[k].detach()) for k in LOGGED_TERMS}
+    if not math.isfinite(terms["total"]):
+        raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step}: {terms}")
+    for k, v in terms.items():
+        sums[k] = sums.get(k, 0.0) + v
+    return terms
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:

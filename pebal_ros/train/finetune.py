@@ -22,7 +22,6 @@ Outputs in ``--out``: ``model.pt`` (the fine-tuned network, what ``pebal evaluat
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -36,15 +35,11 @@ from pebal_ros.config import Config, resolve_config, save_config, to_dict
 
 from . import distributed as D
 from .checkpoint import copy_checkpoint, load_training_state, restore_training_state, save_training_state
-from .common import (EpochLoader, add_config_arguments, apply_threads, describe_params, format_terms,
-                     rotate_checkpoints, seed_everything)
+from .common import (SHOWN_TERMS, EpochLoader, add_config_arguments, apply_threads, describe_params, format_terms,
+                     optimise, rotate_checkpoints, seed_everything)
 from .history import History
 from .schedule import poly_scheduler
 
-# Loss terms shown in the progress bar and summary (all of them go to the logs).
-SHOWN_TERMS = ("total", "pal_inlier", "pal_mixed", "energy")
-LOGGED_TERMS = ("total", "pal_inlier", "pal_mixed", "pal_mixed_in", "pal_mixed_out", "energy",
-                "ebm_in", "ebm_out", "sparse", "smooth")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -162,16 +157,7 @@ def finetune(cfg: Config, *, model_path: str | None, cityscapes: Path, coco: Pat
                 target = batch["target"].to(info.device, non_blocking=True)
                 logits = ddp(images)
                 losses = pebal_loss(logits, target, cfg.loss)
-                optimizer.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                optimizer.step()
-                scheduler.step()
-
-                terms = {k: float(losses[k].detach()) for k in LOGGED_TERMS}
-                if not math.isfinite(terms["total"]):
-                    raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step}: {terms}")
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                terms = optimise(losses, optimizer, scheduler, sums, epoch, step)
                 n_mixed += int(losses["n_mixed_images"])
                 n_images += images.shape[0]
                 step += 1
