@@ -513,8 +513,14 @@ def main(args: list[str] | None = None) -> None:
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop.set()
-        if phase[0] == "starting":   # still loading the model: give up at once
-            raise KeyboardInterrupt
+        if phase[0] == "starting":
+            # Still loading the model or setting up: nothing was published, nothing is to save, so
+            # leave at once. Raising KeyboardInterrupt here instead lands in whatever runs, e.g.
+            # inside the executor's add_node holding its lock, and the stop then hung (seen once:
+            # SIGINT right after "ready", killed after 60 s).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
