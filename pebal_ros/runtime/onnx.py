@@ -57,8 +57,8 @@ def _first_sentence(exc: BaseException, limit: int = 300) -> str:
 # worker spins far longer, holding a core the rest of the process (replay's writer, the node's
 # callbacks) and every other program on the machine need: beside one other busy process on two
 # cores inference ran at 18-23 frames/s and replay at 16-17. Bounded at 50 us: 22-37 and 28-35,
-# and on an otherwise idle machine the same as unbounded (69-72 frames/s); not spinning at all
-# (``allow_spinning`` 0) costs 16 % there (docs/replay.md, throughput and CPU contention).
+# and on an otherwise idle machine the same as unbounded (68-72 frames/s); not spinning at all
+# (``allow_spinning`` 0) costs 16-20 % there (docs/replay.md, throughput and CPU contention).
 SPIN_US = 50
 
 
