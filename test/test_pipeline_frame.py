@@ -146,6 +146,24 @@ def test_colorize_and_overlay():
 
 # --- the pipeline --------------------------------------------------------------------------
 
+def test_before_inference_called_once_after_preprocessing(factory):
+    """process(before_inference=f): f runs once per frame, after decoding and resizing and before
+    the runtime call (replay hands the previous frame's messages to its writer there); a frame
+    refused while decoding never gets that far."""
+    rt = PaletteRuntime(input_size=(24, 48))
+    pipe = FramePipeline(rt, PipelineConfig(threshold=0.0), factory)
+    seen: list[tuple[int, tuple[int, ...]]] = []
+    good = image_msg(factory, make_scene(48, 96, blob=(20, 30, 10, 16)))
+    res = pipe.process(good, before_inference=lambda: seen.append((rt.calls, pipe._input_buf.shape)))
+    assert seen == [(0, (24, 48, 3))] and rt.calls == 1
+    np.testing.assert_array_equal(res.outputs.semantic, pipe.process(good).outputs.semantic)
+    bad = factory.image(factory.header(), np.zeros((4, 6), np.uint8), "mono8")
+    bad.encoding = "32FC1"
+    with pytest.raises(UnsupportedEncodingError):
+        pipe.process(bad, before_inference=lambda: seen.append((-1, ())))
+    assert len(seen) == 1 and rt.calls == 2
+
+
 def test_process_all_outputs_camera_resolution(factory):
     rt = PaletteRuntime(input_size=(24, 48))
     pipe = FramePipeline(rt, PipelineConfig(threshold=0.0, min_region_area=20), factory)

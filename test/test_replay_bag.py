@@ -293,6 +293,88 @@ def test_threaded_writer_same_file_and_errors_surface(tmp_path: Path) -> None:
         w.close()
 
 
+def _result_like_messages(store, seed: int = 0) -> list[tuple[str, str, int, object]]:
+    """(topic, type, time, message): images of many sizes (a few bytes to more than two chunks),
+    statuses with regions, in the interleaving replay writes them."""
+    from pebal_ros.pipeline.messages import MessageFactory, StatusFields
+    from pebal_ros.pipeline.regions import Region
+
+    rng = np.random.default_rng(seed)
+    fac = MessageFactory.for_rosbags(store)
+    out = []
+    for i, (h, w) in enumerate([(1, 1), (256, 512), (7, 13), (512, 1024), (1100, 1000), (3, 300), (256, 512)]):
+        header = fac.header(i, 17 * i, f"cam{i % 2}")
+        out.append(("/pebal/overlay", "sensor_msgs/msg/Image", 1000 + i,
+                    fac.image(header, rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "rgb8", fresh=True)))
+        out.append(("/pebal/anomaly_score", "sensor_msgs/msg/Image", 1000 + i,
+                    fac.image(header, rng.standard_normal((h, w)).astype(np.float32), "32FC1", fresh=True)))
+        regions = [Region(1, 2, 3, 4, 5, 1.5, 2.5, -0.5, 0.25)] * (i % 3)
+        out.append(("/pebal/status", "pebal_msgs/msg/PebalStatus", 1000 + i,
+                    fac.status(header, StatusFields(w, h, -3.5, 0.01 * i, 2.0, -1.0, 12.5, 20.0, regions))))
+    return out
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_result_bag_writer_same_bytes_as_rosbags_writer(tmp_path: Path, monkeypatch, threaded: bool) -> None:
+    """BagWriter's MCAP chunks skip rosbags' intermediate copies (replay/mcap_chunks.py): the file
+    must be byte for byte what rosbags' own writer makes, over chunk boundaries and a message
+    larger than the reused chunk buffer, and read back completely."""
+    from pebal_ros.replay import mcap_chunks
+    from pebal_ros.replay.bag import BagWriter
+    from rosbags.rosbag2 import Writer
+
+    assert mcap_chunks.writer_class("mcap") is not Writer      # the lean writer is the one in use
+    store = make_typestore()
+    msgs = _result_like_messages(store)
+    files = {}
+    for kind in ("rosbags", "lean"):
+        with monkeypatch.context() as m:
+            if kind == "rosbags":
+                m.setattr(mcap_chunks, "writer_class", lambda storage, compression=None: Writer)
+            with BagWriter(tmp_path / kind / "bag", store, threaded=threaded) as w:
+                for topic, typ, _, _ in msgs:
+                    w.add_topic(topic, typ)
+                for topic, _, t, msg in msgs:
+                    w.write(topic, t, msg)
+        files[kind] = (tmp_path / kind / "bag" / "bag.mcap").read_bytes()   # same name: metadata names it
+    assert len(files["lean"]) > 3 * 2**20 and files["lean"] == files["rosbags"]
+    with BagReader(tmp_path / "lean" / "bag") as reader:
+        back = list(reader.messages())
+    assert [(m.topic, m.timestamp) for m in back] == [(t, ts) for t, _, ts, _ in msgs]
+    assert [m.data for m in back] == [bytes(store.serialize_cdr(msg, typ)) for _, typ, _, msg in msgs]
+
+
+def test_deferred_writer_holds_until_release(tmp_path: Path) -> None:
+    """deferred=True: write() only collects; release() hands over in order; close() flushes the
+    rest; a bad message still fails close() naming the output; the file equals an inline one."""
+    from pebal_ros.replay.bag import BagWriter, BagWriteError
+    from pebal_ros.replay.recording import image_message
+
+    store = make_typestore()
+    msgs = [image_message(store, f, 1000 + i, "cam") for i, (f, _) in enumerate(FRAMES)]
+    with BagWriter(tmp_path / "inline" / "bag", store) as w:
+        w.add_topic("/img", "sensor_msgs/msg/Image")
+        for i, m in enumerate(msgs):
+            w.write("/img", 1000 + i, m)
+    w = BagWriter(tmp_path / "deferred" / "bag", store, threaded=True, deferred=True)
+    w.add_topic("/img", "sensor_msgs/msg/Image")
+    for i, m in enumerate(msgs[:3]):
+        w.write("/img", 1000 + i, m)
+    assert w._queue.qsize() == 0 and len(w._held) == 3      # nothing handed to the thread yet
+    w.release()
+    assert not w._held
+    for i, m in enumerate(msgs[3:], start=3):
+        w.write("/img", 1000 + i, m)                        # these only reach the file at close()
+    w.close()
+    assert w.counts["/img"] == len(msgs)
+    assert (tmp_path / "inline/bag/bag.mcap").read_bytes() == (tmp_path / "deferred/bag/bag.mcap").read_bytes()
+    w = BagWriter(tmp_path / "c", store, threaded=True, deferred=True)
+    w.add_topic("/img", "sensor_msgs/msg/Image")
+    w.write("/img", 1, "not a message")
+    with pytest.raises(BagWriteError, match=r"/c: writing failed: AttributeError"):
+        w.close()
+
+
 # -- what a crashed recorder leaves: a truncated MCAP and no metadata.yaml -----------------------
 @pytest.mark.parametrize("fraction", [0.3, 0.6, 0.75, 0.9, 0.999])
 def test_truncated_mcap_without_metadata_recovered_like_with(tmp_path: Path, fraction: float) -> None:

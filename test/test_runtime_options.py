@@ -182,6 +182,35 @@ def test_describe_shows_what_runs(ckpt: Path, onnx_files) -> None:
         "torch", True, "fp32", False, "cpu")
 
 
+def test_onnxruntime_spinning_bounded_by_default(onnx_files) -> None:
+    """Idle intra-op workers spin SPIN_US microseconds before sleeping, not ONNX Runtime's much
+    longer default (which holds a core the rest of the process and the machine need); 0 turns
+    spinning off, None keeps ONNX Runtime's default; what the network computes does not change."""
+    from pebal_ros.runtime.onnx import SPIN_US, OnnxRuntime
+
+    def entry(rt, key):
+        try:
+            return rt.session.get_session_options().get_session_config_entry(key)
+        except Exception:  # noqa: BLE001 - ONNX Runtime raises a plain error for an unset key
+            return None
+
+    image = frames(1)[0][0]
+    outs = {}
+    for spin in (None, 0, SPIN_US, 7):
+        rt = OnnxRuntime(onnx_files["fp32"], device="cpu", spin_us=spin)
+        assert entry(rt, "session.intra_op.spin_duration_us") == (str(spin) if spin else None)
+        assert entry(rt, "session.intra_op.allow_spinning") == ("0" if spin == 0 else None)
+        assert rt.describe()["spin_us"] == ("default" if spin is None else spin)
+        outs[spin] = rt.infer(image, -1.0).copy()
+    assert SPIN_US == 50 and OnnxRuntime(onnx_files["fp32"], device="cpu").spin_us == SPIN_US
+    for out in outs.values():
+        np.testing.assert_array_equal(out.score, outs[None].score)
+        np.testing.assert_array_equal(out.semantic, outs[None].semantic)
+    for bad in (-1, 1.5, True, "50"):
+        with pytest.raises(ValueError, match="spin_us must be None or an integer"):
+            OnnxRuntime(onnx_files["fp32"], device="cpu", spin_us=bad)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_gpu_option_with_device_auto_without_cuda(ckpt: Path) -> None:
     s = settings_from_args(_args("runtime.cuda_graph=on"), ckpt, device="auto")

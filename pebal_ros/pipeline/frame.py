@@ -204,7 +204,7 @@ class FramePipeline:
 
     # -- the frame ----------------------------------------------------------------------------
     def process(self, msg: Any, outputs: Collection[str] | None = None, received_at: float | None = None,
-                emit: Emit | None = None) -> FrameResult:
+                emit: Emit | None = None, before_inference: Callable[[], None] | None = None) -> FrameResult:
         """Run one Image/CompressedImage message through the detector.
 
         ``outputs``: names from ``OUTPUT_NAMES`` to build messages for (default ``cfg.outputs``);
@@ -212,12 +212,15 @@ class FramePipeline:
         when the frame arrived (end-to-end latency includes the wait before processing).
         ``emit(name, message)``: called for each message as soon as it is built, the status first
         (the node publishes from it; its time is reported as ``timings["publish"]``).
+        ``before_inference()``: called once the frame is decoded and pre-processed, just before the
+        runtime call (replay starts writing the previous frame's results then: see
+        :class:`~pebal_ros.replay.bag.BagWriter`); not called for a frame that fails before it.
         Raises a :class:`~pebal_ros.pipeline.convert.FrameError` subclass for a bad frame.
         """
         t0 = time.perf_counter()
         frame, timings = self._prepare(msg)
         return self._run(frame, msg.header, outputs, received_at if received_at is not None else t0,
-                         t0, timings, emit)
+                         t0, timings, emit, before_inference)
 
     def process_image(self, image: np.ndarray, header: Any = None, order: str = "rgb",
                       outputs: Collection[str] | None = None, received_at: float | None = None,
@@ -270,9 +273,12 @@ class FramePipeline:
         return frame, {"decode": (t1 - t0) * 1e3, "preprocess": (time.perf_counter() - t1) * 1e3}
 
     def _run(self, frame: _Prepared, header: Any, outputs: Collection[str] | None, received_at: float,
-             t0: float, timings: dict[str, float], emit: Emit | None = None) -> FrameResult:
+             t0: float, timings: dict[str, float], emit: Emit | None = None,
+             before_inference: Callable[[], None] | None = None) -> FrameResult:
         cfg = self.cfg
         wanted = check_outputs(cfg.outputs if outputs is None else outputs)
+        if before_inference is not None:
+            before_inference()
         tb = time.perf_counter()
         raw = self.runtime.infer(frame.net_in, cfg.threshold)
         tc = time.perf_counter()

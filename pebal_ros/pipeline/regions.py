@@ -29,10 +29,10 @@ class Region:
         """The region in an image scaled by (sx, sy) (network -> camera pixels)."""
         if sx == 1.0 and sy == 1.0:
             return self
-        x0 = int(np.floor(self.x_offset * sx))
-        y0 = int(np.floor(self.y_offset * sy))
-        x1 = int(np.ceil((self.x_offset + self.width) * sx))
-        y1 = int(np.ceil((self.y_offset + self.height) * sy))
+        x0 = math.floor(self.x_offset * sx)
+        y0 = math.floor(self.y_offset * sy)
+        x1 = math.ceil((self.x_offset + self.width) * sx)
+        y1 = math.ceil((self.y_offset + self.height) * sy)
         return Region(x0, y0, x1 - x0, y1 - y0, scaled_area(self.area, sx * sy),
                       (self.centroid_x + 0.5) * sx - 0.5, (self.centroid_y + 0.5) * sy - 0.5,
                       self.mean_score, self.max_score)
@@ -88,9 +88,8 @@ def find_regions(
     order = keep[np.argsort(-stats[keep, cv2.CC_STAT_AREA], kind="stable")]
     if max_regions is not None:
         order = order[:max_regions]
-    out = []
-    for i in order.tolist():   # one iteration per region, not per pixel
-        x, y, w, h, a = (int(v) for v in stats[i])
-        out.append(Region(x, y, w, h, a, float(centroids[i, 0]), float(centroids[i, 1]),
-                          float(sums[i] / a), float(maxes[i])))
-    return out
+    # one Python object per region, built from whole-array conversions (not per-element numpy access)
+    st = stats[order]
+    means = (sums[order] / st[:, cv2.CC_STAT_AREA]).tolist()
+    return [Region(x, y, w, h, a, cx, cy, mean, mx) for (x, y, w, h, a), (cx, cy), mean, mx
+            in zip(st[:, :5].tolist(), centroids[order].tolist(), means, maxes[order].tolist())]

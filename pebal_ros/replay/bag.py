@@ -723,12 +723,22 @@ class BagWriter:
     the same): rosbags' MCAP writer copies each payload several times, which then overlaps with
     inference (ONNX Runtime and TensorRT release the GIL) instead of adding to it. Messages handed
     to :meth:`write` must not be modified afterwards.
+
+    ``deferred=True`` (threaded only): :meth:`write` collects the messages and :meth:`release` hands
+    them to the thread. That work holds the GIL most of the time (serialising, copying into the
+    chunk), so a thread started as soon as a frame's messages exist fights the next frame's
+    decoding and pre-processing for it: each short OpenCV call that lets the GIL go can wait up to
+    the interpreter's 5 ms switch interval to get it back. Released when the next inference starts
+    (``FramePipeline.process(before_inference=...)``), it runs while the main thread needs no GIL.
     """
 
     def __init__(self, path: str | Path, typestore: Any, *, storage: str = "mcap", version: int = 9,
-                 compression: str | None = None, threaded: bool = False, queue_size: int = 64) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
+                 compression: str | None = None, threaded: bool = False, queue_size: int = 64,
+                 deferred: bool = False) -> None:
+        from rosbags.rosbag2 import StoragePlugin, WriterError
         from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
+
+        from .mcap_chunks import writer_class
 
         self.path = Path(path)
         if self.path.exists():
@@ -740,6 +750,8 @@ class BagWriter:
         self._queue: Any = None
         self._thread: Any = None
         self._error: BaseException | None = None
+        self._held: list[tuple[Any, int, Any, bool]] | None = [] if (threaded and deferred) else None
+        Writer = writer_class(storage, compression)     # rosbags' Writer (MCAP: fewer payload copies)
         self._writer = Writer(self.path, version=version, storage_plugin=plugin)  # type: ignore[arg-type]
         if compression:
             self._writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
@@ -793,7 +805,9 @@ class BagWriter:
         conn = self._conns[topic]
         if self._error is not None:
             raise self._failed(self._error) from self._error
-        if self._queue is not None:
+        if self._held is not None:
+            self._held.append((conn, timestamp, msg, raw))
+        elif self._queue is not None:
             self._queue.put((conn, timestamp, msg, raw))
         else:
             try:
@@ -809,11 +823,19 @@ class BagWriter:
     def write_raw(self, topic: str, timestamp: int, data: bytes | memoryview) -> None:
         self._submit(topic, timestamp, data, True)
 
+    def release(self) -> None:
+        """Hand the messages collected by a ``deferred`` writer to its thread (in write order)."""
+        if self._held:
+            for item in self._held:
+                self._queue.put(item)
+            self._held.clear()
+
     def close(self) -> None:
         """Flush and finish the file (footer, metadata.yaml); :class:`BagWriteError` if any write
         failed, in which case the bag is not complete."""
         from rosbags.rosbag2 import WriterError
 
+        self.release()
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()

@@ -206,7 +206,9 @@ def _replay_into(folder: OutputFolder, bag: Path, reader: BagReader, cams: list[
     t_start = time.perf_counter()
     writer: BagWriter | None = None
     try:
-        writer = BagWriter(folder.stage("result_bag"), factory.typestore, threaded=opts.writer_thread)
+        # a frame's messages are written while the next frame's inference runs (BagWriter: deferred)
+        writer = BagWriter(folder.stage("result_bag"), factory.typestore, threaded=opts.writer_thread,
+                           deferred=True)
         for t in cams:
             for name in opts.outputs:
                 writer.add_topic(f"{prefixes[t.name]}/{name}", OUTPUT_TYPES[name])
@@ -354,9 +356,18 @@ def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, op
         rec.status, rec.reason = "skipped", f"undecodable message ({type(exc).__name__})"
         return
     t1 = time.perf_counter()
+    handing_over = 0.0
+
+    def hand_over() -> None:
+        """The previous frames' messages to the writer thread, now that the GIL goes free."""
+        nonlocal handing_over
+        t = time.perf_counter()
+        writer.release()         # blocks only while the writer's queue is full (it falls behind)
+        handing_over = time.perf_counter() - t
+
     try:
         rec.stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-        result = pipe.process(msg, received_at=t0)
+        result = pipe.process(msg, received_at=t0, before_inference=hand_over)
     except FrameError as exc:
         rec.status, rec.reason = "skipped", f"{type(exc).__name__}: {exc}"[:200]
         return
@@ -376,7 +387,7 @@ def _process(raw: Any, rec: rep.FrameRecord, store: Any, pipe: FramePipeline, op
     stages["cdr_decode_input"] += (t1 - t0) * 1e3
     for key in ("decode", "preprocess", "inference", "postprocess", "encode"):
         stages[f"pipeline_{key}"] += float(result.timings.get(key, 0.0))
-    stages["cdr_encode_and_write"] += (t3 - t2) * 1e3
+    stages["cdr_encode_and_write"] += (t3 - t2 + handing_over) * 1e3
     rec.inference_ms = float(result.timings.get("inference", 0.0))
     rec.anomaly_fraction, rec.max_score, rec.mean_score = st.anomaly_fraction, st.max_score, st.mean_score
     rec.regions = len(st.regions)

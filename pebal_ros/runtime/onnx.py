@@ -52,13 +52,25 @@ def _first_sentence(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+# How long an idle intra-op worker spins waiting for work before it sleeps (ONNX Runtime's
+# ``session.intra_op.spin_duration_us``, 1.26 and later; older versions ignore the key). By default a
+# worker spins far longer, holding a core the rest of the process (replay's writer, the node's
+# callbacks) and every other program on the machine need: beside one other busy process on two
+# cores inference ran at 18-23 frames/s and replay at 16-17. Bounded at 50 us: 22-37 and 28-35,
+# and on an otherwise idle machine the same as unbounded (68-72 frames/s); not spinning at all
+# (``allow_spinning`` 0) costs 16-20 % there (docs/replay.md, throughput and CPU contention).
+SPIN_US = 50
+
+
 class OnnxRuntime:
     name = "onnxruntime"
     supports_batch = False      # the fused graph's input is one uint8 HxWx3 frame
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
                  reuse_outputs: bool = False, optimized_model_path: str | None = None,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, spin_us: int | None = SPIN_US):
+        """``spin_us``: how long idle intra-op workers spin before sleeping (:data:`SPIN_US`);
+        0: never (``allow_spinning`` 0), None: ONNX Runtime's own default."""
         import onnxruntime as ort
 
         from ..graph.contract import INPUT_NAMES, OUTPUT_NAMES, read_spec
@@ -78,6 +90,14 @@ class OnnxRuntime:
         if threads:
             so.intra_op_num_threads = int(threads)
         self.threads = int(threads or 0)
+        if spin_us is not None:
+            if isinstance(spin_us, bool) or not isinstance(spin_us, int) or spin_us < 0:
+                raise ValueError(f"spin_us must be None or an integer >= 0, got {spin_us!r}")
+            if spin_us == 0:
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            else:
+                so.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
+        self.spin_us = spin_us
         if optimized_model_path:
             so.optimized_model_filepath = optimized_model_path
         self.providers = _providers(device, cuda_graph)
@@ -155,7 +175,8 @@ class OnnxRuntime:
         s = self.spec
         return {"runtime": self.name, "model": str(self.path), "providers": self.session.get_providers(),
                 "cuda_graph": self.cuda_graph, "supports_batch": self.supports_batch,
-                "threads": self.threads or "default", "precision": "fp16" if s.net_dtype == "float16" else "fp32",
+                "threads": self.threads or "default",
+                "spin_us": "default" if self.spin_us is None else self.spin_us, "precision": "fp16" if s.net_dtype == "float16" else "fp32",
                 "input_size": self.input_size, "dynamic_range": (s.min_hw, s.max_hw) if s.image_size is None else None,
                 "channel_order": self.channel_order, "fast": s.fast, "net_size": s.net_size,
                 "default_threshold": s.threshold, "opset": s.opset, "exporter": s.exporter, "arch": s.arch}
