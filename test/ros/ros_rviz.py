@@ -1,6 +1,6 @@
 """launch_testing, real ROS 2 and real RViz 2: ``detector.launch.py rviz:=true`` in a virtual X display
 (Xvfb, Mesa's software OpenGL), fed a real road frame (a LostAndFound frame from ../shared/data,
-else a synthetic street scene with anomalies) with the bundled model. From screenshots of the
+else the demo's bundled real road frame with an object) with the default model. From screenshots of the
 display it checks what a user would look at:
 
 * each of the camera, overlay, semantic-colour and mask images is shown in its own image panel --
@@ -96,9 +96,12 @@ def _frame() -> tuple[np.ndarray, str]:
         bgr = cv2.imread(str(REAL_FRAME), cv2.IMREAD_COLOR)
         rgb = np.ascontiguousarray(cv2.resize(bgr, FRAME[::-1], interpolation=cv2.INTER_AREA)[..., ::-1])
         return rgb, f"real LostAndFound frame {REAL_FRAME.name}"
-    from pebal_ros.data.synthetic import render_anomaly_frame
-    rgb, _ = render_anomaly_frame(np.random.default_rng(7), FRAME[::-1])
-    return rgb, "synthetic street scene with anomalies (no ../shared/data here)"
+    # the demo's bundled real road frame with an object pasted on the road, which the default
+    # (real-road) model flags; a synthetic scene it would leave unflagged, and the mask panel black
+    from pebal_ros.demo_road import open_road_clip, road_frames
+    clip_rgb, _ = next(road_frames(open_road_clip(), 1))
+    rgb = np.ascontiguousarray(cv2.resize(clip_rgb, FRAME[::-1], interpolation=cv2.INTER_LINEAR))
+    return rgb, "the demo's real road clip, frame 0 (no ../shared/data here)"
 
 
 @pytest.mark.launch_test
