@@ -55,9 +55,9 @@ def _line(e: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model_settings import command_settings, model_problem
+    from ..model_settings import model_problem
     from ..outputs import writable_folder
-    from ..replay.cli import _names, expand_bags, replay_options
+    from ..replay.cli import _names, expand_bags, replay_options, replay_settings
     from .engine import FleetError
     from .report import write_fleet_report
 
@@ -87,17 +87,7 @@ def run(args: argparse.Namespace) -> int:
         _say("--labels belongs to one recording; give one bag with it")
         return 2
     try:
-        size = None
-        if args.input_size:
-            from ..graph.contract import parse_hw
-            from ..model_settings import SettingsError
-            try:
-                size = list(parse_hw(args.input_size))
-            except ValueError as exc:
-                raise SettingsError(f"--input-size: {exc}") from None
-        settings = command_settings(args, PROG, args.model, runtime=args.runtime, device=args.device,
-                                    flags={"threshold": args.threshold, "min_region_area": args.min_region_area,
-                                           "input_size": size})
+        settings = replay_settings(args, PROG)
     except (FileNotFoundError, ValueError, RuntimeError, ImportError, SystemExit) as exc:
         _say(model_problem(exc) if not isinstance(exc, SystemExit) else str(exc))
         return 2

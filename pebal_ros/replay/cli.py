@@ -247,7 +247,7 @@ def _write_index(out: Path, results: list[dict[str, Any]]) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..model_settings import command_settings, model_problem
+    from ..model_settings import model_problem
 
     try:   # the outputs' topics: ROS's rules for the namespace, and for the longest topic under it
         ns = check_namespace(args.namespace, "--namespace")
@@ -265,17 +265,7 @@ def main(args: argparse.Namespace) -> int:
         print("pebal replay: --labels belongs to one recording; give one bag with it", file=sys.stderr)
         return 2
     try:
-        size = None
-        if args.input_size:
-            from ..graph.contract import parse_hw
-            from ..model_settings import SettingsError
-            try:
-                size = list(parse_hw(args.input_size))
-            except ValueError as exc:
-                raise SettingsError(f"--input-size: {exc}") from None
-        settings = command_settings(args, "pebal replay", args.model, runtime=args.runtime, device=args.device,
-                                    flags={"threshold": args.threshold, "min_region_area": args.min_region_area,
-                                           "input_size": size})
+        settings = replay_settings(args, "pebal replay")
     except (FileNotFoundError, ValueError, RuntimeError, ImportError, SystemExit) as exc:
         print(f"pebal replay: {model_problem(exc) if not isinstance(exc, SystemExit) else exc}", file=sys.stderr)
         return 2
@@ -286,6 +276,23 @@ def main(args: argparse.Namespace) -> int:
     except FolderBusy as exc:
         print(f"pebal replay: {exc}", file=sys.stderr)
         return 1
+
+
+def replay_settings(args: argparse.Namespace, prog: str) -> Any:
+    """The model settings of a replay (local or fleet) from its flags; raises what command_settings
+    raises, and SettingsError for a malformed --input-size."""
+    from ..model_settings import command_settings
+    size = None
+    if args.input_size:
+        from ..graph.contract import parse_hw
+        from ..model_settings import SettingsError
+        try:
+            size = list(parse_hw(args.input_size))
+        except ValueError as exc:
+            raise SettingsError(f"--input-size: {exc}") from None
+    return command_settings(args, prog, args.model, runtime=args.runtime, device=args.device,
+                            flags={"threshold": args.threshold, "min_region_area": args.min_region_area,
+                                   "input_size": size})
 
 
 def _run(args: argparse.Namespace, bags: list[Path], settings: Any) -> int:
