@@ -88,7 +88,8 @@ if [ "$INSTALL" = 1 ]; then
   cp "$MODEL.calibration.yaml" models/pebal_espnetv2_road.pt.calibration.yaml
   cp "$WORK/eval/results.md" models/road_results.md
   cp "$WORK/eval/results.json" models/road_results.json
-  echo "wrote models/pebal_espnetv2_road.pt (+ .calibration.yaml), models/road_results.{md,json} in $SECONDS s"
+  if [ -f "$WORK/boxes.json" ]; then cp "$WORK/boxes.json" models/road_boxes.json; fi
+  echo "wrote models/pebal_espnetv2_road.pt (+ .calibration.yaml), models/road_results.{md,json}, road_boxes.json (with --anomaly) in $SECONDS s"
 else
   echo "wrote $MODEL (+ .calibration.yaml) and $WORK/eval in $SECONDS s"
 fi
