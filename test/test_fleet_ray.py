@@ -190,7 +190,8 @@ def test_interrupt_then_resume(cluster, data, tmp_path: Path) -> None:
     """SIGINT to the driver: no traceback, exit 130, finished bags committed, the rest reported
     missing and nothing else looking complete; --resume then replays exactly the missing bags."""
     out = data["root"] / f"fleet_{tmp_path.name}"
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    # PYTHONFAULTHANDLER: should the driver ever hang, SIGABRT makes it print every thread's stack.
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", PYTHONFAULTHANDLER="1")
     # Relative paths, from a folder the workers do not run in: the driver must hand them absolute ones.
     args = ["replay", "bags", "--out", out.name, "--model", str(data["model"]), "--threshold", THR,
             "--reproducible", "--no-progress", "--ray", cluster.address, "--ray-workers", "1"]
@@ -204,7 +205,12 @@ def test_interrupt_then_resume(cluster, data, tmp_path: Path) -> None:
         nodes = {n.node_id for n in cluster.worker_nodes}
         frozen = _freeze_a_running_attempt(out, nodes, lambda: proc.poll() is None)
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=300)
+        try:
+            stdout, stderr = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            stdout, stderr = proc.communicate(timeout=60)
+            pytest.fail(f"the driver did not stop within 300 s of SIGINT; its threads:\n{stderr[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
