@@ -195,7 +195,11 @@ def test_interrupt_then_resume(cluster, data, tmp_path: Path) -> None:
     # Relative paths, from a folder the workers do not run in: the driver must hand them absolute ones.
     args = ["replay", "bags", "--out", out.name, "--model", str(data["model"]), "--threshold", THR,
             "--reproducible", "--no-progress", "--ray", cluster.address, "--ray-workers", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "pebal_ros.cli", *args], stdout=subprocess.PIPE,
+    # As from a terminal, where Ctrl-C reaches it: a suite started in the background (`cmd &`, nohup)
+    # hands its children SIGINT *ignored*, and a Python started so never raises KeyboardInterrupt.
+    as_at_a_terminal = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                        "sys.argv[0] = 'pebal'; runpy.run_module('pebal_ros.cli', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", as_at_a_terminal, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=data["root"])
     try:
         # Wait for one committed bag, then freeze the worker in its next one and interrupt.
