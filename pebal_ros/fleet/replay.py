@@ -210,14 +210,10 @@ def _replay(args: argparse.Namespace, out: Path, settings: Any, opts: Any, entri
         return 0
     except KeyboardInterrupt:
         _quiet_interrupts()
-        # Say so first: stopping the workers waits on the cluster, which may be slow or gone.
+        # Said before the workers are stopped (finally): that waits on the cluster, which may be slow.
         _unfinished(todo, "not replayed: the run was interrupted (Ctrl-C) before this bag finished", 0)
         _say(f"interrupted: {sum(e['state'] in ('replayed', 'complete') for e in entries)} of {len(entries)} "
              "bag(s) complete; run the same command with --resume to replay the rest")
-        if pool is not None and not _within(CLEANUP_S, pool.shutdown):
-            _say(f"the Ray cluster did not confirm stopping the workers within {CLEANUP_S:.0f} s; some may "
-                 "still be running there (`ray status`)")
-        pool = None
         return 130
     except FleetError as exc:
         _say(str(exc))
@@ -227,18 +223,6 @@ def _replay(args: argparse.Namespace, out: Path, settings: Any, opts: Any, entri
             pool.shutdown()
         if conn is not None:
             conn.close()
-
-
-CLEANUP_S = 30.0
-
-
-def _within(seconds: float, fn: Any) -> bool:
-    """Runs ``fn`` in a daemon thread; False when it has not returned after ``seconds`` (the thread is
-    then left behind: a Ctrl-C must end the run even when the cluster does not answer)."""
-    t = threading.Thread(target=fn, daemon=True, name="fleet-cleanup")
-    t.start()
-    t.join(seconds)
-    return not t.is_alive()
 
 
 def _unfinished(todo: list[dict[str, Any]], reason: str, code: int) -> int:
